@@ -1,0 +1,55 @@
+//! The host's capabilities as the guest logic sees them.
+//!
+//! In the component these are the WIT imports (see `component.rs`); in native
+//! tests a fake implements them, so the orchestration in [`crate::flow`] is
+//! tested without a wasm runtime.
+
+use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall};
+use crate::wit::types::Error;
+
+/// A held build lock.
+pub trait BuildLock {
+    /// Unique to this holding; names the build's temporary files.
+    fn token(&self) -> String;
+    /// Records that the build failed, for callers waiting on it.
+    fn fail(&self, reason: &Error);
+}
+
+/// A mounted image. Dropping it unmounts.
+pub trait MountedImage {
+    /// Installs a file into the image.
+    fn install(&self, file: &FileInstall) -> Result<(), Error>;
+    /// Unmounts, flushing every write.
+    fn unmount(self) -> Result<(), Error>;
+}
+
+/// The privileged operations of the `host` interface.
+pub trait Capabilities {
+    /// The build lock type.
+    type Lock: BuildLock;
+    /// The mounted image type.
+    type Mounted: MountedImage;
+
+    /// `host.digest-file`.
+    fn digest_file(&self, path: &str) -> Result<FileDigest, Error>;
+    /// `host.describe-converter`.
+    fn describe_converter(&self, converter: &str) -> Result<ConverterInfo, Error>;
+    /// `host.run-converter`.
+    fn run_converter(&self, job: &Conversion) -> Result<u64, Error>;
+    /// `host.mount-image`.
+    fn mount_image(&self, image: &str) -> Result<Self::Mounted, Error>;
+    /// `host.publish`.
+    fn publish(
+        &self,
+        staged: &str,
+        image: &str,
+        manifest: &str,
+        manifest_json: &str,
+    ) -> Result<(), Error>;
+    /// `host.remove`.
+    fn remove(&self, path: &str) -> Result<(), Error>;
+    /// `host.record-use`.
+    fn record_use(&self, manifest: &str) -> Result<(), Error>;
+    /// `host.lock`.
+    fn lock(&self, key: &str) -> Result<Self::Lock, Error>;
+}

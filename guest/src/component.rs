@@ -1,0 +1,94 @@
+//! The component's exports, and the WIT imports behind [`Capabilities`].
+
+use crate::bindings::exports::rootfs::cache::cache::Guest;
+use crate::bindings::rootfs::cache::host;
+use crate::capabilities::{BuildLock, Capabilities, MountedImage};
+use crate::flow::Cache;
+use crate::wit::types::{ConvertRequest, Entry, Error, ImageInfo, Outcome};
+
+/// The host preopens the cache directory here.
+const CACHE_ROOT: &str = "/cache";
+
+struct Component;
+
+crate::bindings::export!(Component with_types_in crate::bindings);
+
+impl Guest for Component {
+    fn convert(request: ConvertRequest) -> Result<Outcome, Error> {
+        Cache::new(&WitHost, CACHE_ROOT).convert(&request)
+    }
+
+    fn inspect(image: String) -> Result<ImageInfo, Error> {
+        Cache::new(&WitHost, CACHE_ROOT).inspect(&image)
+    }
+
+    fn list_entries() -> Result<Vec<Entry>, Error> {
+        Cache::new(&WitHost, CACHE_ROOT).list()
+    }
+}
+
+/// The `host` imports.
+struct WitHost;
+
+impl BuildLock for host::BuildLock {
+    fn token(&self) -> String {
+        host::BuildLock::token(self)
+    }
+
+    fn fail(&self, reason: &Error) {
+        host::BuildLock::fail(self, reason)
+    }
+}
+
+impl MountedImage for host::MountedImage {
+    fn install(&self, file: &host::FileInstall) -> Result<(), Error> {
+        host::MountedImage::install(self, file)
+    }
+
+    fn unmount(self) -> Result<(), Error> {
+        host::MountedImage::unmount(&self)
+    }
+}
+
+impl Capabilities for WitHost {
+    type Lock = host::BuildLock;
+    type Mounted = host::MountedImage;
+
+    fn digest_file(&self, path: &str) -> Result<host::FileDigest, Error> {
+        host::digest_file(path)
+    }
+
+    fn describe_converter(&self, converter: &str) -> Result<host::ConverterInfo, Error> {
+        host::describe_converter(converter)
+    }
+
+    fn run_converter(&self, job: &host::Conversion) -> Result<u64, Error> {
+        host::run_converter(job)
+    }
+
+    fn mount_image(&self, image: &str) -> Result<Self::Mounted, Error> {
+        host::mount_image(image)
+    }
+
+    fn publish(
+        &self,
+        staged: &str,
+        image: &str,
+        manifest: &str,
+        manifest_json: &str,
+    ) -> Result<(), Error> {
+        host::publish(staged, image, manifest, manifest_json)
+    }
+
+    fn remove(&self, path: &str) -> Result<(), Error> {
+        host::remove(path)
+    }
+
+    fn record_use(&self, manifest: &str) -> Result<(), Error> {
+        host::record_use(manifest)
+    }
+
+    fn lock(&self, key: &str) -> Result<Self::Lock, Error> {
+        host::lock(key)
+    }
+}

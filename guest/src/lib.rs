@@ -1,0 +1,34 @@
+//! The rootfs-cache guest: every decision of the cache, compiled to a WASI
+//! Preview 2 component.
+//!
+//! The component exports `rootfs:cache/cache` and imports
+//! `rootfs:cache/host` (see `wit/rootfs-cache.wit`). It reads the cache
+//! directory and the source roots through read-only WASI preopens and changes
+//! nothing except through the host. The modules below are plain Rust, so
+//! `cargo test -p rootfs-cache-guest` runs them natively.
+
+pub mod capabilities;
+#[cfg(target_arch = "wasm32")]
+mod component;
+pub mod ext4;
+pub mod flow;
+pub mod key;
+pub mod manifest;
+pub mod oci;
+pub mod overlay2;
+pub mod source;
+pub mod validate;
+
+/// Bindings generated from `wit/`.
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "rootfs-cache",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+/// The WIT types, under their interface names.
+pub mod wit {
+    pub use crate::bindings::rootfs::cache::{host, types};
+}

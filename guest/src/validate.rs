@@ -1,0 +1,274 @@
+//! Entry validation: a cached image is served only when its manifest is
+//! present and matches, the image has the recorded length, and its superblock
+//! has the ext4 magic and a geometry that fits the file.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use crate::ext4::{SUPERBLOCK_LEN, SUPERBLOCK_OFFSET, Superblock};
+use crate::key::CacheKey;
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
+
+/// What a lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A valid entry, with its manifest.
+    Hit(Manifest),
+    /// No entry at all.
+    Miss,
+    /// Something is there but must not be served; the reason says what.
+    Corrupt(String),
+}
+
+/// What the manifest must say for an entry to serve a request.
+pub struct Expected<'a> {
+    /// The key, which is also the file name.
+    pub key: &'a CacheKey,
+    /// The agent's SHA-256.
+    pub agent_sha256: &'a str,
+    /// The converter's identity.
+    pub converter: &'a str,
+    /// The source path.
+    pub source: &'a str,
+}
+
+/// Reads the superblock of the image at `path` and returns it with the
+/// file's length.
+pub fn read_superblock(path: &Path) -> std::io::Result<(Option<Superblock>, u64)> {
+    let mut file = fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    if len < SUPERBLOCK_OFFSET + SUPERBLOCK_LEN as u64 {
+        return Ok((None, len));
+    }
+    let mut buf = vec![0u8; SUPERBLOCK_LEN];
+    file.seek(SeekFrom::Start(SUPERBLOCK_OFFSET))?;
+    file.read_exact(&mut buf)?;
+    Ok((Superblock::parse(&buf), len))
+}
+
+/// Checks that the image at `path` is a sound ext4 filesystem of exactly
+/// `expected_len` bytes (when given).
+pub fn check_image(path: &Path, expected_len: Option<u64>) -> Result<u64, String> {
+    let (sb, len) = read_superblock(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(want) = expected_len
+        && want != len
+    {
+        return Err(format!(
+            "the image has {len} bytes, its manifest records {want}"
+        ));
+    }
+    let sb = sb.ok_or_else(|| {
+        format!("the image has only {len} bytes, too short for an ext4 superblock")
+    })?;
+    sb.check_geometry(len)?;
+    Ok(len)
+}
+
+/// Looks up and validates the entry for `expected.key` under `cache_root`.
+pub fn lookup(cache_root: &Path, expected: &Expected<'_>) -> Lookup {
+    let manifest_path = cache_root.join(expected.key.manifest_path());
+    let image_path = cache_root.join(expected.key.image_path());
+    let bytes = match fs::File::open(&manifest_path) {
+        Ok(file) => {
+            let mut bytes = Vec::new();
+            if let Err(e) = file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes) {
+                return Lookup::Corrupt(format!("reading the manifest: {e}"));
+            }
+            bytes
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match fs::symlink_metadata(&image_path) {
+                Ok(_) => {
+                    Lookup::Corrupt("the image has no manifest: its build never finished".into())
+                }
+                Err(_) => Lookup::Miss,
+            };
+        }
+        Err(e) => return Lookup::Corrupt(format!("opening the manifest: {e}")),
+    };
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Lookup::Corrupt(format!(
+            "the manifest is larger than {MAX_MANIFEST_BYTES} bytes"
+        ));
+    }
+    let manifest = match Manifest::parse(&bytes) {
+        Ok(m) => m,
+        Err(why) => return Lookup::Corrupt(why),
+    };
+    if let Err(why) = check_manifest(&manifest, expected) {
+        return Lookup::Corrupt(why);
+    }
+    match check_image(&image_path, Some(manifest.image_bytes)) {
+        Ok(_) => Lookup::Hit(manifest),
+        Err(why) => Lookup::Corrupt(why),
+    }
+}
+
+/// Checks that a manifest describes the entry that `expected` asks for.
+pub fn check_manifest(manifest: &Manifest, expected: &Expected<'_>) -> Result<(), String> {
+    let mismatch = |what: &str, found: &str, want: &str| {
+        Err(format!(
+            "the manifest records {what} {found:?}, expected {want:?}"
+        ))
+    };
+    if manifest.key != expected.key.as_str() {
+        return mismatch("key", &manifest.key, expected.key.as_str());
+    }
+    if manifest.agent.sha256 != expected.agent_sha256 {
+        return mismatch(
+            "agent digest",
+            &manifest.agent.sha256,
+            expected.agent_sha256,
+        );
+    }
+    if manifest.converter != expected.converter {
+        return mismatch("converter", &manifest.converter, expected.converter);
+    }
+    if manifest.source != expected.source {
+        return mismatch("source", &manifest.source, expected.source);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{AgentRecord, FORMAT};
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        key: CacheKey,
+    }
+
+    fn superblock_image(blocks: u32) -> Vec<u8> {
+        let mut image = vec![0u8; blocks as usize * 4096];
+        let sb = crate::ext4::tests_support::sample(blocks);
+        image[1024..2048].copy_from_slice(&sb);
+        image
+    }
+
+    fn manifest(key: &CacheKey, image_bytes: u64) -> Manifest {
+        Manifest {
+            format: FORMAT,
+            key: key.to_string(),
+            kind: "overlay2".into(),
+            source: "/src".into(),
+            layers: vec![],
+            platform: None,
+            agent: AgentRecord {
+                path: "/agent".into(),
+                sha256: "a".repeat(64),
+                size: 1,
+            },
+            converter: "test".into(),
+            requested_size: None,
+            image_bytes,
+            created: 0,
+            builder: "test".into(),
+        }
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("images")).unwrap();
+        let key = CacheKey::parse(&"1".repeat(64)).unwrap();
+        let image = superblock_image(256);
+        fs::write(dir.path().join(key.image_path()), &image).unwrap();
+        fs::write(
+            dir.path().join(key.manifest_path()),
+            manifest(&key, image.len() as u64).to_json(),
+        )
+        .unwrap();
+        Fixture { dir, key }
+    }
+
+    fn expected(key: &CacheKey) -> Expected<'_> {
+        Expected {
+            key,
+            agent_sha256: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            converter: "test",
+            source: "/src",
+        }
+    }
+
+    #[test]
+    fn a_complete_entry_is_a_hit() {
+        let f = fixture();
+        assert!(matches!(
+            lookup(f.dir.path(), &expected(&f.key)),
+            Lookup::Hit(_)
+        ));
+    }
+
+    #[test]
+    fn nothing_is_a_miss() {
+        let f = fixture();
+        let other = CacheKey::parse(&"2".repeat(64)).unwrap();
+        assert_eq!(lookup(f.dir.path(), &expected(&other)), Lookup::Miss);
+    }
+
+    #[test]
+    fn a_truncated_image_is_corrupt() {
+        let f = fixture();
+        let path = f.dir.path().join(f.key.image_path());
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(4096 * 100).unwrap();
+        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&f.key)) else {
+            panic!("served a truncated image")
+        };
+        assert!(why.contains("manifest records"), "{why}");
+    }
+
+    #[test]
+    fn a_zeroed_image_of_the_right_length_is_corrupt() {
+        let f = fixture();
+        let path = f.dir.path().join(f.key.image_path());
+        fs::write(&path, vec![0u8; 256 * 4096]).unwrap();
+        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&f.key)) else {
+            panic!("served a zeroed image")
+        };
+        assert!(why.contains("no ext4 magic"), "{why}");
+    }
+
+    #[test]
+    fn an_image_without_manifest_is_corrupt() {
+        let f = fixture();
+        fs::remove_file(f.dir.path().join(f.key.manifest_path())).unwrap();
+        assert!(matches!(
+            lookup(f.dir.path(), &expected(&f.key)),
+            Lookup::Corrupt(_)
+        ));
+    }
+
+    #[test]
+    fn a_manifest_for_another_agent_does_not_match() {
+        let f = fixture();
+        let mut e = expected(&f.key);
+        e.agent_sha256 = "bbbb";
+        let Lookup::Corrupt(why) = lookup(f.dir.path(), &e) else {
+            panic!("matched another agent")
+        };
+        assert!(why.contains("agent digest"), "{why}");
+    }
+
+    #[test]
+    fn a_manifest_under_another_name_does_not_match() {
+        let f = fixture();
+        let other = CacheKey::parse(&"3".repeat(64)).unwrap();
+        fs::copy(
+            f.dir.path().join(f.key.manifest_path()),
+            f.dir.path().join(other.manifest_path()),
+        )
+        .unwrap();
+        fs::copy(
+            f.dir.path().join(f.key.image_path()),
+            f.dir.path().join(other.image_path()),
+        )
+        .unwrap();
+        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&other)) else {
+            panic!("matched a copied manifest")
+        };
+        assert!(why.contains("key"), "{why}");
+    }
+}

@@ -1,0 +1,494 @@
+//! The library API: open a cache, ask it for images.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::bindings::rootfs::cache::types as wit;
+use crate::cache_dir::CacheDir;
+use crate::capabilities::Capabilities;
+use crate::capabilities::lock::LockService;
+use crate::digest::DigestMemo;
+use crate::engine::{ComponentSource, GuestEngine, LoadPath};
+use crate::error::{Error, Result};
+use crate::observer::Observer;
+use crate::policy::Policy;
+use crate::shared::Shared;
+
+/// A converter, as requests and the CLI name it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ConverterSpec {
+    /// The `oci2rootfs` crate, in-process.
+    Oci2rootfs,
+    /// The exact converter.
+    Exact,
+    /// An external command with oci2rootfs's command-line contract.
+    Command(PathBuf),
+}
+
+impl Default for ConverterSpec {
+    fn default() -> Self {
+        Self::Oci2rootfs
+    }
+}
+
+impl FromStr for ConverterSpec {
+    type Err = Error;
+
+    /// `oci2rootfs`, `exact` or `command:<absolute path>`.
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "oci2rootfs" => Ok(Self::Oci2rootfs),
+            "exact" => Ok(Self::Exact),
+            _ => match text.strip_prefix("command:") {
+                Some(path) if Path::new(path).is_absolute() => {
+                    Ok(Self::Command(PathBuf::from(path)))
+                }
+                Some(path) => Err(Error::InvalidRequest(format!(
+                    "converter command {path:?} is not an absolute path"
+                ))),
+                None => Err(Error::InvalidRequest(format!(
+                    "converter {text:?} is unknown; use oci2rootfs, exact or command:<absolute path>"
+                ))),
+            },
+        }
+    }
+}
+
+impl fmt::Display for ConverterSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Oci2rootfs => f.write_str("oci2rootfs"),
+            Self::Exact => f.write_str("exact"),
+            Self::Command(path) => write!(f, "command:{}", path.display()),
+        }
+    }
+}
+
+/// One request: a source and an agent, and how to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// An overlay2 layer directory or an OCI image layout.
+    pub source: PathBuf,
+    /// The agent binary to install at `/sbin/vm-agent`.
+    pub agent: PathBuf,
+    /// Image size in bytes; `None` lets the converter decide.
+    pub size: Option<u64>,
+    /// Which converter builds the image.
+    pub converter: ConverterSpec,
+    /// `os/arch[/variant]` for OCI indexes; `None` means `linux/amd64`.
+    pub platform: Option<String>,
+}
+
+impl Request {
+    /// A request with the default converter, size and platform.
+    pub fn new(source: impl Into<PathBuf>, agent: impl Into<PathBuf>) -> Self {
+        Self {
+            source: source.into(),
+            agent: agent.into(),
+            size: None,
+            converter: ConverterSpec::default(),
+            platform: None,
+        }
+    }
+
+    /// Sets the image size.
+    pub fn size(mut self, bytes: u64) -> Self {
+        self.size = Some(bytes);
+        self
+    }
+
+    /// Sets the converter.
+    pub fn converter(mut self, converter: ConverterSpec) -> Self {
+        self.converter = converter;
+        self
+    }
+
+    /// Sets the platform for OCI indexes.
+    pub fn platform(mut self, platform: impl Into<String>) -> Self {
+        self.platform = Some(platform.into());
+        self
+    }
+}
+
+/// The kind of a source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// A Docker overlay2 layer directory.
+    Overlay2,
+    /// An OCI image layout.
+    OciLayout,
+}
+
+impl From<wit::SourceKind> for SourceKind {
+    fn from(k: wit::SourceKind) -> Self {
+        match k {
+            wit::SourceKind::Overlay2 => Self::Overlay2,
+            wit::SourceKind::OciLayout => Self::OciLayout,
+        }
+    }
+}
+
+/// Where a request's time went, in microseconds, as the guest measured it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Timings {
+    /// Source detection and key derivation.
+    pub resolve_us: u64,
+    /// Lookup and validation.
+    pub lookup_us: u64,
+    /// Waiting for the build lock.
+    pub lock_us: u64,
+    /// The converter.
+    pub convert_us: u64,
+    /// Mount, agent install, unmount.
+    pub inject_us: u64,
+    /// fsync and rename.
+    pub publish_us: u64,
+    /// The whole request inside the guest.
+    pub total_us: u64,
+}
+
+/// A bootable image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Absolute path of the image. Treat it as read-only: it is shared by
+    /// every request for the same key.
+    pub image: PathBuf,
+    /// The cache key.
+    pub key: String,
+    /// Whether it was served without a build.
+    pub cached: bool,
+    /// The source's kind.
+    pub kind: SourceKind,
+    /// The image's length.
+    pub image_bytes: u64,
+    /// Why a cached entry was rebuilt, if it was.
+    pub rebuilt_because: Option<String>,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// What an image's superblock says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageInfo {
+    /// The file's length.
+    pub file_bytes: u64,
+    /// Whether the ext4 magic is there.
+    pub magic: bool,
+    /// Block size.
+    pub block_size: u32,
+    /// Blocks declared.
+    pub blocks_count: u64,
+    /// Free blocks.
+    pub free_blocks: u64,
+    /// Inodes declared.
+    pub inodes_count: u32,
+    /// Free inodes.
+    pub free_inodes: u32,
+    /// Filesystem UUID.
+    pub uuid: String,
+    /// Volume label.
+    pub label: String,
+    /// Why the geometry is unsound, if it is.
+    pub geometry_error: Option<String>,
+}
+
+/// One cache entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Its key.
+    pub key: String,
+    /// Absolute image path.
+    pub image: PathBuf,
+    /// The source it was built from.
+    pub source: String,
+    /// The source's kind.
+    pub kind: SourceKind,
+    /// SHA-256 of its agent.
+    pub agent_sha256: String,
+    /// The converter's identity.
+    pub converter: String,
+    /// The image's length.
+    pub image_bytes: u64,
+    /// Build time, Unix seconds.
+    pub created: u64,
+    /// Last use, Unix seconds.
+    pub last_used: u64,
+    /// Why it does not validate, if it does not.
+    pub problem: Option<String>,
+}
+
+/// How to open a cache.
+#[derive(Clone)]
+pub struct Config {
+    /// The cache directory; created when missing.
+    pub cache_dir: PathBuf,
+    /// What the guest may ask for.
+    pub policy: Policy,
+    /// The capability backends.
+    pub capabilities: Capabilities,
+    /// The component to run.
+    pub component: ComponentSource,
+    /// Keep the compiled component in `<cache>/engine/`.
+    pub precompile: bool,
+    /// Receives progress.
+    pub observer: Option<Arc<dyn Observer>>,
+}
+
+impl Config {
+    /// A configuration with the native capabilities, the embedded component
+    /// and a policy that allows any source, agent and converter.
+    pub fn new(cache_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            cache_dir: cache_dir.into(),
+            policy: Policy::default(),
+            capabilities: Capabilities::native(),
+            component: std::env::var_os("ROOTFS_CACHE_COMPONENT")
+                .map_or(ComponentSource::Embedded, |p| {
+                    ComponentSource::File(p.into())
+                }),
+            precompile: true,
+            observer: None,
+        }
+    }
+
+    /// Replaces the policy.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Replaces the capability backends (e.g. with [`Capabilities::fake`]).
+    pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = capabilities;
+        self
+    }
+
+    /// Runs another component.
+    pub fn component(mut self, component: ComponentSource) -> Self {
+        self.component = component;
+        self
+    }
+
+    /// Sets the progress observer.
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+}
+
+/// A cache of bootable ext4 images. Cheap to clone; every clone shares the
+/// engine, the locks and the digest memo. Requests may run concurrently.
+#[derive(Clone)]
+pub struct RootfsCache {
+    engine: Arc<GuestEngine>,
+    shared: Arc<Shared>,
+}
+
+fn utf8<'a>(what: &str, path: &'a Path) -> Result<&'a str> {
+    path.to_str().ok_or_else(|| {
+        Error::InvalidRequest(format!("{what} {} is not valid UTF-8", path.display()))
+    })
+}
+
+/// Resolves a path given by the caller, which must exist.
+fn existing(what: &str, path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::InvalidRequest(format!("{what} is empty")));
+    }
+    if path.as_os_str().len() > 4095 {
+        return Err(Error::InvalidRequest(format!(
+            "{what} is {} bytes long; paths are limited to 4095",
+            path.as_os_str().len()
+        )));
+    }
+    path.canonicalize()
+        .map_err(|e| Error::io(format!("{what} {}", path.display()), &e))
+}
+
+impl RootfsCache {
+    /// Opens (creating when missing) the cache and loads the component.
+    ///
+    /// Errors: `Config` (the cache directory is not a writable directory, the
+    /// policy names another cache), `Component`.
+    pub fn open(config: Config) -> Result<Self> {
+        let cache = CacheDir::open(&config.cache_dir)?;
+        config.policy.check_cache_dir(cache.path())?;
+        let audit = config
+            .policy
+            .audit_log
+            .as_deref()
+            .map(crate::audit::AuditLog::open)
+            .transpose()?;
+        let engine = GuestEngine::load(&config.component, config.precompile.then(|| cache.root()))?;
+        let shared = Shared {
+            locks: Arc::new(LockService::new(
+                config.capabilities.cross_process_lock.clone(),
+            )),
+            conversions: tokio::sync::Semaphore::new(config.policy.limits.max_parallel_conversions),
+            cache: Arc::new(cache),
+            policy: config.policy,
+            caps: config.capabilities,
+            digests: DigestMemo::default(),
+            observer: config.observer,
+            audit,
+            next_request: AtomicU64::new(1),
+        };
+        Ok(Self {
+            engine: Arc::new(engine),
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// The cache directory (canonical).
+    pub fn cache_dir(&self) -> &Path {
+        self.shared.cache.path()
+    }
+
+    /// Whether this process compiled the component or loaded it precompiled.
+    pub fn load_path(&self) -> LoadPath {
+        self.engine.load_path
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.shared.policy
+    }
+
+    /// Returns a bootable image for `request`: a valid cached one, or a new
+    /// one built, injected and published. See the WIT's `cache.convert`.
+    pub async fn convert(&self, request: &Request) -> Result<Outcome> {
+        let source = existing("source", &request.source)?;
+        let agent = existing("agent", &request.agent)?;
+        let source_str = utf8("source", &source)?;
+        self.shared.policy.check_source_path("source", source_str)?;
+        // An overlay2 layer resolves its lower layers among its siblings; an
+        // OCI layout is self-contained.
+        let root = if source.join("oci-layout").exists() || !source.is_dir() {
+            source.clone()
+        } else {
+            source
+                .parent()
+                .map_or_else(|| source.clone(), Path::to_path_buf)
+        };
+        let wit_request = wit::ConvertRequest {
+            source: source_str.to_owned(),
+            agent: utf8("agent", &agent)?.to_owned(),
+            size: request.size,
+            converter: request.converter.to_string(),
+            platform: request.platform.clone(),
+        };
+        let preopen = if root.is_dir() {
+            vec![root]
+        } else {
+            Vec::new()
+        };
+        let mut store = self.engine.store(&self.shared, preopen)?;
+        let instance = self.engine.instantiate(&mut store).await?;
+        let result = instance
+            .rootfs_cache_cache()
+            .call_convert(&mut store, &wit_request)
+            .await;
+        drop(store);
+        let outcome = guest_result(result)?;
+        Ok(Outcome {
+            image: self.cache_dir().join(&outcome.image),
+            key: outcome.key,
+            cached: outcome.cached,
+            kind: outcome.kind.into(),
+            image_bytes: outcome.image_bytes,
+            rebuilt_because: outcome.rebuilt_because,
+            timings: Timings {
+                resolve_us: outcome.timings.resolve_us,
+                lookup_us: outcome.timings.lookup_us,
+                lock_us: outcome.timings.lock_us,
+                convert_us: outcome.timings.convert_us,
+                inject_us: outcome.timings.inject_us,
+                publish_us: outcome.timings.publish_us,
+                total_us: outcome.timings.total_us,
+            },
+        })
+    }
+
+    /// Reads an image's superblock and checks its geometry. `image` is any
+    /// file (it is opened read-only) or a path relative to the cache.
+    pub async fn inspect(&self, image: &Path) -> Result<ImageInfo> {
+        let (guest_path, preopen) = if image.is_absolute() || image.exists() {
+            let real = existing("image", image)?;
+            let parent = real
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/"));
+            (utf8("image", &real)?.to_owned(), vec![parent])
+        } else {
+            (utf8("image", image)?.to_owned(), Vec::new())
+        };
+        let mut store = self.engine.store(&self.shared, preopen)?;
+        let instance = self.engine.instantiate(&mut store).await?;
+        let info = guest_result(
+            instance
+                .rootfs_cache_cache()
+                .call_inspect(&mut store, &guest_path)
+                .await,
+        )?;
+        Ok(ImageInfo {
+            file_bytes: info.file_bytes,
+            magic: info.magic,
+            block_size: info.block_size,
+            blocks_count: info.blocks_count,
+            free_blocks: info.free_blocks,
+            inodes_count: info.inodes_count,
+            free_inodes: info.free_inodes,
+            uuid: info.uuid,
+            label: info.label,
+            geometry_error: info.geometry_error,
+        })
+    }
+
+    /// Lists every entry with its manifest and whether it validates.
+    pub async fn list(&self) -> Result<Vec<Entry>> {
+        let mut store = self.engine.store(&self.shared, Vec::new())?;
+        let instance = self.engine.instantiate(&mut store).await?;
+        let entries = guest_result(
+            instance
+                .rootfs_cache_cache()
+                .call_list_entries(&mut store)
+                .await,
+        )?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Entry {
+                image: self.cache_dir().join(&e.image),
+                key: e.key,
+                source: e.source,
+                kind: e.kind.into(),
+                agent_sha256: e.agent_sha256,
+                converter: e.converter,
+                image_bytes: e.image_bytes,
+                created: e.created,
+                last_used: e.last_used,
+                problem: e.problem,
+            })
+            .collect())
+    }
+
+    /// The convert timeout in force.
+    pub fn convert_timeout(&self) -> Duration {
+        self.shared.policy.limits.convert_timeout
+    }
+}
+
+/// Maps a guest call's two layers of failure to one error.
+fn guest_result<T>(result: wasmtime::Result<std::result::Result<T, wit::Error>>) -> Result<T> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(e.into()),
+        Err(trap) => Err(Error::GuestTrap(format!("{trap:#}"))),
+    }
+}

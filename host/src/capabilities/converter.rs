@@ -1,0 +1,150 @@
+//! The converter capability: turn a resolved source into an ext4 image file.
+//!
+//! Backends:
+//! - [`oci2rootfs::Oci2rootfs`]: the `oci2rootfs` crate, in-process, on a
+//!   blocking thread (the converter the original code ran).
+//! - [`command::CommandConverter`]: any program with oci2rootfs's command-line
+//!   contract, `CMD SOURCE --output OUT --size BYTES`, killed on timeout.
+//! - [`fake::FakeConverter`]: writes a small, valid ext4 superblock and
+//!   records every job; no privileges needed.
+
+pub mod command;
+pub mod fake;
+pub mod oci2rootfs;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// What the guest resolved a source to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceLayers {
+    /// An overlay2 chain: `diff/` directories, bottom first.
+    Overlay2 {
+        /// The requested layer directory.
+        top: PathBuf,
+        /// Every layer's `diff/`, bottom first.
+        diffs: Vec<PathBuf>,
+    },
+    /// An OCI layout: layer blobs, bottom first.
+    Oci {
+        /// The layout directory.
+        layout: PathBuf,
+        /// `os/arch[/variant]`.
+        platform: String,
+        /// Layer blobs with their media types and digests, bottom first.
+        blobs: Vec<LayerBlob>,
+    },
+}
+
+/// One OCI layer blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// The blob file.
+    pub path: PathBuf,
+    /// Its media type.
+    pub media_type: String,
+    /// `sha256:<hex>` it must hash to.
+    pub digest: String,
+}
+
+/// A file the converter writes into the image itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentInstall {
+    /// The host file.
+    pub source: PathBuf,
+    /// Its expected SHA-256, hex.
+    pub sha256: String,
+    /// Absolute path inside the image.
+    pub target: String,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// One conversion, checked by the policy.
+#[derive(Clone, Debug)]
+pub struct ConversionJob {
+    /// The source as resolved by the guest.
+    pub source: SourceLayers,
+    /// Where to write the image: a file in the cache's `tmp/` that does not
+    /// exist yet.
+    pub output: PathBuf,
+    /// The image size, or `None` to size it from the content.
+    pub size: Option<u64>,
+    /// The cache key; reproducible converters derive the UUID from it.
+    pub key: String,
+    /// The agent, for converters that install it themselves.
+    pub agent: Option<AgentInstall>,
+    /// When to give up.
+    pub timeout: Duration,
+}
+
+/// A converter backend.
+#[async_trait::async_trait]
+pub trait Converter: Send + Sync {
+    /// An identity that changes whenever the output may change (name and
+    /// version, or command path and digest). Part of every cache key.
+    fn identity(&self) -> String;
+
+    /// Whether [`ConversionJob::agent`] is honoured, so no mount is needed.
+    fn installs_agent(&self) -> bool {
+        false
+    }
+
+    /// Writes the image at `job.output` and returns its length. On failure,
+    /// removes whatever it wrote. Errors: `ConverterFailed`, `Timeout`,
+    /// `NoSpace`, `UnsupportedSource`, `Io`.
+    async fn convert(&self, job: ConversionJob) -> Result<u64>;
+}
+
+/// Picks the backend for a converter name as the request spells it.
+pub trait ConverterRegistry: Send + Sync {
+    /// `exact`, `oci2rootfs` or `command:<path>`. Errors: `InvalidRequest`
+    /// for an unknown name, `NotFound` for a missing command.
+    fn get(&self, name: &str) -> Result<Arc<dyn Converter>>;
+}
+
+/// The native converters.
+#[derive(Default)]
+pub struct NativeConverters {
+    oci2rootfs: Arc<oci2rootfs::Oci2rootfs>,
+    commands: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<command::CommandConverter>>>,
+}
+
+impl ConverterRegistry for NativeConverters {
+    fn get(&self, name: &str) -> Result<Arc<dyn Converter>> {
+        match name {
+            "oci2rootfs" => Ok(self.oci2rootfs.clone()),
+            _ => match name.strip_prefix("command:") {
+                Some(path) => {
+                    let path = PathBuf::from(path);
+                    let mut commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(found) = commands.get(&path) {
+                        return Ok(found.clone());
+                    }
+                    let converter = Arc::new(command::CommandConverter::new(&path)?);
+                    commands.insert(path, converter.clone());
+                    Ok(converter)
+                }
+                None => Err(Error::InvalidRequest(format!(
+                    "converter {name:?} is unknown; use oci2rootfs, exact or command:<absolute path>"
+                ))),
+            },
+        }
+    }
+}
+
+/// Keeps the last `limit` bytes written to it: a converter's stderr tail.
+pub(crate) fn tail(text: &str, limit: usize) -> String {
+    let text = text.trim_end();
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let mut start = text.len() - limit;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}

@@ -1,0 +1,128 @@
+//! The `oci2rootfs` crate, run in-process on a blocking thread.
+//!
+//! This is the converter the original code ran as an external binary, used as
+//! a library. It does not install the agent itself, so the guest mounts the
+//! image afterwards. Its defects (lost xattrs, devices and mtimes, leaked
+//! inodes, a fixed 512 MiB default size) are why the `exact` converter exists.
+
+use std::path::Path;
+
+use super::{ConversionJob, Converter, SourceLayers, tail};
+use crate::error::{Error, Result};
+
+/// The version of the `oci2rootfs` crate linked in; part of the identity.
+pub const VERSION: &str = "0.3.0";
+/// Its default image size, used when the request names none.
+pub const DEFAULT_SIZE: u64 = 512 << 20;
+
+/// The in-process `oci2rootfs` converter.
+#[derive(Debug, Default)]
+pub struct Oci2rootfs;
+
+fn failed(message: String) -> Error {
+    Error::ConverterFailed {
+        converter: "oci2rootfs".into(),
+        exit_status: None,
+        stderr_tail: tail(&message, 4096),
+    }
+}
+
+fn map_error(err: oci2rootfs::Error, size: u64) -> Error {
+    use oci2rootfs::Error as E;
+    match err {
+        E::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) =>
+        {
+            Error::NoSpace(format!("writing the image: {io}"))
+        }
+        E::Ext4Format(f) => {
+            let text = f.to_string();
+            if text.contains("space") || text.contains("resize") || text.contains("too big") {
+                failed(format!(
+                    "an image of {size} bytes is too small for the content ({text}); raise --size or omit it"
+                ))
+            } else {
+                failed(format!("ext4 format error: {text}"))
+            }
+        }
+        other => failed(other.to_string()),
+    }
+}
+
+fn run(job: &ConversionJob) -> Result<u64> {
+    let size = job.size.unwrap_or(DEFAULT_SIZE);
+    let converter = oci2rootfs::Converter::new(&job.output).size(size);
+    let result = match &job.source {
+        SourceLayers::Overlay2 { top, .. } => {
+            oci2rootfs::Overlay2Source::open(top).and_then(|source| converter.convert(source))
+        }
+        SourceLayers::Oci {
+            layout, platform, ..
+        } => {
+            let mut parts = platform.splitn(3, '/');
+            let (os, arch) = (
+                parts.next().unwrap_or("linux"),
+                parts.next().unwrap_or("amd64"),
+            );
+            oci2rootfs::OciLayoutSource::open(layout)
+                .map(|s| s.platform(oci2rootfs::Platform::new(os, arch)))
+                .and_then(|source| converter.convert(source))
+        }
+    };
+    result.map_err(|e| map_error(e, size))?;
+    let len = std::fs::metadata(&job.output)
+        .map_err(|e| Error::io(job.output.display(), &e))?
+        .len();
+    Ok(len)
+}
+
+#[async_trait::async_trait]
+impl Converter for Oci2rootfs {
+    fn identity(&self) -> String {
+        format!("oci2rootfs {VERSION} (in-process)")
+    }
+
+    async fn convert(&self, job: ConversionJob) -> Result<u64> {
+        let output = job.output.clone();
+        let timeout = job.timeout;
+        // The crate does blocking I/O for minutes: keep it off the runtime's threads.
+        let work = tokio::task::spawn_blocking(move || run(&job));
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => {
+                remove_quietly(&output);
+                Err(failed(format!("the conversion thread panicked: {join}")))
+            }
+            Err(_) => {
+                // A thread cannot be killed: the conversion finishes into an
+                // unlinked file, or leaves a temporary file for the next sweep.
+                remove_quietly(&output);
+                Err(Error::Timeout(format!(
+                    "oci2rootfs did not finish within {}s",
+                    timeout.as_secs()
+                )))
+            }
+        }
+    }
+}
+
+fn remove_quietly(path: &Path) {
+    let _ = std::fs::remove_file(path);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_identity_names_the_linked_version() {
+        let lock = include_str!("../../../../Cargo.lock");
+        let expected = format!("name = \"oci2rootfs\"\nversion = \"{}\"", super::VERSION);
+        assert!(
+            lock.contains(&expected),
+            "Cargo.lock links another oci2rootfs than {}",
+            super::VERSION
+        );
+    }
+}

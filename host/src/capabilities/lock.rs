@@ -1,0 +1,225 @@
+//! The lock capability: one build per key, in this process and across
+//! processes.
+//!
+//! [`LockService::lock`] first joins the key's in-process flight (an async
+//! mutex, so waiting costs no thread), then takes the cross-process lock: an
+//! exclusive `flock` on `locks/<key>.lock`. The kernel drops an `flock` when
+//! its holder dies, so a crashed builder never wedges the cache.
+//!
+//! Lock files are removed by their holder before release. A waiter that wins a
+//! file which has since been unlinked notices (its inode no longer matches the
+//! path) and tries again, so two holders can never hold different files for
+//! the same key.
+//!
+//! Callers who waited in this process while the holder's build failed get the
+//! holder's error (see [`HeldLock::fail`]) instead of repeating the build.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cap_std::fs::{MetadataExt as _, OpenOptions};
+use rustix::fs::FlockOperation;
+
+use crate::cache_dir::CacheDir;
+use crate::error::{Error, Result};
+
+/// A held build lock.
+pub trait HeldLock: Send {
+    /// Unique to this holding: `<pid>-<counter>`.
+    fn token(&self) -> &str;
+    /// Records that the build failed, for the callers waiting on it.
+    fn fail(&mut self, error: Error);
+}
+
+/// The cross-process half of a lock.
+pub trait CrossProcessLock: Send + Sync {
+    /// Takes the lock for `key`, waiting as long as it takes. Errors: `Io`.
+    fn acquire(&self, cache: &CacheDir, key: &str) -> Result<Box<dyn std::any::Any + Send>>;
+}
+
+/// `flock` on `locks/<key>.lock`.
+#[derive(Debug, Default)]
+pub struct Flock;
+
+struct FlockGuard {
+    file: std::fs::File,
+    locks: cap_std::fs::Dir,
+    name: String,
+}
+
+impl Drop for FlockGuard {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock, then close (which releases it).
+        let _ = self.locks.remove_file(&self.name);
+        let _ = &self.file;
+    }
+}
+
+impl CrossProcessLock for Flock {
+    fn acquire(&self, cache: &CacheDir, key: &str) -> Result<Box<dyn std::any::Any + Send>> {
+        let name = format!("{key}.lock");
+        let locks = cache
+            .locks()
+            .try_clone()
+            .map_err(|e| Error::io("locks/", &e))?;
+        loop {
+            let mut options = OpenOptions::new();
+            options.read(true).write(true).create(true);
+            let file = locks
+                .open_with(&name, &options)
+                .map_err(|e| Error::io(format!("locks/{name}"), &e))?
+                .into_std();
+            rustix::fs::flock(&file, FlockOperation::LockExclusive)
+                .map_err(|e| Error::Io(format!("flock locks/{name}: {e}")))?;
+            // The previous holder may have unlinked the file we locked.
+            let held = file
+                .metadata()
+                .map_err(|e| Error::io(format!("locks/{name}"), &e))?;
+            match locks.symlink_metadata(&name) {
+                Ok(current)
+                    if current.ino() == std::os::unix::fs::MetadataExt::ino(&held)
+                        && current.dev() == std::os::unix::fs::MetadataExt::dev(&held) =>
+                {
+                    return Ok(Box::new(FlockGuard { file, locks, name }));
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// No cross-process lock: for the fake adapter and single-process embedders.
+#[derive(Debug, Default)]
+pub struct InProcessOnly;
+
+impl CrossProcessLock for InProcessOnly {
+    fn acquire(&self, _cache: &CacheDir, _key: &str) -> Result<Box<dyn std::any::Any + Send>> {
+        Ok(Box::new(()))
+    }
+}
+
+#[derive(Default)]
+struct FlightState {
+    /// Bumped each time a holder that built releases the lock.
+    generation: u64,
+    /// The failure of the build that ended `generation`, if it failed.
+    failure: Option<(u64, Error)>,
+}
+
+#[derive(Default)]
+struct Flight {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    state: Mutex<FlightState>,
+}
+
+/// Hands out build locks.
+pub struct LockService {
+    cross: Arc<dyn CrossProcessLock>,
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    counter: AtomicU64,
+}
+
+impl LockService {
+    /// A lock service over a cross-process lock.
+    pub fn new(cross: Arc<dyn CrossProcessLock>) -> Self {
+        Self {
+            cross,
+            flights: Mutex::new(HashMap::new()),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits for the lock for `key` (a validated cache key). Returns the
+    /// error of the build this caller waited on, if that build failed.
+    pub async fn lock(
+        self: &Arc<Self>,
+        cache: Arc<CacheDir>,
+        key: &str,
+    ) -> Result<Box<dyn HeldLock>> {
+        let flight = self
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_owned())
+            .or_default()
+            .clone();
+        let arrived = flight
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation;
+        let turn = flight.turn.clone().lock_owned();
+        let turn = turn.await;
+        if let Some((generation, error)) = &flight
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failure
+            && *generation > arrived
+        {
+            return Err(error.clone());
+        }
+        let cross = self.cross.clone();
+        let key_owned = key.to_owned();
+        let guard = tokio::task::spawn_blocking(move || cross.acquire(&cache, &key_owned))
+            .await
+            .map_err(|e| Error::Io(format!("waiting for the lock: {e}")))??;
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        Ok(Box::new(Held {
+            service: self.clone(),
+            key: key.to_owned(),
+            flight: Some(flight),
+            token,
+            failure: None,
+            guard: Some(guard),
+            turn: Some(turn),
+        }))
+    }
+
+    fn forget_if_idle(&self, key: &str) {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if flights.get(key).is_some_and(|f| Arc::strong_count(f) == 1) {
+            flights.remove(key);
+        }
+    }
+}
+
+struct Held {
+    service: Arc<LockService>,
+    key: String,
+    flight: Option<Arc<Flight>>,
+    token: String,
+    failure: Option<Error>,
+    guard: Option<Box<dyn std::any::Any + Send>>,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl HeldLock for Held {
+    fn token(&self) -> &str {
+        &self.token
+    }
+
+    fn fail(&mut self, error: Error) {
+        self.failure = Some(error);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(flight) = &self.flight {
+            let mut state = flight.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.generation += 1;
+            state.failure = self.failure.take().map(|e| (state.generation, e));
+        }
+        // Cross-process lock first, then let the next caller in this process in.
+        drop(self.guard.take());
+        drop(self.turn.take());
+        drop(self.flight.take());
+        self.service.forget_if_idle(&self.key);
+    }
+}

@@ -1,0 +1,89 @@
+//! The privileged capabilities the host lends the guest: one trait per
+//! capability, each with a native backend and a fake one.
+//!
+//! | capability | trait | native | fake |
+//! |---|---|---|---|
+//! | converter | [`converter::Converter`] (via [`converter::ConverterRegistry`]) | `oci2rootfs` in-process, external command | [`converter::fake::FakeConverter`] |
+//! | image mounter | [`mounter::ImageMounter`] | [`mounter::loop_mount::LoopMounter`] | [`mounter::fake::FakeMounter`] |
+//! | publisher | [`publisher::Publisher`] | [`publisher::DurablePublisher`] | the same, without fsync |
+//! | lock | [`lock::CrossProcessLock`] behind [`lock::LockService`] | [`lock::Flock`] | [`lock::InProcessOnly`] |
+//!
+//! The fake adapter needs no root and no loop devices: embedders use it to
+//! test their integration, and the guest-logic tests use it.
+
+pub mod converter;
+pub mod lock;
+pub mod mounter;
+pub mod publisher;
+
+use std::sync::Arc;
+
+use converter::fake::FakeConverter;
+use converter::{Converter, ConverterRegistry, NativeConverters};
+use mounter::ImageMounter;
+use mounter::fake::FakeMounter;
+use publisher::{DurablePublisher, Publisher};
+
+use crate::error::{Error, Result};
+
+/// One backend per capability.
+#[derive(Clone)]
+pub struct Capabilities {
+    /// Picks converters by name.
+    pub converters: Arc<dyn ConverterRegistry>,
+    /// Mounts images for the agent install.
+    pub mounter: Arc<dyn ImageMounter>,
+    /// Publishes and removes cache files.
+    pub publisher: Arc<dyn Publisher>,
+    /// Locks across processes.
+    pub cross_process_lock: Arc<dyn lock::CrossProcessLock>,
+}
+
+impl Capabilities {
+    /// The native backends: real converters, loop devices, fsync, flock.
+    pub fn native() -> Self {
+        Self {
+            converters: Arc::new(NativeConverters::default()),
+            mounter: Arc::new(mounter::loop_mount::LoopMounter),
+            publisher: Arc::new(DurablePublisher::default()),
+            cross_process_lock: Arc::new(lock::Flock),
+        }
+    }
+
+    /// The fake backends, and handles to inspect what they did.
+    pub fn fake() -> (Self, FakeHandles) {
+        let converter = Arc::new(FakeConverter::default());
+        let mounter = FakeMounter::default();
+        let caps = Self {
+            converters: Arc::new(FakeConverters(converter.clone())),
+            mounter: Arc::new(mounter.clone()),
+            publisher: Arc::new(DurablePublisher { skip_fsync: true }),
+            cross_process_lock: Arc::new(lock::InProcessOnly),
+        };
+        (caps, FakeHandles { converter, mounter })
+    }
+}
+
+/// What the fake backends recorded.
+#[derive(Clone)]
+pub struct FakeHandles {
+    /// The converter: every job, and a switch to make it fail.
+    pub converter: Arc<FakeConverter>,
+    /// The mounter: every install.
+    pub mounter: FakeMounter,
+}
+
+/// Every converter name maps to the one fake converter.
+struct FakeConverters(Arc<FakeConverter>);
+
+impl ConverterRegistry for FakeConverters {
+    fn get(&self, name: &str) -> Result<Arc<dyn Converter>> {
+        match name {
+            "oci2rootfs" | "exact" => Ok(self.0.clone()),
+            _ if name.starts_with("command:/") => Ok(self.0.clone()),
+            _ => Err(Error::InvalidRequest(format!(
+                "converter {name:?} is unknown"
+            ))),
+        }
+    }
+}

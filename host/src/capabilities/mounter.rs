@@ -1,0 +1,49 @@
+//! The image mounter capability: mount an image read-write, install a file
+//! into it, unmount.
+//!
+//! Backends:
+//! - [`loop_mount::LoopMounter`]: a loop device and the kernel's ext4 driver,
+//!   through system calls only (no mount(8), no busybox). The mount is
+//!   *detached* (`fsopen`/`fsmount`): it is never attached to any directory,
+//!   so no other process sees it, and if this process dies the kernel
+//!   unmounts it and, through `LO_FLAGS_AUTOCLEAR`, detaches the loop device.
+//! - [`fake::FakeMounter`]: records installs and changes nothing.
+
+pub mod fake;
+pub mod install;
+pub mod loop_device;
+pub mod loop_mount;
+
+use std::fs::File;
+
+use crate::error::Result;
+
+/// A file to install into a mounted image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Install {
+    /// Absolute path inside the image, e.g. `/sbin/vm-agent`.
+    pub target: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// SHA-256 the installed bytes must have, hex.
+    pub sha256: String,
+}
+
+/// Mounts images.
+pub trait ImageMounter: Send + Sync {
+    /// Mounts the image in `image` (opened read-write). Errors: `MountFailed`.
+    fn mount(&self, image: File) -> Result<Box<dyn MountedImage>>;
+}
+
+/// A mounted image. Dropping it unmounts and detaches, ignoring errors; call
+/// [`MountedImage::unmount`] to see them.
+pub trait MountedImage: Send {
+    /// Copies `source` into the image as `install` says, owned by root,
+    /// creating missing parent directories with mode 0755 and resolving
+    /// symlinks inside the image only. Errors: `InjectFailed` (including a
+    /// digest mismatch), `NoSpace`.
+    fn install(&mut self, source: &mut File, install: &Install) -> Result<()>;
+
+    /// Flushes, unmounts and detaches. Errors: `MountFailed`, `NoSpace`, `Io`.
+    fn unmount(self: Box<Self>) -> Result<()>;
+}

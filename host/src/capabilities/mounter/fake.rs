@@ -1,0 +1,73 @@
+//! A mounter that needs no privileges: it checks and records each install and
+//! leaves the image untouched.
+
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use super::{ImageMounter, Install, MountedImage};
+use crate::digest::sha256_reader;
+use crate::error::{Error, Result};
+
+/// The fake mounter. Clones share their records.
+#[derive(Clone, Debug, Default)]
+pub struct FakeMounter {
+    installs: Arc<Mutex<Vec<Install>>>,
+    mounted: Arc<Mutex<usize>>,
+}
+
+impl FakeMounter {
+    /// Every install so far.
+    pub fn installs(&self) -> Vec<Install> {
+        self.installs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Images mounted right now.
+    pub fn mounted(&self) -> usize {
+        *self.mounted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct FakeMount {
+    owner: FakeMounter,
+}
+
+impl ImageMounter for FakeMounter {
+    fn mount(&self, _image: File) -> Result<Box<dyn MountedImage>> {
+        *self.mounted.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Ok(Box::new(FakeMount {
+            owner: self.clone(),
+        }))
+    }
+}
+
+impl MountedImage for FakeMount {
+    fn install(&mut self, source: &mut File, install: &Install) -> Result<()> {
+        super::install::components(&install.target)?;
+        let actual = sha256_reader(source)
+            .map_err(|e| Error::InjectFailed(format!("reading the agent: {e}")))?;
+        if actual != install.sha256 {
+            return Err(Error::InjectFailed(format!(
+                "the agent changed during the build (sha256 {actual})"
+            )));
+        }
+        self.owner
+            .installs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(install.clone());
+        Ok(())
+    }
+
+    fn unmount(self: Box<Self>) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for FakeMount {
+    fn drop(&mut self) {
+        *self.owner.mounted.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    }
+}

@@ -1,0 +1,189 @@
+//! Loop devices through `/dev/loop-control` and `LOOP_CONFIGURE`.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_NAME_SIZE: usize = 64;
+const LO_KEY_SIZE: usize = 32;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; LO_KEY_SIZE],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// An attached loop device. It detaches itself (autoclear) when its last
+/// user, this handle or a mount, goes away.
+#[derive(Debug)]
+pub struct LoopDevice {
+    device: File,
+    number: u32,
+}
+
+/// How often to retry when another process takes the free device first.
+const ATTACH_ATTEMPTS: usize = 64;
+
+impl LoopDevice {
+    /// Attaches `image` to a free loop device with `LO_FLAGS_AUTOCLEAR`.
+    pub fn attach(image: &File, label: &str) -> Result<Self> {
+        let control = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+            .map_err(|e| {
+                Error::MountFailed(format!(
+                    "/dev/loop-control: {e} (loop devices need root and the loop module)"
+                ))
+            })?;
+        for _ in 0..ATTACH_ATTEMPTS {
+            // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number.
+            let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+            if number < 0 {
+                return Err(Error::MountFailed(format!(
+                    "no free loop device: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            let path = format!("/dev/loop{number}");
+            let device = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::MountFailed(format!("{path}: {e}")))?;
+            let mut name = [0u8; LO_NAME_SIZE];
+            let label = label.as_bytes();
+            let n = label.len().min(LO_NAME_SIZE - 1);
+            name[..n].copy_from_slice(&label[..n]);
+            let config = LoopConfig {
+                fd: image.as_raw_fd() as u32,
+                block_size: 0,
+                info: LoopInfo64 {
+                    lo_device: 0,
+                    lo_inode: 0,
+                    lo_rdevice: 0,
+                    lo_offset: 0,
+                    lo_sizelimit: 0,
+                    lo_number: 0,
+                    lo_encrypt_type: 0,
+                    lo_encrypt_key_size: 0,
+                    lo_flags: LO_FLAGS_AUTOCLEAR,
+                    lo_file_name: name,
+                    lo_crypt_name: [0; LO_NAME_SIZE],
+                    lo_encrypt_key: [0; LO_KEY_SIZE],
+                    lo_init: [0; 2],
+                },
+                reserved: [0; 8],
+            };
+            // SAFETY: `config` is a valid `struct loop_config` that outlives the call.
+            let rc = unsafe {
+                libc::ioctl(
+                    device.as_raw_fd(),
+                    LOOP_CONFIGURE,
+                    &config as *const LoopConfig,
+                )
+            };
+            if rc == 0 {
+                return Ok(Self {
+                    device,
+                    number: number as u32,
+                });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EBUSY) {
+                return Err(Error::MountFailed(format!(
+                    "attaching the image to {path}: {err}"
+                )));
+            }
+            // Another process configured this device between GET_FREE and
+            // CONFIGURE: ask for another.
+        }
+        Err(Error::MountFailed(
+            "every free loop device was taken by another process".into(),
+        ))
+    }
+
+    /// `/dev/loopN`.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/loop{}", self.number))
+    }
+
+    /// The device number N.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Detaches now (rather than when the last user closes it) and reports
+    /// an error if the kernel refuses.
+    pub fn detach(self) -> Result<()> {
+        // SAFETY: LOOP_CLR_FD takes no argument.
+        let rc = unsafe { libc::ioctl(self.device.as_raw_fd(), LOOP_CLR_FD, 0) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            // ENXIO: autoclear already detached it.
+            if err.raw_os_error() != Some(libc::ENXIO) {
+                return Err(Error::MountFailed(format!(
+                    "detaching {}: {err}",
+                    self.path().display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The backing file of `/dev/loopN`, if it is attached.
+pub fn backing_file(number: u32) -> Option<PathBuf> {
+    let text =
+        std::fs::read_to_string(format!("/sys/block/loop{number}/loop/backing_file")).ok()?;
+    Some(PathBuf::from(text.trim_end()))
+}
+
+/// Every attached loop device whose backing file lies under `dir`.
+pub fn attached_under(dir: &std::path::Path) -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/sys/block") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("loop"))
+            .and_then(|n| n.parse().ok())
+        else {
+            continue;
+        };
+        if let Some(backing) = backing_file(number)
+            && backing.starts_with(dir)
+        {
+            found.push((number, backing));
+        }
+    }
+    found
+}

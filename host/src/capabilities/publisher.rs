@@ -1,0 +1,144 @@
+//! The publisher capability: make a built image part of the cache, durably,
+//! or remove a file from it.
+//!
+//! Publishing order, so that a published entry survives a crash or power
+//! loss and a half-published one is never mistaken for a valid entry:
+//!
+//! 1. fsync the staged image (its data and size are on disk);
+//! 2. write the manifest to `tmp/<name>.json`, fsync it;
+//! 3. rename the image to `images/<key>.ext4`;
+//! 4. rename the manifest to `images/<key>.json`;
+//! 5. fsync `images/` (both renames are on disk) and `tmp/`.
+//!
+//! A crash before 4 leaves an image without a manifest, which validation
+//! treats as corrupt and the next request rebuilds; after 5 the entry is
+//! complete on disk.
+
+use std::io::Write;
+use std::time::SystemTime;
+
+use cap_std::fs::OpenOptions;
+use cap_std::fs::OpenOptionsExt as _;
+
+use crate::cache_dir::{Area, CacheDir, CacheFile};
+use crate::error::{Error, Result};
+
+/// Publishes and removes cache files.
+pub trait Publisher: Send + Sync {
+    /// Publishes `staged` (in `tmp/`) as `image`, with `manifest_json` at
+    /// `manifest` (both in `images/`). Errors: `NoSpace`, `Io`; on error
+    /// nothing new is visible in `images/`.
+    fn publish(
+        &self,
+        cache: &CacheDir,
+        staged: &CacheFile,
+        image: &CacheFile,
+        manifest: &CacheFile,
+        manifest_json: &str,
+    ) -> Result<()>;
+
+    /// Removes a file; a missing file is not an error.
+    fn remove(&self, cache: &CacheDir, file: &CacheFile) -> Result<()>;
+
+    /// Records a use of the entry whose manifest is `manifest` by setting the
+    /// manifest's access time to now.
+    fn record_use(&self, cache: &CacheDir, manifest: &CacheFile) -> Result<()>;
+}
+
+/// Publishes through cap-std handles with fsync at every step.
+#[derive(Debug, Default)]
+pub struct DurablePublisher {
+    /// Skip fsync (for tests on tmpfs that only count calls); never in production.
+    pub skip_fsync: bool,
+}
+
+fn fsync_dir(cache: &CacheDir, area: Area) -> Result<()> {
+    // A directory opened read-only can be fsynced on Linux.
+    let dir = cache
+        .dir(area)
+        .open(".")
+        .map_err(|e| Error::io(format!("opening {}/", area.dir_name()), &e))?;
+    dir.sync_all()
+        .map_err(|e| Error::io(format!("fsync {}/", area.dir_name()), &e))
+}
+
+impl Publisher for DurablePublisher {
+    fn publish(
+        &self,
+        cache: &CacheDir,
+        staged: &CacheFile,
+        image: &CacheFile,
+        manifest: &CacheFile,
+        manifest_json: &str,
+    ) -> Result<()> {
+        let tmp = cache.dir(Area::Tmp);
+        let images = cache.dir(Area::Images);
+        let staged_file = tmp
+            .open(&staged.name)
+            .map_err(|e| Error::io(staged.relative(), &e))?;
+        if !self.skip_fsync {
+            staged_file
+                .sync_all()
+                .map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
+        }
+        drop(staged_file);
+
+        let manifest_tmp = format!("{}.json.tmp", staged.name);
+        let write_manifest = || -> std::io::Result<()> {
+            let mut options = OpenOptions::new();
+            options.write(true).create(true).truncate(true).mode(0o644);
+            let mut file = tmp.open_with(&manifest_tmp, &options)?;
+            file.write_all(manifest_json.as_bytes())?;
+            file.write_all(b"\n")?;
+            if !self.skip_fsync {
+                file.sync_all()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write_manifest() {
+            let _ = tmp.remove_file(&manifest_tmp);
+            return Err(Error::io("writing the manifest", &e));
+        }
+        if let Err(e) = tmp.rename(&staged.name, images, &image.name) {
+            let _ = tmp.remove_file(&manifest_tmp);
+            return Err(Error::io(
+                format!("renaming {} to {}", staged.relative(), image.relative()),
+                &e,
+            ));
+        }
+        if let Err(e) = tmp.rename(&manifest_tmp, images, &manifest.name) {
+            // Without its manifest the image is not an entry; take it back out.
+            let _ = images.remove_file(&image.name);
+            let _ = tmp.remove_file(&manifest_tmp);
+            return Err(Error::io(
+                format!("renaming the manifest to {}", manifest.relative()),
+                &e,
+            ));
+        }
+        if !self.skip_fsync {
+            fsync_dir(cache, Area::Images)?;
+            fsync_dir(cache, Area::Tmp)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, cache: &CacheDir, file: &CacheFile) -> Result<()> {
+        match cache.dir(file.area).remove_file(&file.name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("removing {}", file.relative()), &e)),
+        }
+    }
+
+    fn record_use(&self, cache: &CacheDir, manifest: &CacheFile) -> Result<()> {
+        let file = cache
+            .dir(manifest.area)
+            .open(&manifest.name)
+            .map_err(|e| Error::io(manifest.relative(), &e))?;
+        let now = SystemTime::now();
+        let times = std::fs::FileTimes::new().set_accessed(now);
+        file.into_std()
+            .set_times(times)
+            .map_err(|e| Error::io(format!("recording use of {}", manifest.relative()), &e))
+    }
+}

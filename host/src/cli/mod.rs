@@ -1,0 +1,252 @@
+//! Arguments, defaults and output of the `rootfs-cache` command.
+
+mod progress;
+mod size;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rootfs_cache::{Config, ConverterSpec, Error, Policy, Request, RootfsCache};
+
+/// Turn container image layers into bootable ext4 root filesystems, cached.
+///
+/// rootfs-cache converts a Docker overlay2 layer directory or an OCI image
+/// layout into an ext4 image with your agent at /sbin/vm-agent (mode 0755),
+/// and serves it from a cache on every later request.
+#[derive(Debug, Parser)]
+#[command(name = "rootfs-cache", version, about, long_about)]
+pub struct Cli {
+    /// The cache directory [default: /var/lib/rootfs-cache for root,
+    /// $XDG_CACHE_HOME/rootfs-cache otherwise].
+    #[arg(long, global = true, env = "ROOTFS_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// A policy file (TOML) that narrows what may be read, run and written.
+    /// Without one, exactly what the arguments name is allowed.
+    #[arg(long, global = true, value_name = "FILE")]
+    policy: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the image for SOURCE, building and caching it on a miss.
+    Convert(ConvertArgs),
+    /// List the cache's entries.
+    List(JsonArg),
+    /// Show an image's ext4 superblock and whether its geometry is sound.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ConvertArgs {
+    /// An overlay2 layer directory (/var/lib/docker/overlay2/<id>) or an OCI
+    /// image layout directory.
+    #[arg(value_name = "SOURCE")]
+    source: PathBuf,
+
+    /// The agent binary to install at /sbin/vm-agent.
+    #[arg(long, env = "ROOTFS_CACHE_AGENT", value_name = "PATH")]
+    agent: PathBuf,
+
+    /// Image size, e.g. 512M, 2G or 1073741824 [default: sized by the converter].
+    #[arg(long, value_name = "SIZE", value_parser = size::parse)]
+    size: Option<u64>,
+
+    /// oci2rootfs, exact, or command:<absolute path>.
+    #[arg(long, default_value = "oci2rootfs", value_name = "CONVERTER", value_parser = parse_converter)]
+    converter: ConverterSpec,
+
+    /// Platform to pick from an OCI image index.
+    #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
+    platform: String,
+
+    /// Print one JSON object (image, key, cached, kind, timings) instead of the path.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// An image file, or a path relative to the cache (images/<key>.ext4).
+    #[arg(value_name = "IMAGE")]
+    image: PathBuf,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_converter(text: &str) -> Result<ConverterSpec, String> {
+    text.parse().map_err(|e: Error| e.to_string())
+}
+
+/// `RUST_LOG`-driven logging to stderr; warnings by default.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// The default cache directory for this user.
+fn default_cache_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/rootfs-cache");
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("rootfs-cache")
+}
+
+/// The policy: the file's, or one allowing exactly what the arguments name.
+fn policy(cli: &Cli, cache_dir: &Path) -> Result<Policy> {
+    if let Some(file) = &cli.policy {
+        return Ok(Policy::load(file)?);
+    }
+    let mut policy = Policy {
+        cache_dir: Some(cache_dir.to_path_buf()),
+        ..Policy::default()
+    };
+    if let Command::Convert(args) = &cli.command {
+        let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let source = real(&args.source);
+        // An overlay2 layer's lower layers are its siblings.
+        let root = if source.join("oci-layout").exists() {
+            source.clone()
+        } else {
+            source.parent().map_or(source.clone(), Path::to_path_buf)
+        };
+        policy.source_roots = Some(vec![root]);
+        policy.agents = Some(vec![real(&args.agent)]);
+        policy.converters = Some(vec![match &args.converter {
+            ConverterSpec::Command(path) => format!("command:{}", real(path).display()),
+            other => other.to_string(),
+        }]);
+    }
+    Ok(policy)
+}
+
+fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<RootfsCache> {
+    let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    if cache_dir.as_os_str().is_empty() {
+        return Err(Error::Config("the cache directory is empty".into()).into());
+    }
+    let mut config = Config::new(&cache_dir).policy(policy(cli, &cache_dir)?);
+    if let Some(observer) = observer {
+        config = config.observer(observer);
+    }
+    Ok(RootfsCache::open(config)?)
+}
+
+/// Runs the command; `Err` is printed as one line by `main`.
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Convert(args) => {
+            let progress = std::io::stderr()
+                .is_terminal()
+                .then(progress::Spinner::start);
+            let cache = open(&cli, progress.as_ref().map(|p| p.observer()))?;
+            let mut request = Request::new(&args.source, &args.agent)
+                .converter(args.converter.clone())
+                .platform(&args.platform);
+            request.size = args.size;
+            let result = cache.convert(&request).await;
+            if let Some(progress) = progress {
+                progress.finish();
+            }
+            let outcome = result?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&outcome).context("serialising the outcome")?
+                );
+            } else {
+                println!("{}", outcome.image.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List(args) => {
+            let cache = open(&cli, None)?;
+            let entries = cache.list().await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&entries)?);
+            } else if entries.is_empty() {
+                println!("the cache at {} is empty", cache.cache_dir().display());
+            } else {
+                println!(
+                    "{:<16}  {:>10}  {:<20}  {:<8}  SOURCE",
+                    "KEY", "SIZE", "LAST USED", "STATUS"
+                );
+                for e in &entries {
+                    println!(
+                        "{:<16}  {:>10}  {:<20}  {:<8}  {}",
+                        &e.key[..16],
+                        size::human(e.image_bytes),
+                        &rootfs_cache::audit::rfc3339(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.last_used)
+                        )[..19],
+                        if e.problem.is_some() { "broken" } else { "ok" },
+                        e.source
+                    );
+                    if let Some(problem) = &e.problem {
+                        println!("{:<16}  {problem}", "");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect(args) => {
+            let cache = open(&cli, None)?;
+            let info = cache.inspect(&args.image).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                println!("file:        {} bytes", info.file_bytes);
+                println!("ext4 magic:  {}", if info.magic { "yes" } else { "no" });
+                if info.magic {
+                    println!("block size:  {}", info.block_size);
+                    println!(
+                        "blocks:      {} ({} free)",
+                        info.blocks_count, info.free_blocks
+                    );
+                    println!(
+                        "inodes:      {} ({} free)",
+                        info.inodes_count, info.free_inodes
+                    );
+                    println!("uuid:        {}", info.uuid);
+                    println!("label:       {}", info.label);
+                }
+                println!(
+                    "geometry:    {}",
+                    info.geometry_error.as_deref().unwrap_or("sound")
+                );
+            }
+            let sound = info.magic && info.geometry_error.is_none();
+            Ok(if sound {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(Error::Corrupt(String::new()).exit_code())
+            })
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The wasm engine: one `Engine`, `Linker` and `InstancePre` per cache, and a
+//! fresh, limited `Store` per request.
+//!
+//! Compiling the component takes about a hundred milliseconds; loading a
+//! precompiled one takes well under one. The compiled artifact is kept in
+//! `<cache>/engine/`, named after the engine's compatibility hash and the
+//! component's SHA-256, with the artifact's own SHA-256 beside it. A file that
+//! does not match is ignored and replaced, never loaded.
+
+use std::hash::Hasher;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cap_std::fs::Dir;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx};
+
+use crate::bindings::RootfsCachePre;
+use crate::digest::hex;
+use crate::error::{Error, Result};
+use crate::shared::Shared;
+use crate::store::StoreState;
+
+/// The component built from `guest/`, committed at `host/component/`.
+pub const EMBEDDED_COMPONENT: &[u8] = include_bytes!("../component/rootfs-cache.wasm");
+
+/// How often the epoch advances.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Interfaces a component may import; anything else (sockets, HTTP) means it
+/// is not the component this host runs.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "rootfs:cache/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:cli/",
+    "wasi:random/",
+];
+
+/// Where a component comes from.
+#[derive(Clone, Debug)]
+pub enum ComponentSource {
+    /// The component embedded in this binary.
+    Embedded,
+    /// A component file (e.g. a rebuilt guest, or a test's hostile guest).
+    File(PathBuf),
+    /// Component bytes (or WAT text).
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// How the component was obtained this time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadPath {
+    /// Compiled now (and saved for next time, when possible).
+    Compiled,
+    /// Loaded from `<cache>/engine/`.
+    Precompiled,
+}
+
+/// The compiled component, ready to instantiate.
+pub(crate) struct GuestEngine {
+    engine: Engine,
+    pre: RootfsCachePre<StoreState>,
+    ticker_stop: Arc<AtomicBool>,
+    pub(crate) load_path: LoadPath,
+}
+
+impl Drop for GuestEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Feeds `Hash` output into SHA-256, for a stable file name.
+struct Sha256Hasher(Sha256);
+
+impl Hasher for Sha256Hasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+fn engine() -> Result<Engine> {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    Engine::new(&config).map_err(|e| Error::Component(format!("creating the engine: {e}")))
+}
+
+fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
+    for (name, _) in component.component_type().imports(engine) {
+        if !ALLOWED_IMPORTS
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            return Err(Error::Component(format!(
+                "the component imports {name}, which this host does not provide"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn load_or_compile(
+    engine: &Engine,
+    bytes: &[u8],
+    cache_root: Option<&Dir>,
+) -> Result<(Component, LoadPath)> {
+    let compile = || {
+        Component::new(engine, bytes)
+            .map_err(|e| Error::Component(format!("compiling the component: {e}")))
+    };
+    let Some(root) = cache_root else {
+        return Ok((compile()?, LoadPath::Compiled));
+    };
+    let mut compat = Sha256Hasher(Sha256::new());
+    std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut compat);
+    let name = format!(
+        "{}-{}.cwasm",
+        &hex(&compat.0.finalize())[..16],
+        &hex(&Sha256::digest(bytes))[..32]
+    );
+    let sum_name = format!("{name}.sha256");
+    let dir = match root
+        .create_dir_all("engine")
+        .and_then(|()| root.open_dir("engine"))
+    {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot keep the precompiled component; compiling every time");
+            return Ok((compile()?, LoadPath::Compiled));
+        }
+    };
+    if let (Ok(artifact), Ok(sum)) = (dir.read(&name), dir.read_to_string(&sum_name)) {
+        if hex(&Sha256::digest(&artifact)) == sum.trim() {
+            // SAFETY: the artifact is the output of `Component::serialize` by an
+            // engine with this compatibility hash (its name says so and
+            // `deserialize` checks it again), and its checksum matches, so it is
+            // the file this host wrote into its own cache directory.
+            match unsafe { Component::deserialize(engine, &artifact) } {
+                Ok(component) => return Ok((component, LoadPath::Precompiled)),
+                Err(e) => {
+                    tracing::warn!(error = %e, file = name, "ignoring an unusable precompiled component")
+                }
+            }
+        } else {
+            tracing::warn!(
+                file = name,
+                "ignoring a precompiled component whose checksum does not match"
+            );
+        }
+    }
+    let component = compile()?;
+    let saved = component
+        .serialize()
+        .map_err(|e| e.to_string())
+        .and_then(|artifact| {
+            let tmp = format!("{name}.{}.tmp", std::process::id());
+            let write = || -> std::io::Result<()> {
+                dir.write(&tmp, &artifact)?;
+                dir.write(&sum_name, hex(&Sha256::digest(&artifact)))?;
+                dir.rename(&tmp, &dir, &name)
+            };
+            write().map_err(|e| {
+                let _ = dir.remove_file(&tmp);
+                e.to_string()
+            })
+        });
+    if let Err(e) = saved {
+        tracing::warn!(error = %e, "cannot save the precompiled component");
+    }
+    Ok((component, LoadPath::Compiled))
+}
+
+impl GuestEngine {
+    /// Loads the component, checks its imports and links it.
+    pub(crate) fn load(source: &ComponentSource, cache_root: Option<&Dir>) -> Result<Self> {
+        let engine = engine()?;
+        let owned;
+        let bytes: &[u8] = match source {
+            ComponentSource::Embedded => EMBEDDED_COMPONENT,
+            ComponentSource::File(path) => {
+                owned = std::fs::read(path)
+                    .map_err(|e| Error::Component(format!("{}: {e}", path.display())))?;
+                &owned
+            }
+            ComponentSource::Bytes(bytes) => bytes,
+        };
+        let (component, load_path) = load_or_compile(&engine, bytes, cache_root)?;
+        check_imports(&engine, &component)?;
+        let mut linker = Linker::<StoreState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| Error::Component(format!("linking WASI: {e}")))?;
+        crate::bindings::RootfsCache::add_to_linker::<
+            StoreState,
+            wasmtime::component::HasSelf<StoreState>,
+        >(&mut linker, |s| s)
+        .map_err(|e| Error::Component(format!("linking the host interface: {e}")))?;
+        let pre = linker.instantiate_pre(&component).map_err(|e| {
+            Error::Component(format!(
+                "the component does not match the rootfs-cache world: {e}"
+            ))
+        })?;
+        let pre = RootfsCachePre::new(pre).map_err(|e| {
+            Error::Component(format!(
+                "the component does not export rootfs:cache/cache: {e}"
+            ))
+        })?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("rootfs-cache-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| Error::Component(format!("starting the epoch thread: {e}")))?;
+        Ok(Self {
+            engine,
+            pre,
+            ticker_stop,
+            load_path,
+        })
+    }
+
+    /// A store for one request, with the cache and `source_roots` preopened
+    /// read-only, and the policy's memory and time limits.
+    pub(crate) fn store(
+        &self,
+        shared: &Arc<Shared>,
+        source_roots: Vec<PathBuf>,
+    ) -> Result<Store<StoreState>> {
+        let limits = &shared.policy.limits;
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_blocking_current_thread(true);
+        wasi.preopened_dir(shared.cache.path(), "/cache", FsPerms::ReadOnly)
+            .map_err(|e| Error::Io(format!("preopening the cache: {e}")))?;
+        for root in &source_roots {
+            let guest = root.to_str().ok_or_else(|| {
+                Error::InvalidRequest(format!("{} is not valid UTF-8", root.display()))
+            })?;
+            wasi.preopened_dir(root, guest, FsPerms::ReadOnly)
+                .map_err(|e| {
+                    Error::io(
+                        format!("preopening {}", root.display()),
+                        &std::io::Error::other(e.to_string()),
+                    )
+                })?;
+        }
+        let state = StoreState {
+            wasi: wasi.build(),
+            table: wasmtime::component::ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(usize::try_from(limits.guest_memory_bytes).unwrap_or(usize::MAX))
+                .instances(8)
+                .tables(16)
+                .memories(4)
+                .table_elements(100_000)
+                .trap_on_grow_failure(true)
+                .build(),
+            shared: shared.clone(),
+            started: Instant::now(),
+            host_time: Duration::ZERO,
+            resources: 0,
+            request_id: shared.next_request.fetch_add(1, Ordering::Relaxed),
+            source_roots,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let budget = limits.guest_time;
+        let ticks = |d: Duration| (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks(budget));
+        store.epoch_deadline_callback(move |ctx| {
+            let used = ctx.data().guest_time();
+            if used >= budget {
+                return Err(wasmtime::Error::msg(format!(
+                    "the guest used more than its {}ms of time",
+                    budget.as_millis()
+                )));
+            }
+            // Time spent in host calls does not count: extend by what is left.
+            Ok(UpdateDeadline::Continue(ticks(budget - used)))
+        });
+        Ok(store)
+    }
+
+    /// Instantiates the component in `store`.
+    pub(crate) async fn instantiate(
+        &self,
+        store: &mut Store<StoreState>,
+    ) -> Result<crate::bindings::RootfsCache> {
+        self.pre
+            .instantiate_async(store)
+            .await
+            .map_err(|e| Error::GuestTrap(format!("instantiating the component: {e}")))
+    }
+}

@@ -1,0 +1,64 @@
+//! rootfs-cache turns a container image layer (a Docker overlay2 layer
+//! directory or an OCI image layout) into a bootable ext4 root filesystem with
+//! the runtime's agent at `/sbin/vm-agent`, and caches it so that the next
+//! request is a hit.
+//!
+//! The decisions (source detection, the cache key, entry validation, the
+//! order of the build and its cleanup) run in a sandboxed WebAssembly
+//! component that sees the filesystem read-only. This crate is its host: it
+//! lends the component privileged capabilities (converter, loop mounts,
+//! publishing, locks), checks every call against a [`Policy`], and is the
+//! library and CLI that users call.
+//!
+//! # Example
+//!
+//! This runs anywhere, without root, using the fake capabilities; with
+//! [`Config::new`]'s native capabilities the same code builds a real image.
+//!
+//! ```
+//! use rootfs_cache::{Capabilities, Config, Request, RootfsCache};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! // A one-layer overlay2 chain and an agent.
+//! let layer = dir.path().join("overlay2/abc");
+//! std::fs::create_dir_all(layer.join("diff/etc"))?;
+//! std::fs::write(layer.join("link"), "ABC")?;
+//! std::fs::write(layer.join("diff/etc/hostname"), "vm\n")?;
+//! std::fs::write(dir.path().join("vm-agent"), b"#!/bin/sh\n")?;
+//!
+//! let (capabilities, _recorded) = Capabilities::fake();
+//! let cache = RootfsCache::open(Config::new(dir.path().join("cache")).capabilities(capabilities))?;
+//! let request = Request::new(&layer, dir.path().join("vm-agent"));
+//!
+//! let first = cache.convert(&request).await?;
+//! assert!(!first.cached);
+//! let second = cache.convert(&request).await?;
+//! assert!(second.cached && second.image == first.image);
+//! # Ok(())
+//! # }
+//! ```
+
+mod api;
+pub mod audit;
+mod bindings;
+pub mod cache_dir;
+pub mod capabilities;
+pub mod digest;
+mod engine;
+mod error;
+mod host_impl;
+pub mod observer;
+pub mod policy;
+mod shared;
+mod store;
+
+pub use api::{
+    Config, ConverterSpec, Entry, ImageInfo, Outcome, Request, RootfsCache, SourceKind, Timings,
+};
+pub use capabilities::{Capabilities, FakeHandles};
+pub use engine::{ComponentSource, EMBEDDED_COMPONENT, LoadPath};
+pub use error::{Error, Result};
+pub use observer::{Observer, Phase};
+pub use policy::{Limits, Policy};

@@ -1,0 +1,64 @@
+//! What one request's `Store` holds: its WASI context (read-only preopens),
+//! its resource table (mounts and locks the guest holds), its limits, and the
+//! time it has spent in the guest.
+//!
+//! Dropping the store drops the table, and with it every mount (unmounted and
+//! detached) and lock (released) the guest still held: a trapped or
+//! misbehaving guest leaves nothing behind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::capabilities::lock::HeldLock;
+use crate::capabilities::mounter::MountedImage;
+use crate::shared::Shared;
+
+/// A mounted image the guest holds.
+pub struct MountedImageHandle {
+    /// `None` once unmounted.
+    pub(crate) mount: Option<Box<dyn MountedImage>>,
+}
+
+/// A build lock the guest holds.
+pub struct BuildLockHandle {
+    pub(crate) held: Box<dyn HeldLock>,
+}
+
+/// The data of one request's store.
+pub struct StoreState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) shared: Arc<Shared>,
+    /// When the guest call started.
+    pub(crate) started: Instant,
+    /// Time spent inside host calls, which the guest's time limit excludes.
+    pub(crate) host_time: Duration,
+    /// Mounts and locks held right now.
+    pub(crate) resources: usize,
+    /// A number for this request in logs and the audit log.
+    pub(crate) request_id: u64,
+    /// The source roots preopened for this request.
+    pub(crate) source_roots: Vec<PathBuf>,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl StoreState {
+    /// Guest time used so far: wall time minus time in host calls.
+    pub(crate) fn guest_time(&self) -> Duration {
+        self.started.elapsed().saturating_sub(self.host_time)
+    }
+}

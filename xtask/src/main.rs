@@ -1,0 +1,218 @@
+//! Project tasks that cargo alone does not do.
+//!
+//! ```text
+//! cargo xtask build-guest      rebuild the component and install it in host/component/
+//! cargo xtask check-guest      rebuild it and compare with the committed artifact
+//! ```
+//!
+//! The guest is built by the standard route (`rustup target add wasm32-wasip2`)
+//! when that target is installed, and otherwise by the offline route: Debian's
+//! `rustc-web` toolchain building the standard library from source with
+//! `-Zbuild-std` (see README, "Rebuilding the guest").
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const TARGET: &str = "wasm32-wasip2";
+const ARTIFACT: &str = "host/component/rootfs-cache.wasm";
+const TOOLCHAIN_RECORD: &str = "host/component/rootfs-cache.wasm.toolchain";
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let root = workspace_root();
+    match task.as_str() {
+        "build-guest" => {
+            let built = build(&root)?;
+            std::fs::copy(&built.wasm, root.join(ARTIFACT)).context("installing the component")?;
+            std::fs::write(root.join(TOOLCHAIN_RECORD), &built.toolchain)?;
+            println!(
+                "installed {ARTIFACT} ({} bytes), built with:\n{}",
+                std::fs::metadata(root.join(ARTIFACT))?.len(),
+                built.toolchain.trim_end()
+            );
+            Ok(())
+        }
+        "check-guest" => check(&root),
+        _ => {
+            eprintln!("usage: cargo xtask <build-guest|check-guest>");
+            eprintln!("  build-guest  rebuild guest/ into {ARTIFACT}");
+            eprintln!("  check-guest  rebuild guest/ and compare it with {ARTIFACT};");
+            eprintln!(
+                "               writes target/guest-rebuilt.wasm and prints ROOTFS_CACHE_COMPONENT=<path>"
+            );
+            eprintln!(
+                "               when the toolchain differs from the one that built the artifact"
+            );
+            std::process::exit(2)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+struct Built {
+    wasm: PathBuf,
+    toolchain: String,
+}
+
+enum Route {
+    /// rustup with the `wasm32-wasip2` target installed.
+    Standard,
+    /// Debian's rustc-web with `-Zbuild-std`.
+    Offline,
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn pick_route() -> Result<Route> {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == TARGET) {
+        return Ok(Route::Standard);
+    }
+    if Path::new("/usr/bin/rustc").exists()
+        && Path::new("/usr/lib/rustlib/src/rust/library").exists()
+    {
+        return Ok(Route::Offline);
+    }
+    bail!(
+        "no way to build for {TARGET}: either `rustup target add {TARGET}`, or on Debian \
+         `apt-get install rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc`"
+    )
+}
+
+fn build(root: &Path) -> Result<Built> {
+    let route = pick_route()?;
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
+        });
+    // Paths differ between checkouts and machines; map them away so that the
+    // same source gives the same bytes wherever it is built.
+    let mut rustflags = vec![
+        format!("--remap-path-prefix={}=/rootfs-cache", root.display()),
+        format!(
+            "--remap-path-prefix={}=/cargo",
+            home.join("registry/src").display()
+        ),
+    ];
+    let target_dir = root.join("target/guest");
+    let (mut cmd, toolchain) = match route {
+        Route::Standard => {
+            let version = output(Command::new("rustc").arg("-V")).unwrap_or_default();
+            let mut cmd = Command::new("cargo");
+            cmd.args([
+                "build",
+                "--locked",
+                "--profile",
+                "guest",
+                "--target",
+                TARGET,
+            ]);
+            (
+                cmd,
+                format!("route: standard (rustup, {TARGET} target)\n{version}"),
+            )
+        }
+        Route::Offline => {
+            rustflags.extend([
+                "-C".into(),
+                "link-self-contained=no".into(),
+                "-L".into(),
+                "/usr/lib/wasm32-wasi".into(),
+                "--remap-path-prefix=/usr/lib/rustlib/src/rust=/rustc-src".into(),
+            ]);
+            let version = output(Command::new("/usr/bin/rustc").arg("-V")).unwrap_or_default();
+            let libc =
+                output(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "wasi-libc"]))
+                    .unwrap_or_default();
+            let mut cmd = Command::new("/usr/bin/cargo");
+            cmd.env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .args([
+                    "build",
+                    "--locked",
+                    "--profile",
+                    "guest",
+                    "-Zbuild-std=std,panic_abort",
+                    "--target",
+                    TARGET,
+                ]);
+            (
+                cmd,
+                format!(
+                    "route: offline (Debian rustc-web, -Zbuild-std)\n{version}wasi-libc {libc}\n"
+                ),
+            )
+        }
+    };
+    cmd.current_dir(root)
+        .args(["-p", "rootfs-cache-guest", "--target-dir"])
+        .arg(&target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
+        .env_remove("RUSTFLAGS");
+    eprintln!(
+        "building the guest ({})",
+        toolchain.lines().next().unwrap_or_default()
+    );
+    let status = cmd.status().context("running cargo for the guest")?;
+    if !status.success() {
+        bail!("building the guest failed ({status})");
+    }
+    Ok(Built {
+        wasm: target_dir
+            .join(TARGET)
+            .join("guest/rootfs_cache_guest.wasm"),
+        toolchain,
+    })
+}
+
+fn check(root: &Path) -> Result<()> {
+    let built = build(root)?;
+    let fresh = std::fs::read(&built.wasm)?;
+    let committed =
+        std::fs::read(root.join(ARTIFACT)).with_context(|| format!("reading {ARTIFACT}"))?;
+    let recorded = std::fs::read_to_string(root.join(TOOLCHAIN_RECORD)).unwrap_or_default();
+    if fresh == committed {
+        println!(
+            "the committed component matches its source ({} bytes)",
+            fresh.len()
+        );
+        return Ok(());
+    }
+    if recorded != built.toolchain {
+        let rebuilt = root.join("target/guest-rebuilt.wasm");
+        std::fs::write(&rebuilt, &fresh)?;
+        println!("the toolchain differs from the one that built {ARTIFACT}:");
+        println!(
+            "  committed with: {}",
+            recorded.trim_end().replace('\n', "; ")
+        );
+        println!(
+            "  this machine:   {}",
+            built.toolchain.trim_end().replace('\n', "; ")
+        );
+        println!("so the bytes cannot be compared; test the rebuilt component instead:");
+        println!("ROOTFS_CACHE_COMPONENT={}", rebuilt.display());
+        return Ok(());
+    }
+    bail!(
+        "{ARTIFACT} does not match its source ({} bytes committed, {} rebuilt with the same toolchain): \
+         run `cargo xtask build-guest` and commit the result",
+        committed.len(),
+        fresh.len()
+    )
+}
