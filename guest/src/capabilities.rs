@@ -39,13 +39,7 @@ pub trait Capabilities {
     /// `host.mount-image`.
     fn mount_image(&self, image: &str) -> Result<Self::Mounted, Error>;
     /// `host.publish`.
-    fn publish(
-        &self,
-        staged: &str,
-        image: &str,
-        manifest: &str,
-        manifest_json: &str,
-    ) -> Result<(), Error>;
+    fn publish(&self, staged: &str, image: &str, manifest: &str, manifest_json: &str) -> Result<(), Error>;
     /// `host.remove`.
     fn remove(&self, path: &str) -> Result<(), Error>;
     /// `host.record-use`.

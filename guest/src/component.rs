@@ -70,13 +70,7 @@ impl Capabilities for WitHost {
         host::mount_image(image)
     }
 
-    fn publish(
-        &self,
-        staged: &str,
-        image: &str,
-        manifest: &str,
-        manifest_json: &str,
-    ) -> Result<(), Error> {
+    fn publish(&self, staged: &str, image: &str, manifest: &str, manifest_json: &str) -> Result<(), Error> {
         host::publish(staged, image, manifest, manifest_json)
     }
 

@@ -65,11 +65,7 @@ impl Superblock {
         let incompat = u32_at(bytes, 0x60);
         let wide = incompat & INCOMPAT_64BIT != 0;
         let hi = |at: usize| {
-            if wide {
-                u64::from(u32_at(bytes, at)) << 32
-            } else {
-                0
-            }
+            if wide { u64::from(u32_at(bytes, at)) << 32 } else { 0 }
         };
         let rev_level = u32_at(bytes, 0x4C);
         let label_raw = &bytes[0x78..0x88];
@@ -87,11 +83,7 @@ impl Superblock {
             blocks_per_group: u32_at(bytes, 0x20),
             inodes_per_group: u32_at(bytes, 0x28),
             rev_level,
-            inode_size: if rev_level == 0 {
-                128
-            } else {
-                u16_at(bytes, 0x58)
-            },
+            inode_size: if rev_level == 0 { 128 } else { u16_at(bytes, 0x58) },
             uuid,
             label: String::from_utf8_lossy(&label_raw[..label_len]).into_owned(),
         })
@@ -111,14 +103,7 @@ impl Superblock {
     /// The filesystem UUID in its usual hyphenated form.
     pub fn uuid_string(&self) -> String {
         let hex: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
+        format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
     }
 
     /// Checks that the superblock describes a filesystem that fits in a file
@@ -129,19 +114,12 @@ impl Superblock {
         if !self.has_magic() {
             return Err(format!("no ext4 magic (found {:#06x})", self.magic));
         }
-        let block_size = self.block_size().ok_or_else(|| {
-            format!(
-                "block size exponent {} is out of range",
-                self.log_block_size
-            )
-        })?;
+        let block_size =
+            self.block_size().ok_or_else(|| format!("block size exponent {} is out of range", self.log_block_size))?;
         if self.blocks_count == 0 {
             return Err("the superblock declares zero blocks".into());
         }
-        let declared = self
-            .blocks_count
-            .checked_mul(u64::from(block_size))
-            .ok_or("the declared size overflows")?;
+        let declared = self.blocks_count.checked_mul(u64::from(block_size)).ok_or("the declared size overflows")?;
         if declared > file_len {
             return Err(format!(
                 "the filesystem declares {} blocks of {block_size} bytes ({declared} bytes) but the file has {file_len} bytes",
@@ -150,16 +128,10 @@ impl Superblock {
         }
         let expected_first = u32::from(block_size == 1024);
         if self.first_data_block != expected_first {
-            return Err(format!(
-                "first data block is {}, expected {expected_first}",
-                self.first_data_block
-            ));
+            return Err(format!("first data block is {}, expected {expected_first}", self.first_data_block));
         }
         if self.blocks_per_group == 0 || self.blocks_per_group > block_size * 8 {
-            return Err(format!(
-                "{} blocks per group is impossible",
-                self.blocks_per_group
-            ));
+            return Err(format!("{} blocks per group is impossible", self.blocks_per_group));
         }
         if self.inodes_per_group == 0 || self.inodes_count == 0 {
             return Err("the superblock declares zero inodes".into());
@@ -167,10 +139,7 @@ impl Superblock {
         let data_blocks = self.blocks_count - u64::from(self.first_data_block);
         let groups = data_blocks.div_ceil(u64::from(self.blocks_per_group));
         if u64::from(self.inodes_per_group) * groups != u64::from(self.inodes_count) {
-            return Err(format!(
-                "{} inodes is not {} groups of {}",
-                self.inodes_count, groups, self.inodes_per_group
-            ));
+            return Err(format!("{} inodes is not {} groups of {}", self.inodes_count, groups, self.inodes_per_group));
         }
         if self.free_blocks > self.blocks_count || self.free_inodes > self.inodes_count {
             return Err("more free blocks or inodes than the filesystem has".into());
@@ -190,8 +159,7 @@ pub(crate) mod tests_support {
     /// A superblock as mke2fs writes it for a 4 MiB image with 4 KiB blocks.
     pub(crate) fn sample(blocks: u32) -> Vec<u8> {
         let mut sb = vec![0u8; SUPERBLOCK_LEN];
-        let put32 =
-            |sb: &mut Vec<u8>, at: usize, v: u32| sb[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        let put32 = |sb: &mut Vec<u8>, at: usize, v: u32| sb[at..at + 4].copy_from_slice(&v.to_le_bytes());
         put32(&mut sb, 0x00, 1024); // inodes
         put32(&mut sb, 0x04, blocks);
         put32(&mut sb, 0x0C, 100);
@@ -232,29 +200,19 @@ mod tests {
     fn zeroes_have_no_magic() {
         let sb = Superblock::parse(&[0u8; SUPERBLOCK_LEN]).unwrap();
         assert!(!sb.has_magic());
-        assert!(
-            sb.check_geometry(1 << 30)
-                .unwrap_err()
-                .contains("no ext4 magic")
-        );
+        assert!(sb.check_geometry(1 << 30).unwrap_err().contains("no ext4 magic"));
     }
 
     #[test]
     fn magic_alone_is_not_enough() {
         let mut raw = sample(1024);
         raw[0x18] = 9; // a 512 KiB block size
-        let err = Superblock::parse(&raw)
-            .unwrap()
-            .check_geometry(u64::MAX)
-            .unwrap_err();
+        let err = Superblock::parse(&raw).unwrap().check_geometry(u64::MAX).unwrap_err();
         assert!(err.contains("out of range"), "{err}");
 
         let mut raw = sample(1024);
         raw[0x00..0x04].copy_from_slice(&7u32.to_le_bytes());
-        let err = Superblock::parse(&raw)
-            .unwrap()
-            .check_geometry(4 << 20)
-            .unwrap_err();
+        let err = Superblock::parse(&raw).unwrap().check_geometry(4 << 20).unwrap_err();
         assert!(err.contains("inodes is not"), "{err}");
     }
 

@@ -48,9 +48,7 @@ fn micros(since: Instant) -> u64 {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Checks that `path` is an absolute, normalised host path of sane length.
@@ -71,9 +69,7 @@ pub fn check_host_path(what: &str, path: &str) -> Result<(), Error> {
     if !path.starts_with('/') {
         return bad("is not an absolute path");
     }
-    if Path::new(path)
-        .components()
-        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    if Path::new(path).components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
         || path.contains("//")
         || (path.len() > 1 && path.ends_with('/'))
     {
@@ -112,14 +108,9 @@ pub fn check_request(request: &ConvertRequest) -> Result<String, Error> {
             )));
         }
     }
-    let platform = request
-        .platform
-        .clone()
-        .unwrap_or_else(|| DEFAULT_PLATFORM.to_owned());
+    let platform = request.platform.clone().unwrap_or_else(|| DEFAULT_PLATFORM.to_owned());
     if crate::oci::Platform::parse(&platform).is_none() {
-        return Err(Error::InvalidRequest(format!(
-            "platform {platform:?} is not os/arch or os/arch/variant"
-        )));
+        return Err(Error::InvalidRequest(format!("platform {platform:?} is not os/arch or os/arch/variant")));
     }
     Ok(platform)
 }
@@ -127,10 +118,7 @@ pub fn check_request(request: &ConvertRequest) -> Result<String, Error> {
 impl<'h, H: Capabilities> Cache<'h, H> {
     /// A cache whose directory the guest sees at `root`.
     pub fn new(host: &'h H, root: impl Into<PathBuf>) -> Self {
-        Self {
-            host,
-            root: root.into(),
-        }
+        Self { host, root: root.into() }
     }
 
     /// Serves `request` from the cache or builds it. See `cache.convert` in the WIT.
@@ -142,9 +130,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         let converter = self.host.describe_converter(&request.converter)?;
         let mut key = KeyBuilder::new();
         source.add_to_key(&mut key);
-        key.text("agent.sha256", &agent.sha256)
-            .text("converter", &converter.identity)
-            .optional("size", request.size);
+        key.text("agent.sha256", &agent.sha256).text("converter", &converter.identity).optional("size", request.size);
         let key = key.finish();
         let mut timings = Timings {
             resolve_us: micros(started),
@@ -166,7 +152,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         let first_look = validate::lookup(&self.root, &expected);
         timings.lookup_us = micros(step);
         if let Lookup::Hit(manifest) = first_look {
-            return self.serve(&key, &source, manifest, None, timings, started);
+            return self.serve(&key, &source, manifest, timings, started);
         }
 
         let step = Instant::now();
@@ -175,7 +161,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         // Someone may have built it while this caller waited.
         let rebuilt_because = match validate::lookup(&self.root, &expected) {
             Lookup::Hit(manifest) => {
-                return self.serve(&key, &source, manifest, None, timings, started);
+                return self.serve(&key, &source, manifest, timings, started);
             }
             Lookup::Miss => None,
             Lookup::Corrupt(why) => {
@@ -187,16 +173,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         };
 
         let staged = key.staging_path(&lock.token());
-        let built = self.build(
-            &key,
-            &source,
-            request,
-            &platform,
-            &agent,
-            &converter,
-            &staged,
-            &mut timings,
-        );
+        let built = self.build(&key, &source, request, &platform, &agent, &converter, &staged, &mut timings);
         match built {
             Ok(image_bytes) => {
                 timings.total_us = micros(started);
@@ -224,23 +201,19 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         &self,
         key: &CacheKey,
         source: &Source,
-        manifest: Manifest,
-        rebuilt_because: Option<String>,
+        manifest: Box<Manifest>,
         timings: Timings,
         started: Instant,
     ) -> Result<Outcome, Error> {
         self.host.record_use(&key.manifest_path())?;
-        let timings = Timings {
-            total_us: micros(started),
-            ..timings
-        };
+        let timings = Timings { total_us: micros(started), ..timings };
         Ok(Outcome {
             image: key.image_path(),
             key: key.to_string(),
             cached: true,
             kind: kind_of(source),
             image_bytes: manifest.image_bytes,
-            rebuilt_because,
+            rebuilt_because: None,
             timings,
         })
     }
@@ -268,11 +241,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
                 chain
                     .diffs_bottom_up()
                     .into_iter()
-                    .map(|path| Layer {
-                        path,
-                        media_type: String::new(),
-                        digest: String::new(),
-                    })
+                    .map(|path| Layer { path, media_type: String::new(), digest: String::new() })
                     .collect::<Vec<_>>(),
                 None,
             ),
@@ -280,11 +249,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
                 image
                     .layers
                     .iter()
-                    .map(|l| Layer {
-                        path: l.path.clone(),
-                        media_type: l.media_type.clone(),
-                        digest: l.digest.clone(),
-                    })
+                    .map(|l| Layer { path: l.path.clone(), media_type: l.media_type.clone(), digest: l.digest.clone() })
                     .collect(),
                 Some(format!("{} {}", image.platform, image.manifest_digest)),
             ),
@@ -304,6 +269,9 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         let step = Instant::now();
         self.host.run_converter(&job)?;
         timings.convert_us = micros(step);
+        // Check before mounting: the kernel must never be handed a broken image.
+        validate::check_image(&self.root.join(staged), None)
+            .map_err(|why| Error::Corrupt(format!("the converter produced an unusable image: {why}")))?;
 
         if !converter.installs_agent {
             let step = Instant::now();
@@ -314,9 +282,8 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             timings.inject_us = micros(step);
         }
 
-        let image_bytes = validate::check_image(&self.root.join(staged), None).map_err(|why| {
-            Error::Corrupt(format!("the converter produced an unusable image: {why}"))
-        })?;
+        let image_bytes = validate::check_image(&self.root.join(staged), None)
+            .map_err(|why| Error::Corrupt(format!("the image is unusable after installing the agent: {why}")))?;
 
         let manifest = Manifest {
             format: FORMAT,
@@ -325,11 +292,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             source: request.source.clone(),
             layers: layers.into_iter().map(|l| l.path).collect(),
             platform: recorded_platform,
-            agent: AgentRecord {
-                path: request.agent.clone(),
-                sha256: agent.sha256.clone(),
-                size: agent.size,
-            },
+            agent: AgentRecord { path: request.agent.clone(), sha256: agent.sha256.clone(), size: agent.size },
             converter: converter.identity.clone(),
             requested_size: request.size,
             image_bytes,
@@ -337,12 +300,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             builder: concat!("rootfs-cache-guest ", env!("CARGO_PKG_VERSION")).into(),
         };
         let step = Instant::now();
-        self.host.publish(
-            staged,
-            &key.image_path(),
-            &key.manifest_path(),
-            &manifest.to_json(),
-        )?;
+        self.host.publish(staged, &key.image_path(), &key.manifest_path(), &manifest.to_json())?;
         timings.publish_us = micros(step);
         Ok(image_bytes)
     }
@@ -353,14 +311,8 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             check_host_path("image", image)?;
             PathBuf::from(image)
         } else {
-            if image.is_empty()
-                || Path::new(image)
-                    .components()
-                    .any(|c| !matches!(c, Component::Normal(_)))
-            {
-                return Err(Error::InvalidRequest(format!(
-                    "image {image:?} is not a path inside the cache"
-                )));
+            if image.is_empty() || Path::new(image).components().any(|c| !matches!(c, Component::Normal(_))) {
+                return Err(Error::InvalidRequest(format!("image {image:?} is not a path inside the cache")));
             }
             self.root.join(image)
         };
@@ -406,9 +358,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             let item = item.map_err(|e| SourceError::io(&images, &e))?;
             let name = item.file_name();
             let Some(name) = name.to_str() else { continue };
-            let stem = name
-                .strip_suffix(".json")
-                .or_else(|| name.strip_suffix(".ext4"));
+            let stem = name.strip_suffix(".json").or_else(|| name.strip_suffix(".ext4"));
             if let Some(key) = stem.and_then(CacheKey::parse)
                 && !keys.contains(&key)
             {
@@ -441,10 +391,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         let manifest = match manifest {
             Ok(m) => m,
             Err(problem) => {
-                return Entry {
-                    problem: Some(problem),
-                    ..blank()
-                };
+                return Entry { problem: Some(problem), ..blank() };
             }
         };
         let last_used = std::fs::metadata(&manifest_path)
@@ -459,11 +406,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         };
         Entry {
             source: manifest.source,
-            kind: if manifest.kind == "oci-layout" {
-                SourceKind::OciLayout
-            } else {
-                SourceKind::Overlay2
-            },
+            kind: if manifest.kind == "oci-layout" { SourceKind::OciLayout } else { SourceKind::Overlay2 },
             agent_sha256: manifest.agent.sha256,
             converter: manifest.converter,
             image_bytes: manifest.image_bytes,

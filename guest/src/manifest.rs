@@ -57,8 +57,7 @@ pub struct Manifest {
 impl Manifest {
     /// Parses a manifest, strictly.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        let m: Self =
-            serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not valid: {e}"))?;
+        let m: Self = serde_json::from_slice(bytes).map_err(|e| format!("the manifest is not valid: {e}"))?;
         if m.format != FORMAT {
             return Err(format!("manifest format {} is not {FORMAT}", m.format));
         }
@@ -84,11 +83,7 @@ mod tests {
             source: "/var/lib/docker/overlay2/x".into(),
             layers: vec!["/var/lib/docker/overlay2/x/diff".into()],
             platform: None,
-            agent: AgentRecord {
-                path: "/opt/vm-agent".into(),
-                sha256: "cd".repeat(32),
-                size: 10,
-            },
+            agent: AgentRecord { path: "/opt/vm-agent".into(), sha256: "cd".repeat(32), size: 10 },
             converter: "oci2rootfs 0.3.0".into(),
             requested_size: Some(64 << 20),
             image_bytes: 64 << 20,
@@ -107,19 +102,11 @@ mod tests {
     fn unknown_fields_and_wrong_types_are_refused() {
         let json = sample().to_json();
         let extra = json.replacen('{', r#"{"surprise":1,"#, 1);
-        assert!(
-            Manifest::parse(extra.as_bytes())
-                .unwrap_err()
-                .contains("unknown field")
-        );
+        assert!(Manifest::parse(extra.as_bytes()).unwrap_err().contains("unknown field"));
         let wrong = json.replace(r#""format":1"#, r#""format":"1""#);
         assert!(Manifest::parse(wrong.as_bytes()).is_err());
         let future = json.replace(r#""format":1"#, r#""format":2"#);
-        assert!(
-            Manifest::parse(future.as_bytes())
-                .unwrap_err()
-                .contains("format 2")
-        );
+        assert!(Manifest::parse(future.as_bytes()).unwrap_err().contains("format 2"));
         assert!(Manifest::parse(b"").is_err());
     }
 }

@@ -20,14 +20,10 @@ const MAX_INDEX_DEPTH: usize = 4;
 /// Most layers an image may have; matches the overlay2 limit.
 const MAX_LAYERS: usize = 128;
 
-const INDEX_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-];
-const MANIFEST_TYPES: &[&str] = &[
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
+const INDEX_TYPES: &[&str] =
+    &["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+const MANIFEST_TYPES: &[&str] =
+    &["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
 /// Layer media types a converter is asked to apply.
 pub const LAYER_TYPES: &[&str] = &[
     "application/vnd.oci.image.layer.v1.tar",
@@ -116,24 +112,17 @@ impl Platform {
         let valid = |s: &str| {
             !s.is_empty()
                 && s.len() <= 32
-                && s.bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+                && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
         };
         let parts: Vec<&str> = text.split('/').collect();
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(|p| valid(p)) {
             return None;
         }
-        Some(Self {
-            os: parts[0].into(),
-            arch: parts[1].into(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
+        Some(Self { os: parts[0].into(), arch: parts[1].into(), variant: parts.get(2).map(|v| v.to_string()) })
     }
 
     fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
-        self.os == os
-            && self.arch == arch
-            && self.variant.as_deref().is_none_or(|v| Some(v) == variant)
+        self.os == os && self.arch == arch && self.variant.as_deref().is_none_or(|v| Some(v) == variant)
     }
 }
 
@@ -177,14 +166,10 @@ pub struct OciImage {
 
 /// Checks a digest and returns its hex part; only SHA-256 is supported.
 pub fn sha256_of_digest(digest: &str) -> Result<&str, SourceError> {
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
-        SourceError::Unsupported(format!("digest {digest:?} is not sha256:<hex>"))
-    })?;
-    if hex.len() != 64
-        || !hex
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
-    {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| SourceError::Unsupported(format!("digest {digest:?} is not sha256:<hex>")))?;
+    if hex.len() != 64 || !hex.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)) {
         return Err(SourceError::Unsupported(format!(
             "digest {digest:?} is not sha256 followed by 64 lowercase hex digits"
         )));
@@ -193,10 +178,7 @@ pub fn sha256_of_digest(digest: &str) -> Result<&str, SourceError> {
 }
 
 fn blob_path(layout: &Path, digest: &str) -> Result<std::path::PathBuf, SourceError> {
-    Ok(layout
-        .join("blobs")
-        .join("sha256")
-        .join(sha256_of_digest(digest)?))
+    Ok(layout.join("blobs").join("sha256").join(sha256_of_digest(digest)?))
 }
 
 /// Reads a small blob and checks it against its descriptor.
@@ -228,25 +210,19 @@ fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, SourceError> {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, SourceError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| SourceError::Unsupported(format!("{what} is not valid: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| SourceError::Unsupported(format!("{what} is not valid: {e}")))
 }
 
 /// Parses `index.json` (or a nested index blob) and returns its manifests.
 pub fn parse_index(bytes: &[u8]) -> Result<Vec<Descriptor>, SourceError> {
     let index: Index = parse_json("index.json", bytes)?;
     if index.schema_version != 2 {
-        return Err(SourceError::Unsupported(format!(
-            "index schemaVersion is {}, expected 2",
-            index.schema_version
-        )));
+        return Err(SourceError::Unsupported(format!("index schemaVersion is {}, expected 2", index.schema_version)));
     }
     if let Some(t) = &index.media_type
         && !INDEX_TYPES.contains(&t.as_str())
     {
-        return Err(SourceError::Unsupported(format!(
-            "index mediaType {t:?} is not an image index"
-        )));
+        return Err(SourceError::Unsupported(format!("index mediaType {t:?} is not an image index")));
     }
     Ok(index.manifests)
 }
@@ -264,9 +240,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(Descriptor, Vec<Descriptor>), Sou
     if let Some(t) = &manifest.media_type
         && !MANIFEST_TYPES.contains(&t.as_str())
     {
-        return Err(SourceError::Unsupported(format!(
-            "manifest mediaType {t:?} is not an image manifest"
-        )));
+        return Err(SourceError::Unsupported(format!("manifest mediaType {t:?} is not an image manifest")));
     }
     if manifest.layers.len() > MAX_LAYERS {
         return Err(SourceError::Unsupported(format!(
@@ -289,9 +263,8 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(Descriptor, Vec<Descriptor>), Sou
 impl OciImage {
     /// Resolves the image for `platform` in the layout at `layout`.
     pub fn resolve(layout: &Path, platform: &str) -> Result<Self, SourceError> {
-        let wanted = Platform::parse(platform).ok_or_else(|| {
-            SourceError::Unsupported(format!("platform {platform:?} is not os/arch[/variant]"))
-        })?;
+        let wanted = Platform::parse(platform)
+            .ok_or_else(|| SourceError::Unsupported(format!("platform {platform:?} is not os/arch[/variant]")))?;
         let marker = read_small(&layout.join("oci-layout"), 4096)?;
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -314,19 +287,13 @@ impl OciImage {
             .into_iter()
             .map(|d| {
                 let path = blob_path(layout, &d.digest)?;
-                Ok(LayerBlob {
-                    path: path.to_string_lossy().into_owned(),
-                    media_type: d.media_type,
-                    digest: d.digest,
-                })
+                Ok(LayerBlob { path: path.to_string_lossy().into_owned(), media_type: d.media_type, digest: d.digest })
             })
             .collect::<Result<Vec<_>, SourceError>>()?;
         let nanos = |t: std::io::Result<std::time::SystemTime>| {
             t.ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| {
-                    d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos())
-                })
+                .map_or(0, |d| d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos()))
         };
         Ok(Self {
             layout: layout.to_string_lossy().into_owned(),
@@ -343,24 +310,17 @@ type Selected = (String, (Descriptor, Vec<Descriptor>));
 
 /// Picks the manifest for `wanted` among `candidates`, descending into nested
 /// indexes. A descriptor without a platform is checked against its config.
-fn select(
-    layout: &Path,
-    candidates: &[Descriptor],
-    wanted: &Platform,
-    depth: usize,
-) -> Result<Selected, SourceError> {
+fn select(layout: &Path, candidates: &[Descriptor], wanted: &Platform, depth: usize) -> Result<Selected, SourceError> {
     if depth > MAX_INDEX_DEPTH {
-        return Err(SourceError::Unsupported(format!(
-            "image indexes nest deeper than {MAX_INDEX_DEPTH}"
-        )));
+        return Err(SourceError::Unsupported(format!("image indexes nest deeper than {MAX_INDEX_DEPTH}")));
     }
     let mut seen = Vec::new();
     for desc in candidates {
-        if let Some(p) = &desc.platform {
-            if !wanted.matches(&p.os, &p.architecture, p.variant.as_deref()) {
-                seen.push(format!("{}/{}", p.os, p.architecture));
-                continue;
-            }
+        if let Some(p) = &desc.platform
+            && !wanted.matches(&p.os, &p.architecture, p.variant.as_deref())
+        {
+            seen.push(format!("{}/{}", p.os, p.architecture));
+            continue;
         }
         if INDEX_TYPES.contains(&desc.media_type.as_str()) {
             let nested = parse_index(&read_blob(layout, desc)?)?;
@@ -380,14 +340,8 @@ fn select(
         }
         return Ok((desc.digest.clone(), (config, layers)));
     }
-    let found = if seen.is_empty() {
-        "none".to_owned()
-    } else {
-        seen.join(", ")
-    };
-    Err(SourceError::Unsupported(format!(
-        "the layout has no image for {wanted} (found: {found})"
-    )))
+    let found = if seen.is_empty() { "none".to_owned() } else { seen.join(", ") };
+    Err(SourceError::Unsupported(format!("the layout has no image for {wanted} (found: {found})")))
 }
 
 #[cfg(test)]
@@ -396,26 +350,9 @@ mod tests {
 
     #[test]
     fn platforms_parse_with_and_without_variant() {
-        assert_eq!(
-            Platform::parse("linux/amd64").unwrap().to_string(),
-            "linux/amd64"
-        );
-        assert_eq!(
-            Platform::parse("linux/arm64/v8")
-                .unwrap()
-                .variant
-                .as_deref(),
-            Some("v8")
-        );
-        for bad in [
-            "",
-            "linux",
-            "linux/",
-            "/amd64",
-            "linux/amd64/v8/x",
-            "Linux/amd64",
-            "linux/../x",
-        ] {
+        assert_eq!(Platform::parse("linux/amd64").unwrap().to_string(), "linux/amd64");
+        assert_eq!(Platform::parse("linux/arm64/v8").unwrap().variant.as_deref(), Some("v8"));
+        for bad in ["", "linux", "linux/", "/amd64", "linux/amd64/v8/x", "Linux/amd64", "linux/../x"] {
             assert!(Platform::parse(bad).is_none(), "{bad:?} was accepted");
         }
     }
@@ -436,11 +373,7 @@ mod tests {
             br#"{"schemaVersion":2,"mediaType":"text/plain","manifests":[]}"#,
             br#"not json"#,
         ] {
-            assert!(
-                parse_index(bad).is_err(),
-                "{} was accepted",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(parse_index(bad).is_err(), "{} was accepted", String::from_utf8_lossy(bad));
         }
     }
 

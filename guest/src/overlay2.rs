@@ -32,11 +32,7 @@ pub fn looks_like_layer(dir: &Path) -> bool {
 /// accepts 1 to 64 ASCII letters, digits, `_` and `-`, which rules out every
 /// path trick.
 pub fn is_valid_link_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')
 }
 
 /// Parses the contents of a `lower` file into short ids, nearest layer first.
@@ -47,13 +43,11 @@ pub fn parse_lower(text: &str) -> Result<Vec<String>, SourceError> {
     }
     let mut ids = Vec::new();
     for entry in text.split(':') {
-        let id = entry.strip_prefix("l/").ok_or_else(|| {
-            SourceError::Unsupported(format!("lower entry {entry:?} is not of the form l/<id>"))
-        })?;
+        let id = entry
+            .strip_prefix("l/")
+            .ok_or_else(|| SourceError::Unsupported(format!("lower entry {entry:?} is not of the form l/<id>")))?;
         if !is_valid_link_id(id) {
-            return Err(SourceError::Unsupported(format!(
-                "lower entry {entry:?} has an invalid layer id"
-            )));
+            return Err(SourceError::Unsupported(format!("lower entry {entry:?} has an invalid layer id")));
         }
         if ids.len() == MAX_LAYERS {
             return Err(SourceError::Unsupported(format!(
@@ -61,9 +55,7 @@ pub fn parse_lower(text: &str) -> Result<Vec<String>, SourceError> {
             )));
         }
         if ids.iter().any(|seen| seen == id) {
-            return Err(SourceError::Unsupported(format!(
-                "lower names layer l/{id} twice: the chain is a cycle"
-            )));
+            return Err(SourceError::Unsupported(format!("lower names layer l/{id} twice: the chain is a cycle")));
         }
         ids.push(id.to_owned());
     }
@@ -82,11 +74,9 @@ pub fn chain_of_link_target(target: &Path) -> Result<String, String> {
     let mut stack: Vec<String> = vec!["l".into()];
     for component in target.components() {
         match component {
-            Component::Normal(part) => stack.push(
-                part.to_str()
-                    .ok_or_else(|| format!("{} is not UTF-8", target.display()))?
-                    .to_owned(),
-            ),
+            Component::Normal(part) => {
+                stack.push(part.to_str().ok_or_else(|| format!("{} is not UTF-8", target.display()))?.to_owned())
+            }
             Component::CurDir => {}
             Component::ParentDir => {
                 if stack.pop().is_none() {
@@ -100,10 +90,7 @@ pub fn chain_of_link_target(target: &Path) -> Result<String, String> {
     }
     match stack.as_slice() {
         [chain, diff] if diff == "diff" && chain != "l" => Ok(chain.clone()),
-        _ => Err(format!(
-            "{} does not name <root>/<layer>/diff",
-            target.display()
-        )),
+        _ => Err(format!("{} does not name <root>/<layer>/diff", target.display())),
     }
 }
 
@@ -123,10 +110,7 @@ impl Overlay2Chain {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .ok_or_else(|| {
-                SourceError::Unsupported(format!(
-                    "{}: an overlay2 layer needs a parent directory",
-                    top.display()
-                ))
+                SourceError::Unsupported(format!("{}: an overlay2 layer needs a parent directory", top.display()))
             })?
             .to_path_buf();
         let top_link = read_link_id(top)?;
@@ -136,11 +120,10 @@ impl Overlay2Chain {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(SourceError::io(&lower_path, &e)),
         };
-        let lower = String::from_utf8(lower).map_err(|_| {
-            SourceError::Unsupported(format!("{} is not UTF-8", lower_path.display()))
-        })?;
+        let lower = String::from_utf8(lower)
+            .map_err(|_| SourceError::Unsupported(format!("{} is not UTF-8", lower_path.display())))?;
         let ids = parse_lower(&lower)?;
-        if ids.iter().any(|id| *id == top_link) {
+        if ids.contains(&top_link) {
             return Err(SourceError::Unsupported(format!(
                 "{} lists the layer's own id l/{top_link}: the chain is a cycle",
                 lower_path.display()
@@ -151,10 +134,9 @@ impl Overlay2Chain {
         for id in ids {
             let link = root.join("l").join(&id);
             let target = fs::read_link(&link).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => SourceError::Unsupported(format!(
-                    "lower names layer l/{id}, but {} does not exist",
-                    link.display()
-                )),
+                std::io::ErrorKind::NotFound => {
+                    SourceError::Unsupported(format!("lower names layer l/{id}, but {} does not exist", link.display()))
+                }
                 std::io::ErrorKind::InvalidInput => {
                     SourceError::Unsupported(format!("{} is not a symlink", link.display()))
                 }
@@ -184,25 +166,18 @@ impl Overlay2Chain {
     /// The `diff/` directories, bottom layer first: the order a converter
     /// applies them in.
     pub fn diffs_bottom_up(&self) -> Vec<String> {
-        self.layers
-            .iter()
-            .rev()
-            .map(|l| format!("{}/diff", l.dir))
-            .collect()
+        self.layers.iter().rev().map(|l| format!("{}/diff", l.dir)).collect()
     }
 }
 
 fn read_link_id(layer: &Path) -> Result<String, SourceError> {
     let path = layer.join("link");
     let raw = read_small(&path, 256)?;
-    let text = String::from_utf8(raw)
-        .map_err(|_| SourceError::Unsupported(format!("{} is not UTF-8", path.display())))?;
+    let text =
+        String::from_utf8(raw).map_err(|_| SourceError::Unsupported(format!("{} is not UTF-8", path.display())))?;
     let id = text.trim_end_matches('\n');
     if !is_valid_link_id(id) {
-        return Err(SourceError::Unsupported(format!(
-            "{} holds an invalid layer id {id:?}",
-            path.display()
-        )));
+        return Err(SourceError::Unsupported(format!("{} holds an invalid layer id {id:?}", path.display())));
     }
     Ok(id.to_owned())
 }
@@ -219,16 +194,7 @@ mod tests {
 
     #[test]
     fn lower_entries_must_be_link_ids() {
-        for bad in [
-            "AAA",
-            "l/",
-            "l/../x",
-            "l/a/b",
-            "l/AAA::l/BBB",
-            "/l/AAA",
-            "l/A A",
-            "x/AAA",
-        ] {
+        for bad in ["AAA", "l/", "l/../x", "l/a/b", "l/AAA::l/BBB", "/l/AAA", "l/A A", "x/AAA"] {
             assert!(parse_lower(bad).is_err(), "{bad:?} was accepted");
         }
     }
@@ -248,14 +214,8 @@ mod tests {
 
     #[test]
     fn link_targets_must_stay_inside_the_root() {
-        assert_eq!(
-            chain_of_link_target(Path::new("../abc/diff")).unwrap(),
-            "abc"
-        );
-        assert_eq!(
-            chain_of_link_target(Path::new("./../abc/./diff")).unwrap(),
-            "abc"
-        );
+        assert_eq!(chain_of_link_target(Path::new("../abc/diff")).unwrap(), "abc");
+        assert_eq!(chain_of_link_target(Path::new("./../abc/./diff")).unwrap(), "abc");
         for bad in [
             "../../etc/diff",
             "/var/lib/docker/overlay2/abc/diff",
@@ -265,10 +225,7 @@ mod tests {
             "diff",
             "../l/diff",
         ] {
-            assert!(
-                chain_of_link_target(Path::new(bad)).is_err(),
-                "{bad:?} was accepted"
-            );
+            assert!(chain_of_link_target(Path::new(bad)).is_err(), "{bad:?} was accepted");
         }
     }
 }

@@ -44,14 +44,9 @@ impl std::fmt::Display for SourceError {
 pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
     let file = fs::File::open(path).map_err(|e| SourceError::io(path, &e))?;
     let mut bytes = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| SourceError::io(path, &e))?;
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| SourceError::io(path, &e))?;
     if bytes.len() as u64 > limit {
-        return Err(SourceError::Unsupported(format!(
-            "{} is larger than {limit} bytes",
-            path.display()
-        )));
+        return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
     }
     Ok(bytes)
 }
@@ -60,11 +55,7 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
 fn nanos(time: std::io::Result<SystemTime>) -> u64 {
     time.ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| {
-            d.as_secs()
-                .saturating_mul(1_000_000_000)
-                .saturating_add(u64::from(d.subsec_nanos()))
-        })
+        .map_or(0, |d| d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos())))
 }
 
 /// What identifies one overlay2 layer at one point in time.
@@ -92,21 +83,11 @@ impl LayerIdentity {
         let diff = dir.join("diff");
         let meta = fs::symlink_metadata(&diff).map_err(|e| SourceError::io(&diff, &e))?;
         if !meta.is_dir() {
-            return Err(SourceError::Unsupported(format!(
-                "{} is not a directory",
-                diff.display()
-            )));
+            return Err(SourceError::Unsupported(format!("{} is not a directory", diff.display())));
         }
-        let dir = dir
-            .to_str()
-            .ok_or_else(|| SourceError::Unsupported(format!("{} is not UTF-8", dir.display())))?
-            .to_owned();
-        Ok(Self {
-            dir,
-            link,
-            created_ns: nanos(meta.created()),
-            modified_ns: nanos(meta.modified()),
-        })
+        let dir =
+            dir.to_str().ok_or_else(|| SourceError::Unsupported(format!("{} is not UTF-8", dir.display())))?.to_owned();
+        Ok(Self { dir, link, created_ns: nanos(meta.created()), modified_ns: nanos(meta.modified()) })
     }
 }
 
@@ -146,8 +127,7 @@ impl Source {
     pub fn add_to_key(&self, key: &mut KeyBuilder) {
         match self {
             Self::Overlay2(chain) => {
-                key.text("kind", "overlay2")
-                    .number("layers", chain.layers.len() as u64);
+                key.text("kind", "overlay2").number("layers", chain.layers.len() as u64);
                 for layer in &chain.layers {
                     key.text("layer.dir", &layer.dir)
                         .text("layer.link", &layer.link)

@@ -14,7 +14,7 @@ use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
     /// A valid entry, with its manifest.
-    Hit(Manifest),
+    Hit(Box<Manifest>),
     /// No entry at all.
     Miss,
     /// Something is there but must not be served; the reason says what.
@@ -54,13 +54,9 @@ pub fn check_image(path: &Path, expected_len: Option<u64>) -> Result<u64, String
     if let Some(want) = expected_len
         && want != len
     {
-        return Err(format!(
-            "the image has {len} bytes, its manifest records {want}"
-        ));
+        return Err(format!("the image has {len} bytes, its manifest records {want}"));
     }
-    let sb = sb.ok_or_else(|| {
-        format!("the image has only {len} bytes, too short for an ext4 superblock")
-    })?;
+    let sb = sb.ok_or_else(|| format!("the image has only {len} bytes, too short for an ext4 superblock"))?;
     sb.check_geometry(len)?;
     Ok(len)
 }
@@ -79,18 +75,14 @@ pub fn lookup(cache_root: &Path, expected: &Expected<'_>) -> Lookup {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return match fs::symlink_metadata(&image_path) {
-                Ok(_) => {
-                    Lookup::Corrupt("the image has no manifest: its build never finished".into())
-                }
+                Ok(_) => Lookup::Corrupt("the image has no manifest: its build never finished".into()),
                 Err(_) => Lookup::Miss,
             };
         }
         Err(e) => return Lookup::Corrupt(format!("opening the manifest: {e}")),
     };
     if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-        return Lookup::Corrupt(format!(
-            "the manifest is larger than {MAX_MANIFEST_BYTES} bytes"
-        ));
+        return Lookup::Corrupt(format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"));
     }
     let manifest = match Manifest::parse(&bytes) {
         Ok(m) => m,
@@ -100,27 +92,20 @@ pub fn lookup(cache_root: &Path, expected: &Expected<'_>) -> Lookup {
         return Lookup::Corrupt(why);
     }
     match check_image(&image_path, Some(manifest.image_bytes)) {
-        Ok(_) => Lookup::Hit(manifest),
+        Ok(_) => Lookup::Hit(Box::new(manifest)),
         Err(why) => Lookup::Corrupt(why),
     }
 }
 
 /// Checks that a manifest describes the entry that `expected` asks for.
 pub fn check_manifest(manifest: &Manifest, expected: &Expected<'_>) -> Result<(), String> {
-    let mismatch = |what: &str, found: &str, want: &str| {
-        Err(format!(
-            "the manifest records {what} {found:?}, expected {want:?}"
-        ))
-    };
+    let mismatch =
+        |what: &str, found: &str, want: &str| Err(format!("the manifest records {what} {found:?}, expected {want:?}"));
     if manifest.key != expected.key.as_str() {
         return mismatch("key", &manifest.key, expected.key.as_str());
     }
     if manifest.agent.sha256 != expected.agent_sha256 {
-        return mismatch(
-            "agent digest",
-            &manifest.agent.sha256,
-            expected.agent_sha256,
-        );
+        return mismatch("agent digest", &manifest.agent.sha256, expected.agent_sha256);
     }
     if manifest.converter != expected.converter {
         return mismatch("converter", &manifest.converter, expected.converter);
@@ -156,11 +141,7 @@ mod tests {
             source: "/src".into(),
             layers: vec![],
             platform: None,
-            agent: AgentRecord {
-                path: "/agent".into(),
-                sha256: "a".repeat(64),
-                size: 1,
-            },
+            agent: AgentRecord { path: "/agent".into(), sha256: "a".repeat(64), size: 1 },
             converter: "test".into(),
             requested_size: None,
             image_bytes,
@@ -175,11 +156,7 @@ mod tests {
         let key = CacheKey::parse(&"1".repeat(64)).unwrap();
         let image = superblock_image(256);
         fs::write(dir.path().join(key.image_path()), &image).unwrap();
-        fs::write(
-            dir.path().join(key.manifest_path()),
-            manifest(&key, image.len() as u64).to_json(),
-        )
-        .unwrap();
+        fs::write(dir.path().join(key.manifest_path()), manifest(&key, image.len() as u64).to_json()).unwrap();
         Fixture { dir, key }
     }
 
@@ -195,10 +172,7 @@ mod tests {
     #[test]
     fn a_complete_entry_is_a_hit() {
         let f = fixture();
-        assert!(matches!(
-            lookup(f.dir.path(), &expected(&f.key)),
-            Lookup::Hit(_)
-        ));
+        assert!(matches!(lookup(f.dir.path(), &expected(&f.key)), Lookup::Hit(_)));
     }
 
     #[test]
@@ -214,9 +188,7 @@ mod tests {
         let path = f.dir.path().join(f.key.image_path());
         let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(4096 * 100).unwrap();
-        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&f.key)) else {
-            panic!("served a truncated image")
-        };
+        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&f.key)) else { panic!("served a truncated image") };
         assert!(why.contains("manifest records"), "{why}");
     }
 
@@ -225,9 +197,7 @@ mod tests {
         let f = fixture();
         let path = f.dir.path().join(f.key.image_path());
         fs::write(&path, vec![0u8; 256 * 4096]).unwrap();
-        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&f.key)) else {
-            panic!("served a zeroed image")
-        };
+        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&f.key)) else { panic!("served a zeroed image") };
         assert!(why.contains("no ext4 magic"), "{why}");
     }
 
@@ -235,10 +205,7 @@ mod tests {
     fn an_image_without_manifest_is_corrupt() {
         let f = fixture();
         fs::remove_file(f.dir.path().join(f.key.manifest_path())).unwrap();
-        assert!(matches!(
-            lookup(f.dir.path(), &expected(&f.key)),
-            Lookup::Corrupt(_)
-        ));
+        assert!(matches!(lookup(f.dir.path(), &expected(&f.key)), Lookup::Corrupt(_)));
     }
 
     #[test]
@@ -246,9 +213,7 @@ mod tests {
         let f = fixture();
         let mut e = expected(&f.key);
         e.agent_sha256 = "bbbb";
-        let Lookup::Corrupt(why) = lookup(f.dir.path(), &e) else {
-            panic!("matched another agent")
-        };
+        let Lookup::Corrupt(why) = lookup(f.dir.path(), &e) else { panic!("matched another agent") };
         assert!(why.contains("agent digest"), "{why}");
     }
 
@@ -256,19 +221,9 @@ mod tests {
     fn a_manifest_under_another_name_does_not_match() {
         let f = fixture();
         let other = CacheKey::parse(&"3".repeat(64)).unwrap();
-        fs::copy(
-            f.dir.path().join(f.key.manifest_path()),
-            f.dir.path().join(other.manifest_path()),
-        )
-        .unwrap();
-        fs::copy(
-            f.dir.path().join(f.key.image_path()),
-            f.dir.path().join(other.image_path()),
-        )
-        .unwrap();
-        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&other)) else {
-            panic!("matched a copied manifest")
-        };
+        fs::copy(f.dir.path().join(f.key.manifest_path()), f.dir.path().join(other.manifest_path())).unwrap();
+        fs::copy(f.dir.path().join(f.key.image_path()), f.dir.path().join(other.image_path())).unwrap();
+        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&other)) else { panic!("matched a copied manifest") };
         assert!(why.contains("key"), "{why}");
     }
 }

@@ -21,20 +21,15 @@ use crate::policy::Policy;
 use crate::shared::Shared;
 
 /// A converter, as requests and the CLI name it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConverterSpec {
     /// The `oci2rootfs` crate, in-process.
+    #[default]
     Oci2rootfs,
     /// The exact converter.
     Exact,
     /// An external command with oci2rootfs's command-line contract.
     Command(PathBuf),
-}
-
-impl Default for ConverterSpec {
-    fn default() -> Self {
-        Self::Oci2rootfs
-    }
 }
 
 impl FromStr for ConverterSpec {
@@ -46,12 +41,8 @@ impl FromStr for ConverterSpec {
             "oci2rootfs" => Ok(Self::Oci2rootfs),
             "exact" => Ok(Self::Exact),
             _ => match text.strip_prefix("command:") {
-                Some(path) if Path::new(path).is_absolute() => {
-                    Ok(Self::Command(PathBuf::from(path)))
-                }
-                Some(path) => Err(Error::InvalidRequest(format!(
-                    "converter command {path:?} is not an absolute path"
-                ))),
+                Some(path) if Path::new(path).is_absolute() => Ok(Self::Command(PathBuf::from(path))),
+                Some(path) => Err(Error::InvalidRequest(format!("converter command {path:?} is not an absolute path"))),
                 None => Err(Error::InvalidRequest(format!(
                     "converter {text:?} is unknown; use oci2rootfs, exact or command:<absolute path>"
                 ))),
@@ -250,9 +241,7 @@ impl Config {
             policy: Policy::default(),
             capabilities: Capabilities::native(),
             component: std::env::var_os("ROOTFS_CACHE_COMPONENT")
-                .map_or(ComponentSource::Embedded, |p| {
-                    ComponentSource::File(p.into())
-                }),
+                .map_or(ComponentSource::Embedded, |p| ComponentSource::File(p.into())),
             precompile: true,
             observer: None,
         }
@@ -292,9 +281,7 @@ pub struct RootfsCache {
 }
 
 fn utf8<'a>(what: &str, path: &'a Path) -> Result<&'a str> {
-    path.to_str().ok_or_else(|| {
-        Error::InvalidRequest(format!("{what} {} is not valid UTF-8", path.display()))
-    })
+    path.to_str().ok_or_else(|| Error::InvalidRequest(format!("{what} {} is not valid UTF-8", path.display())))
 }
 
 /// Resolves a path given by the caller, which must exist.
@@ -308,8 +295,7 @@ fn existing(what: &str, path: &Path) -> Result<PathBuf> {
             path.as_os_str().len()
         )));
     }
-    path.canonicalize()
-        .map_err(|e| Error::io(format!("{what} {}", path.display()), &e))
+    path.canonicalize().map_err(|e| Error::io(format!("{what} {}", path.display()), &e))
 }
 
 impl RootfsCache {
@@ -320,17 +306,10 @@ impl RootfsCache {
     pub fn open(config: Config) -> Result<Self> {
         let cache = CacheDir::open(&config.cache_dir)?;
         config.policy.check_cache_dir(cache.path())?;
-        let audit = config
-            .policy
-            .audit_log
-            .as_deref()
-            .map(crate::audit::AuditLog::open)
-            .transpose()?;
+        let audit = config.policy.audit_log.as_deref().map(crate::audit::AuditLog::open).transpose()?;
         let engine = GuestEngine::load(&config.component, config.precompile.then(|| cache.root()))?;
         let shared = Shared {
-            locks: Arc::new(LockService::new(
-                config.capabilities.cross_process_lock.clone(),
-            )),
+            locks: Arc::new(LockService::new(config.capabilities.cross_process_lock.clone())),
             conversions: tokio::sync::Semaphore::new(config.policy.limits.max_parallel_conversions),
             cache: Arc::new(cache),
             policy: config.policy,
@@ -340,10 +319,7 @@ impl RootfsCache {
             audit,
             next_request: AtomicU64::new(1),
         };
-        Ok(Self {
-            engine: Arc::new(engine),
-            shared: Arc::new(shared),
-        })
+        Ok(Self { engine: Arc::new(engine), shared: Arc::new(shared) })
     }
 
     /// The cache directory (canonical).
@@ -368,15 +344,7 @@ impl RootfsCache {
         let agent = existing("agent", &request.agent)?;
         let source_str = utf8("source", &source)?;
         self.shared.policy.check_source_path("source", source_str)?;
-        // An overlay2 layer resolves its lower layers among its siblings; an
-        // OCI layout is self-contained.
-        let root = if source.join("oci-layout").exists() || !source.is_dir() {
-            source.clone()
-        } else {
-            source
-                .parent()
-                .map_or_else(|| source.clone(), Path::to_path_buf)
-        };
+        let root = source_root(&source);
         let wit_request = wit::ConvertRequest {
             source: source_str.to_owned(),
             agent: utf8("agent", &agent)?.to_owned(),
@@ -384,17 +352,9 @@ impl RootfsCache {
             converter: request.converter.to_string(),
             platform: request.platform.clone(),
         };
-        let preopen = if root.is_dir() {
-            vec![root]
-        } else {
-            Vec::new()
-        };
-        let mut store = self.engine.store(&self.shared, preopen)?;
+        let mut store = self.engine.store(&self.shared, vec![root])?;
         let instance = self.engine.instantiate(&mut store).await?;
-        let result = instance
-            .rootfs_cache_cache()
-            .call_convert(&mut store, &wit_request)
-            .await;
+        let result = instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await;
         drop(store);
         let outcome = guest_result(result)?;
         Ok(Outcome {
@@ -421,22 +381,14 @@ impl RootfsCache {
     pub async fn inspect(&self, image: &Path) -> Result<ImageInfo> {
         let (guest_path, preopen) = if image.is_absolute() || image.exists() {
             let real = existing("image", image)?;
-            let parent = real
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from("/"));
+            let parent = real.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
             (utf8("image", &real)?.to_owned(), vec![parent])
         } else {
             (utf8("image", image)?.to_owned(), Vec::new())
         };
         let mut store = self.engine.store(&self.shared, preopen)?;
         let instance = self.engine.instantiate(&mut store).await?;
-        let info = guest_result(
-            instance
-                .rootfs_cache_cache()
-                .call_inspect(&mut store, &guest_path)
-                .await,
-        )?;
+        let info = guest_result(instance.rootfs_cache_cache().call_inspect(&mut store, &guest_path).await)?;
         Ok(ImageInfo {
             file_bytes: info.file_bytes,
             magic: info.magic,
@@ -455,12 +407,7 @@ impl RootfsCache {
     pub async fn list(&self) -> Result<Vec<Entry>> {
         let mut store = self.engine.store(&self.shared, Vec::new())?;
         let instance = self.engine.instantiate(&mut store).await?;
-        let entries = guest_result(
-            instance
-                .rootfs_cache_cache()
-                .call_list_entries(&mut store)
-                .await,
-        )?;
+        let entries = guest_result(instance.rootfs_cache_cache().call_list_entries(&mut store).await)?;
         Ok(entries
             .into_iter()
             .map(|e| Entry {
@@ -481,6 +428,17 @@ impl RootfsCache {
     /// The convert timeout in force.
     pub fn convert_timeout(&self) -> Duration {
         self.shared.policy.limits.convert_timeout
+    }
+}
+
+/// The directory the guest must see for `source`: an OCI layout is
+/// self-contained; an overlay2 layer resolves its lower layers among its
+/// siblings; and for anything else the parent shows the guest what it is.
+pub fn source_root(source: &Path) -> PathBuf {
+    if source.join("oci-layout").exists() {
+        source.to_path_buf()
+    } else {
+        source.parent().map_or_else(|| source.to_path_buf(), Path::to_path_buf)
     }
 }
 

@@ -80,9 +80,7 @@ impl AuditLog {
             .mode(0o600)
             .open(path)
             .map_err(|e| Error::Config(format!("audit log {}: {e}", path.display())))?;
-        Ok(Self {
-            file: Mutex::new(file),
-        })
+        Ok(Self { file: Mutex::new(file) })
     }
 
     /// Appends one record. A failed write is logged, not fatal: the audit log
@@ -123,13 +121,7 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)),
-            "2026-11-18T11:06:40.123Z"
-        );
-        assert_eq!(
-            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000Z"
-        );
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(1_795_000_000_123)), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
     }
 }

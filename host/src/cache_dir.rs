@@ -62,16 +62,11 @@ impl CacheFile {
         let name_ok = !name.is_empty()
             && name.len() <= 255
             && !name.starts_with('.')
-            && name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+            && name.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
         if !name_ok {
             return refuse("is not a plain file name inside the cache");
         }
-        Ok(Self {
-            area,
-            name: name.to_owned(),
-        })
+        Ok(Self { area, name: name.to_owned() })
     }
 
     /// The path relative to the cache directory.
@@ -97,43 +92,25 @@ impl CacheDir {
     pub fn open(path: &Path) -> Result<Self> {
         match std::fs::metadata(path) {
             Ok(meta) if !meta.is_dir() => {
-                return Err(Error::Config(format!(
-                    "cache directory {} is not a directory",
-                    path.display()
-                )));
+                return Err(Error::Config(format!("cache directory {} is not a directory", path.display())));
             }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(path).map_err(|e| {
-                    Error::Config(format!(
-                        "cannot create cache directory {}: {e}",
-                        path.display()
-                    ))
-                })?;
+                std::fs::create_dir_all(path)
+                    .map_err(|e| Error::Config(format!("cannot create cache directory {}: {e}", path.display())))?;
             }
             Err(e) => {
-                return Err(Error::Config(format!(
-                    "cache directory {}: {e}",
-                    path.display()
-                )));
+                return Err(Error::Config(format!("cache directory {}: {e}", path.display())));
             }
         }
-        let path = path
-            .canonicalize()
-            .map_err(|e| Error::Config(format!("cache directory {}: {e}", path.display())))?;
-        let root = Dir::open_ambient_dir(&path, ambient_authority()).map_err(|e| {
-            Error::Config(format!(
-                "cannot open cache directory {}: {e}",
-                path.display()
-            ))
-        })?;
+        let path =
+            path.canonicalize().map_err(|e| Error::Config(format!("cache directory {}: {e}", path.display())))?;
+        let root = Dir::open_ambient_dir(&path, ambient_authority())
+            .map_err(|e| Error::Config(format!("cannot open cache directory {}: {e}", path.display())))?;
         let sub = |name: &str| -> Result<Dir> {
             match root.symlink_metadata(name) {
                 Ok(meta) if !meta.is_dir() => {
-                    return Err(Error::Config(format!(
-                        "{}/{name} is not a directory",
-                        path.display()
-                    )));
+                    return Err(Error::Config(format!("{}/{name} is not a directory", path.display())));
                 }
                 Ok(_) => {}
                 Err(_) => root.create_dir_all(name).map_err(|e| {
@@ -143,16 +120,9 @@ impl CacheDir {
                     ))
                 })?,
             }
-            root.open_dir(name)
-                .map_err(|e| Error::Config(format!("cannot open {}/{name}: {e}", path.display())))
+            root.open_dir(name).map_err(|e| Error::Config(format!("cannot open {}/{name}: {e}", path.display())))
         };
-        Ok(Self {
-            images: sub("images")?,
-            tmp: sub("tmp")?,
-            locks: sub("locks")?,
-            root,
-            path,
-        })
+        Ok(Self { images: sub("images")?, tmp: sub("tmp")?, locks: sub("locks")?, root, path })
     }
 
     /// The canonical path of the cache directory.
@@ -191,13 +161,7 @@ mod tests {
     #[test]
     fn only_plain_names_inside_allowed_areas_parse() {
         let ok = CacheFile::parse("tmp/abc.1-2.ext4", &[Area::Tmp]).unwrap();
-        assert_eq!(
-            ok,
-            CacheFile {
-                area: Area::Tmp,
-                name: "abc.1-2.ext4".into()
-            }
-        );
+        assert_eq!(ok, CacheFile { area: Area::Tmp, name: "abc.1-2.ext4".into() });
         for bad in [
             "images/x.ext4",
             "tmp/../images/x",

@@ -87,17 +87,10 @@ impl DigestMemo {
     pub fn digest(&self, path: &Path) -> std::io::Result<Digested> {
         let meta = std::fs::metadata(path)?;
         if !meta.is_file() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
         }
         let fp = FileFingerprint::from_metadata(&meta);
-        if let Some((seen, digest)) = self
-            .known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(path)
+        if let Some((seen, digest)) = self.known.lock().unwrap_or_else(|p| p.into_inner()).get(path)
             && *seen == fp
         {
             return Ok(digest.clone());
@@ -106,14 +99,8 @@ impl DigestMemo {
         // Fingerprint the file actually opened, so a swap between stat and
         // open is not remembered under the old fingerprint.
         let fp = FileFingerprint::from_metadata(&file.metadata()?);
-        let digest = Digested {
-            sha256: sha256_reader(&file)?,
-            size: fp.size,
-        };
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf(), (fp, digest.clone()));
+        let digest = Digested { sha256: sha256_reader(&file)?, size: fp.size };
+        self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf(), (fp, digest.clone()));
         Ok(digest)
     }
 }
@@ -129,10 +116,7 @@ mod tests {
         std::fs::write(&path, b"abc").unwrap();
         let memo = DigestMemo::default();
         let first = memo.digest(&path).unwrap();
-        assert_eq!(
-            first.sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(first.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         std::fs::write(&path, b"abcd").unwrap();
         let second = memo.digest(&path).unwrap();
         assert_eq!(second.size, 4);
@@ -142,9 +126,6 @@ mod tests {
     #[test]
     fn a_directory_has_no_digest() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(
-            DigestMemo::default().digest(dir.path()).unwrap_err().kind(),
-            std::io::ErrorKind::InvalidInput
-        );
+        assert_eq!(DigestMemo::default().digest(dir.path()).unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
     }
 }

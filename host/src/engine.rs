@@ -33,14 +33,8 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Interfaces a component may import; anything else (sockets, HTTP) means it
 /// is not the component this host runs.
-const ALLOWED_IMPORTS: &[&str] = &[
-    "rootfs:cache/",
-    "wasi:io/",
-    "wasi:clocks/",
-    "wasi:filesystem/",
-    "wasi:cli/",
-    "wasi:random/",
-];
+const ALLOWED_IMPORTS: &[&str] =
+    &["rootfs:cache/", "wasi:io/", "wasi:clocks/", "wasi:filesystem/", "wasi:cli/", "wasi:random/"];
 
 /// Where a component comes from.
 #[derive(Clone, Debug)]
@@ -97,42 +91,24 @@ fn engine() -> Result<Engine> {
 
 fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
     for (name, _) in component.component_type().imports(engine) {
-        if !ALLOWED_IMPORTS
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-        {
-            return Err(Error::Component(format!(
-                "the component imports {name}, which this host does not provide"
-            )));
+        if !ALLOWED_IMPORTS.iter().any(|prefix| name.starts_with(prefix)) {
+            return Err(Error::Component(format!("the component imports {name}, which this host does not provide")));
         }
     }
     Ok(())
 }
 
-fn load_or_compile(
-    engine: &Engine,
-    bytes: &[u8],
-    cache_root: Option<&Dir>,
-) -> Result<(Component, LoadPath)> {
-    let compile = || {
-        Component::new(engine, bytes)
-            .map_err(|e| Error::Component(format!("compiling the component: {e}")))
-    };
+fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> Result<(Component, LoadPath)> {
+    let compile =
+        || Component::new(engine, bytes).map_err(|e| Error::Component(format!("compiling the component: {e}")));
     let Some(root) = cache_root else {
         return Ok((compile()?, LoadPath::Compiled));
     };
     let mut compat = Sha256Hasher(Sha256::new());
     std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut compat);
-    let name = format!(
-        "{}-{}.cwasm",
-        &hex(&compat.0.finalize())[..16],
-        &hex(&Sha256::digest(bytes))[..32]
-    );
+    let name = format!("{}-{}.cwasm", &hex(&compat.0.finalize())[..16], &hex(&Sha256::digest(bytes))[..32]);
     let sum_name = format!("{name}.sha256");
-    let dir = match root
-        .create_dir_all("engine")
-        .and_then(|()| root.open_dir("engine"))
-    {
+    let dir = match root.create_dir_all("engine").and_then(|()| root.open_dir("engine")) {
         Ok(dir) => dir,
         Err(e) => {
             tracing::warn!(error = %e, "cannot keep the precompiled component; compiling every time");
@@ -152,28 +128,22 @@ fn load_or_compile(
                 }
             }
         } else {
-            tracing::warn!(
-                file = name,
-                "ignoring a precompiled component whose checksum does not match"
-            );
+            tracing::warn!(file = name, "ignoring a precompiled component whose checksum does not match");
         }
     }
     let component = compile()?;
-    let saved = component
-        .serialize()
-        .map_err(|e| e.to_string())
-        .and_then(|artifact| {
-            let tmp = format!("{name}.{}.tmp", std::process::id());
-            let write = || -> std::io::Result<()> {
-                dir.write(&tmp, &artifact)?;
-                dir.write(&sum_name, hex(&Sha256::digest(&artifact)))?;
-                dir.rename(&tmp, &dir, &name)
-            };
-            write().map_err(|e| {
-                let _ = dir.remove_file(&tmp);
-                e.to_string()
-            })
-        });
+    let saved = component.serialize().map_err(|e| e.to_string()).and_then(|artifact| {
+        let tmp = format!("{name}.{}.tmp", std::process::id());
+        let write = || -> std::io::Result<()> {
+            dir.write(&tmp, &artifact)?;
+            dir.write(&sum_name, hex(&Sha256::digest(&artifact)))?;
+            dir.rename(&tmp, &dir, &name)
+        };
+        write().map_err(|e| {
+            let _ = dir.remove_file(&tmp);
+            e.to_string()
+        })
+    });
     if let Err(e) = saved {
         tracing::warn!(error = %e, "cannot save the precompiled component");
     }
@@ -188,8 +158,7 @@ impl GuestEngine {
         let bytes: &[u8] = match source {
             ComponentSource::Embedded => EMBEDDED_COMPONENT,
             ComponentSource::File(path) => {
-                owned = std::fs::read(path)
-                    .map_err(|e| Error::Component(format!("{}: {e}", path.display())))?;
+                owned = std::fs::read(path).map_err(|e| Error::Component(format!("{}: {e}", path.display())))?;
                 &owned
             }
             ComponentSource::Bytes(bytes) => bytes,
@@ -199,21 +168,16 @@ impl GuestEngine {
         let mut linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| Error::Component(format!("linking WASI: {e}")))?;
-        crate::bindings::RootfsCache::add_to_linker::<
-            StoreState,
-            wasmtime::component::HasSelf<StoreState>,
-        >(&mut linker, |s| s)
+        crate::bindings::RootfsCache::add_to_linker::<StoreState, wasmtime::component::HasSelf<StoreState>>(
+            &mut linker,
+            |s| s,
+        )
         .map_err(|e| Error::Component(format!("linking the host interface: {e}")))?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| {
-            Error::Component(format!(
-                "the component does not match the rootfs-cache world: {e}"
-            ))
-        })?;
-        let pre = RootfsCachePre::new(pre).map_err(|e| {
-            Error::Component(format!(
-                "the component does not export rootfs:cache/cache: {e}"
-            ))
-        })?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| Error::Component(format!("the component does not match the rootfs-cache world: {e}")))?;
+        let pre = RootfsCachePre::new(pre)
+            .map_err(|e| Error::Component(format!("the component does not export rootfs:cache/cache: {e}")))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (ticking, stop) = (engine.clone(), ticker_stop.clone());
@@ -226,37 +190,23 @@ impl GuestEngine {
                 }
             })
             .map_err(|e| Error::Component(format!("starting the epoch thread: {e}")))?;
-        Ok(Self {
-            engine,
-            pre,
-            ticker_stop,
-            load_path,
-        })
+        Ok(Self { engine, pre, ticker_stop, load_path })
     }
 
     /// A store for one request, with the cache and `source_roots` preopened
     /// read-only, and the policy's memory and time limits.
-    pub(crate) fn store(
-        &self,
-        shared: &Arc<Shared>,
-        source_roots: Vec<PathBuf>,
-    ) -> Result<Store<StoreState>> {
+    pub(crate) fn store(&self, shared: &Arc<Shared>, source_roots: Vec<PathBuf>) -> Result<Store<StoreState>> {
         let limits = &shared.policy.limits;
         let mut wasi = WasiCtx::builder();
         wasi.allow_blocking_current_thread(true);
         wasi.preopened_dir(shared.cache.path(), "/cache", FsPerms::ReadOnly)
             .map_err(|e| Error::Io(format!("preopening the cache: {e}")))?;
         for root in &source_roots {
-            let guest = root.to_str().ok_or_else(|| {
-                Error::InvalidRequest(format!("{} is not valid UTF-8", root.display()))
+            let guest =
+                root.to_str().ok_or_else(|| Error::InvalidRequest(format!("{} is not valid UTF-8", root.display())))?;
+            wasi.preopened_dir(root, guest, FsPerms::ReadOnly).map_err(|e| {
+                Error::io(format!("preopening {}", root.display()), &std::io::Error::other(e.to_string()))
             })?;
-            wasi.preopened_dir(root, guest, FsPerms::ReadOnly)
-                .map_err(|e| {
-                    Error::io(
-                        format!("preopening {}", root.display()),
-                        &std::io::Error::other(e.to_string()),
-                    )
-                })?;
         }
         let state = StoreState {
             wasi: wasi.build(),
@@ -296,10 +246,7 @@ impl GuestEngine {
     }
 
     /// Instantiates the component in `store`.
-    pub(crate) async fn instantiate(
-        &self,
-        store: &mut Store<StoreState>,
-    ) -> Result<crate::bindings::RootfsCache> {
+    pub(crate) async fn instantiate(&self, store: &mut Store<StoreState>) -> Result<crate::bindings::RootfsCache> {
         self.pre
             .instantiate_async(store)
             .await

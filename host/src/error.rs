@@ -106,10 +106,7 @@ impl Error {
 
     /// A policy refusal.
     pub fn denied(rule: &str, detail: impl Into<String>) -> Self {
-        Self::Denied {
-            rule: rule.into(),
-            detail: detail.into(),
-        }
+        Self::Denied { rule: rule.into(), detail: detail.into() }
     }
 
     /// Maps an I/O error on `what` to `NotFound`, `NoSpace` or `Io`.
@@ -130,15 +127,10 @@ impl From<WitError> for Error {
             WitError::InvalidRequest(m) => Self::InvalidRequest(m),
             WitError::NotFound(m) => Self::NotFound(m),
             WitError::UnsupportedSource(m) => Self::UnsupportedSource(m),
-            WitError::Denied(d) => Self::Denied {
-                rule: d.rule,
-                detail: d.detail,
-            },
-            WitError::ConverterFailed(f) => Self::ConverterFailed {
-                converter: f.converter,
-                exit_status: f.exit_status,
-                stderr_tail: f.stderr_tail,
-            },
+            WitError::Denied(d) => Self::Denied { rule: d.rule, detail: d.detail },
+            WitError::ConverterFailed(f) => {
+                Self::ConverterFailed { converter: f.converter, exit_status: f.exit_status, stderr_tail: f.stderr_tail }
+            }
             WitError::Timeout(m) => Self::Timeout(m),
             WitError::MountFailed(m) => Self::MountFailed(m),
             WitError::InjectFailed(m) => Self::InjectFailed(m),
@@ -159,15 +151,9 @@ impl Error {
             Self::NotFound(m) => WitError::NotFound(m),
             Self::UnsupportedSource(m) => WitError::UnsupportedSource(m),
             Self::Denied { rule, detail } => WitError::Denied(Denial { rule, detail }),
-            Self::ConverterFailed {
-                converter,
-                exit_status,
-                stderr_tail,
-            } => WitError::ConverterFailed(ConverterFailure {
-                converter,
-                exit_status,
-                stderr_tail,
-            }),
+            Self::ConverterFailed { converter, exit_status, stderr_tail } => {
+                WitError::ConverterFailed(ConverterFailure { converter, exit_status, stderr_tail })
+            }
             Self::Timeout(m) => WitError::Timeout(m),
             Self::MountFailed(m) => WitError::MountFailed(m),
             Self::InjectFailed(m) => WitError::InjectFailed(m),

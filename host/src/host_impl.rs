@@ -8,9 +8,7 @@ use serde_json::json;
 use wasmtime::component::Resource;
 
 use crate::audit::Verdict;
-use crate::bindings::rootfs::cache::host::{
-    self, Conversion, ConverterInfo, FileDigest, FileInstall,
-};
+use crate::bindings::rootfs::cache::host::{self, Conversion, ConverterInfo, FileDigest, FileInstall};
 use crate::bindings::rootfs::cache::types::{self, Error as WitError, SourceKind};
 use crate::cache_dir::{Area, CacheFile};
 use crate::capabilities::converter::{AgentInstall, ConversionJob, LayerBlob, SourceLayers};
@@ -30,11 +28,7 @@ struct Call {
 
 impl StoreState {
     fn begin(&self, capability: &'static str, arguments: serde_json::Value) -> Call {
-        Call {
-            capability,
-            arguments,
-            started: Instant::now(),
-        }
+        Call { capability, arguments, started: Instant::now() }
     }
 
     /// A guest passing more than the payload limit to one call is broken or
@@ -42,10 +36,8 @@ impl StoreState {
     fn check_payload(&mut self, call: &Call, sizes: &[usize]) -> HostResult<()> {
         let limit = self.shared.policy.limits.max_payload_bytes;
         if let Some(size) = sizes.iter().copied().find(|&s| s > limit) {
-            let trap = wasmtime::Error::msg(format!(
-                "{} was passed {size} bytes; the limit is {limit}",
-                call.capability
-            ));
+            let trap =
+                wasmtime::Error::msg(format!("{} was passed {size} bytes; the limit is {limit}", call.capability));
             self.audit(call, Verdict::Trapped, None);
             return Err(HostCallError::Trap(trap));
         }
@@ -56,10 +48,8 @@ impl StoreState {
     fn check_resources(&mut self, call: &Call) -> HostResult<()> {
         let limit = self.shared.policy.limits.max_resources;
         if self.resources >= limit {
-            let trap = wasmtime::Error::msg(format!(
-                "{}: the guest already holds {limit} mounts and locks",
-                call.capability
-            ));
+            let trap =
+                wasmtime::Error::msg(format!("{}: the guest already holds {limit} mounts and locks", call.capability));
             self.audit(call, Verdict::Trapped, None);
             return Err(HostCallError::Trap(trap));
         }
@@ -72,24 +62,15 @@ impl StoreState {
             Verdict::Denied => {
                 tracing::warn!(request = self.request_id, capability = call.capability, arguments = %call.arguments, error = ?error.map(ToString::to_string), "denied")
             }
-            Verdict::Trapped => tracing::warn!(
-                request = self.request_id,
-                capability = call.capability,
-                "guest stopped"
-            ),
+            Verdict::Trapped => {
+                tracing::warn!(request = self.request_id, capability = call.capability, "guest stopped")
+            }
             _ => {
                 tracing::debug!(request = self.request_id, capability = call.capability, arguments = %call.arguments, ?verdict, ?duration, error = ?error.map(ToString::to_string))
             }
         }
         if let Some(audit) = &self.shared.audit {
-            audit.record(
-                self.request_id,
-                call.capability,
-                &call.arguments,
-                verdict,
-                error,
-                duration,
-            );
+            audit.record(self.request_id, call.capability, &call.arguments, verdict, error, duration);
         }
     }
 
@@ -115,10 +96,7 @@ impl StoreState {
     fn check_readable(&self, what: &str, path: &str) -> Result<PathBuf, Error> {
         let real = self.shared.policy.check_source_path(what, path)?;
         if !self.source_roots.iter().any(|root| real.starts_with(root)) {
-            return Err(Error::denied(
-                "source_roots",
-                format!("{what} {path} is outside the source of this request"),
-            ));
+            return Err(Error::denied("source_roots", format!("{what} {path} is outside the source of this request")));
         }
         Ok(real)
     }
@@ -128,19 +106,10 @@ impl StoreState {
         policy.check_converter(&job.converter)?;
         policy.check_size(job.size)?;
         let output = CacheFile::parse(&job.output, &[Area::Tmp])?;
-        if self
-            .shared
-            .cache
-            .dir(Area::Tmp)
-            .symlink_metadata(&output.name)
-            .is_ok()
-        {
+        if self.shared.cache.dir(Area::Tmp).symlink_metadata(&output.name).is_ok() {
             return Err(Error::denied(
                 "cache_dir",
-                format!(
-                    "{} already exists; a converter only creates new files",
-                    job.output
-                ),
+                format!("{} already exists; a converter only creates new files", job.output),
             ));
         }
         let source = match job.kind {
@@ -167,24 +136,12 @@ impl StoreState {
                     if !path.starts_with(&blobs_dir) {
                         return Err(Error::denied(
                             "source_roots",
-                            format!(
-                                "layer blob {} is outside {}",
-                                layer.path,
-                                blobs_dir.display()
-                            ),
+                            format!("layer blob {} is outside {}", layer.path, blobs_dir.display()),
                         ));
                     }
-                    blobs.push(LayerBlob {
-                        path,
-                        media_type: layer.media_type.clone(),
-                        digest: layer.digest.clone(),
-                    });
+                    blobs.push(LayerBlob { path, media_type: layer.media_type.clone(), digest: layer.digest.clone() });
                 }
-                SourceLayers::Oci {
-                    layout,
-                    platform: job.platform.clone(),
-                    blobs,
-                }
+                SourceLayers::Oci { layout, platform: job.platform.clone(), blobs }
             }
         };
         let agent = match &job.agent {
@@ -229,27 +186,17 @@ impl host::Host for StoreState {
                 }
             })
         });
-        let result = result.map(|d| FileDigest {
-            sha256: d.sha256,
-            size: d.size,
-        });
+        let result = result.map(|d| FileDigest { sha256: d.sha256, size: d.size });
         self.finish(call, result)
     }
 
     async fn describe_converter(&mut self, converter: String) -> HostResult<ConverterInfo> {
         let call = self.begin("describe-converter", json!({ "converter": converter }));
         self.check_payload(&call, &[converter.len()])?;
-        let result = self
-            .shared
-            .policy
-            .check_converter(&converter)
-            .and_then(|()| {
-                let backend = self.shared.caps.converters.get(&converter)?;
-                Ok(ConverterInfo {
-                    identity: backend.identity(),
-                    installs_agent: backend.installs_agent(),
-                })
-            });
+        let result = self.shared.policy.check_converter(&converter).and_then(|()| {
+            let backend = self.shared.caps.converters.get(&converter)?;
+            Ok(ConverterInfo { identity: backend.identity(), installs_agent: backend.installs_agent() })
+        });
         self.finish(call, result)
     }
 
@@ -258,23 +205,14 @@ impl host::Host for StoreState {
             "run-converter",
             json!({ "converter": job.converter, "source": job.source, "layers": job.layers.len(), "output": job.output, "size": job.size }),
         );
-        let total: usize = job
-            .layers
-            .iter()
-            .map(|l| l.path.len() + l.media_type.len() + l.digest.len())
-            .sum();
+        let total: usize = job.layers.iter().map(|l| l.path.len() + l.media_type.len() + l.digest.len()).sum();
         self.check_payload(&call, &[job.source.len(), job.output.len(), total])?;
-        let checked = self
-            .job(&job)
-            .and_then(|checked| Ok((checked, self.shared.caps.converters.get(&job.converter)?)));
+        let checked =
+            self.job(&job).and_then(|checked| Ok((checked, self.shared.caps.converters.get(&job.converter)?)));
         let result = match checked {
             Ok((checked, backend)) => {
                 let shared = self.shared.clone();
-                let _permit = shared
-                    .conversions
-                    .acquire()
-                    .await
-                    .map_err(|e| Error::Io(e.to_string()));
+                let _permit = shared.conversions.acquire().await.map_err(|e| Error::Io(e.to_string()));
                 self.phase(Phase::Converting);
                 backend.convert(checked).await
             }
@@ -310,12 +248,7 @@ impl host::Host for StoreState {
             Err(e) => Err(e),
         };
         let mounted = self.finish(call, result)?;
-        let resource = self
-            .table
-            .push(MountedImageHandle {
-                mount: Some(mounted),
-            })
-            .map_err(wasmtime::Error::new)?;
+        let resource = self.table.push(MountedImageHandle { mount: Some(mounted) }).map_err(wasmtime::Error::new)?;
         self.resources += 1;
         Ok(resource)
     }
@@ -327,19 +260,8 @@ impl host::Host for StoreState {
         manifest: String,
         manifest_json: String,
     ) -> HostResult<()> {
-        let call = self.begin(
-            "publish",
-            json!({ "staged": staged, "image": image, "manifest": manifest }),
-        );
-        self.check_payload(
-            &call,
-            &[
-                staged.len(),
-                image.len(),
-                manifest.len(),
-                manifest_json.len(),
-            ],
-        )?;
+        let call = self.begin("publish", json!({ "staged": staged, "image": image, "manifest": manifest }));
+        self.check_payload(&call, &[staged.len(), image.len(), manifest.len(), manifest_json.len()])?;
         self.phase(Phase::Publishing);
         let checked = (|| {
             let staged = CacheFile::parse(&staged, &[Area::Tmp])?;
@@ -363,13 +285,7 @@ impl host::Host for StoreState {
             Ok((staged, image, manifest)) => {
                 let shared = self.shared.clone();
                 tokio::task::spawn_blocking(move || {
-                    shared.caps.publisher.publish(
-                        &shared.cache,
-                        &staged,
-                        &image,
-                        &manifest,
-                        &manifest_json,
-                    )
+                    shared.caps.publisher.publish(&shared.cache, &staged, &image, &manifest, &manifest_json)
                 })
                 .await
                 .map_err(|e| Error::Io(format!("the publish thread failed: {e}")))
@@ -391,12 +307,8 @@ impl host::Host for StoreState {
     async fn record_use(&mut self, manifest: String) -> HostResult<()> {
         let call = self.begin("record-use", json!({ "manifest": manifest }));
         self.check_payload(&call, &[manifest.len()])?;
-        let result = CacheFile::parse(&manifest, &[Area::Images]).and_then(|file| {
-            self.shared
-                .caps
-                .publisher
-                .record_use(&self.shared.cache, &file)
-        });
+        let result = CacheFile::parse(&manifest, &[Area::Images])
+            .and_then(|file| self.shared.caps.publisher.record_use(&self.shared.cache, &file));
         self.finish(call, result)
     }
 
@@ -404,10 +316,7 @@ impl host::Host for StoreState {
         let call = self.begin("lock", json!({ "key": key }));
         self.check_payload(&call, &[key.len()])?;
         self.check_resources(&call)?;
-        let valid = key.len() == 64
-            && key
-                .bytes()
-                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+        let valid = key.len() == 64 && key.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
         let result = if valid {
             let (locks, cache) = (self.shared.locks.clone(), self.shared.cache.clone());
             let observer = self.shared.observer.clone();
@@ -427,44 +336,28 @@ impl host::Host for StoreState {
             Err(Error::InvalidRequest(format!("{key:?} is not a cache key")))
         };
         let held = self.finish(call, result)?;
-        let resource = self
-            .table
-            .push(BuildLockHandle { held })
-            .map_err(wasmtime::Error::new)?;
+        let resource = self.table.push(BuildLockHandle { held }).map_err(wasmtime::Error::new)?;
         self.resources += 1;
         Ok(resource)
     }
 }
 
 impl host::HostMountedImage for StoreState {
-    async fn install(
-        &mut self,
-        this: Resource<MountedImageHandle>,
-        file: FileInstall,
-    ) -> HostResult<()> {
-        let call = self.begin("install", json!({ "source": file.source, "target": file.target, "mode": format!("{:o}", file.mode) }));
-        self.check_payload(
-            &call,
-            &[file.source.len(), file.target.len(), file.sha256.len()],
-        )?;
+    async fn install(&mut self, this: Resource<MountedImageHandle>, file: FileInstall) -> HostResult<()> {
+        let call = self.begin(
+            "install",
+            json!({ "source": file.source, "target": file.target, "mode": format!("{:o}", file.mode) }),
+        );
+        self.check_payload(&call, &[file.source.len(), file.target.len(), file.sha256.len()])?;
         self.phase(Phase::InstallingAgent);
         let handle = self.table.get_mut(&this).map_err(wasmtime::Error::new)?;
         let mount = handle.mount.take();
         let checked = self.shared.policy.check_agent(&file.source);
         let (mount, result) = match (mount, checked) {
-            (None, _) => (
-                None,
-                Err(Error::InjectFailed(
-                    "the image was already unmounted".into(),
-                )),
-            ),
+            (None, _) => (None, Err(Error::InjectFailed("the image was already unmounted".into()))),
             (Some(mount), Err(e)) => (Some(mount), Err(e)),
             (Some(mut mount), Ok(source)) => {
-                let install = Install {
-                    target: file.target.clone(),
-                    mode: file.mode,
-                    sha256: file.sha256.clone(),
-                };
+                let install = Install { target: file.target.clone(), mode: file.mode, sha256: file.sha256.clone() };
                 let joined = tokio::task::spawn_blocking(move || {
                     let result = std::fs::File::open(&source)
                         .map_err(|e| Error::io(source.display(), &e))
@@ -474,12 +367,7 @@ impl host::HostMountedImage for StoreState {
                 .await;
                 match joined {
                     Ok((mount, result)) => (Some(mount), result),
-                    Err(e) => (
-                        None,
-                        Err(Error::InjectFailed(format!(
-                            "the install thread failed: {e}"
-                        ))),
-                    ),
+                    Err(e) => (None, Err(Error::InjectFailed(format!("the install thread failed: {e}")))),
                 }
             }
         };
@@ -519,11 +407,7 @@ impl host::HostBuildLock for StoreState {
         Ok(self.table.get(&this)?.held.token().to_owned())
     }
 
-    async fn fail(
-        &mut self,
-        this: Resource<BuildLockHandle>,
-        reason: WitError,
-    ) -> wasmtime::Result<()> {
+    async fn fail(&mut self, this: Resource<BuildLockHandle>, reason: WitError) -> wasmtime::Result<()> {
         self.table.get_mut(&this)?.held.fail(Error::from(reason));
         Ok(())
     }

@@ -55,7 +55,7 @@ mod shared;
 mod store;
 
 pub use api::{
-    Config, ConverterSpec, Entry, ImageInfo, Outcome, Request, RootfsCache, SourceKind, Timings,
+    Config, ConverterSpec, Entry, ImageInfo, Outcome, Request, RootfsCache, SourceKind, Timings, source_root,
 };
 pub use capabilities::{Capabilities, FakeHandles};
 pub use engine::{ComponentSource, EMBEDDED_COMPONENT, LoadPath};

@@ -53,9 +53,7 @@ impl Default for Limits {
         Self {
             max_image_bytes: 64 << 30,
             convert_timeout: Duration::from_secs(30 * 60),
-            max_parallel_conversions: std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .max(1),
+            max_parallel_conversions: std::thread::available_parallelism().map_or(2, |n| n.get()).max(1),
             guest_memory_bytes: 64 << 20,
             guest_time: Duration::from_secs(5),
             max_payload_bytes: 64 << 10,
@@ -102,33 +100,26 @@ struct PolicyFile {
 
 fn canonical(what: &str, path: &Path) -> Result<PathBuf> {
     if !path.is_absolute() {
-        return Err(Error::Config(format!(
-            "{what} {} is not an absolute path",
-            path.display()
-        )));
+        return Err(Error::Config(format!("{what} {} is not an absolute path", path.display())));
     }
-    path.canonicalize()
-        .map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))
+    path.canonicalize().map_err(|e| Error::Config(format!("{what} {}: {e}", path.display())))
 }
 
 impl Policy {
     /// Parses a policy file. Unknown keys and impossible limits are errors;
     /// every path must be absolute and exist.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let file: PolicyFile = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("policy: {}", e.to_string().trim())))?;
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| Error::Config(format!("policy: {}", e.to_string().trim())))?;
         let defaults = Limits::default();
         let positive = |key: &str, v: Option<u64>| -> Result<Option<u64>> {
             match v {
-                Some(0) => Err(Error::Config(format!(
-                    "policy: {key} must be greater than 0"
-                ))),
+                Some(0) => Err(Error::Config(format!("policy: {key} must be greater than 0"))),
                 other => Ok(other),
             }
         };
         let limits = Limits {
-            max_image_bytes: positive("max_image_bytes", file.max_image_bytes)?
-                .unwrap_or(defaults.max_image_bytes),
+            max_image_bytes: positive("max_image_bytes", file.max_image_bytes)?.unwrap_or(defaults.max_image_bytes),
             convert_timeout: positive("convert_timeout_secs", file.convert_timeout_secs)?
                 .map_or(defaults.convert_timeout, Duration::from_secs),
             max_parallel_conversions: positive(
@@ -143,41 +134,26 @@ impl Policy {
             ..defaults
         };
         let converters = match file.converters {
-            Some(list) => Some(
-                list.iter()
-                    .map(|c| canonical_converter(c))
-                    .collect::<Result<Vec<_>>>()?,
-            ),
+            Some(list) => Some(list.iter().map(|c| canonical_converter(c)).collect::<Result<Vec<_>>>()?),
             None => None,
         };
         Ok(Self {
-            cache_dir: file
-                .cache_dir
-                .as_deref()
-                .map(|p| absolute("cache_dir", p))
-                .transpose()?,
+            cache_dir: file.cache_dir.as_deref().map(|p| absolute("cache_dir", p)).transpose()?,
             source_roots: file
                 .source_roots
                 .map(|v| v.iter().map(|p| canonical("source root", p)).collect())
                 .transpose()?,
-            agents: file
-                .agents
-                .map(|v| v.iter().map(|p| canonical("agent", p)).collect())
-                .transpose()?,
+            agents: file.agents.map(|v| v.iter().map(|p| canonical("agent", p)).collect()).transpose()?,
             converters,
             limits,
-            audit_log: file
-                .audit_log
-                .as_deref()
-                .map(|p| absolute("audit_log", p))
-                .transpose()?,
+            audit_log: file.audit_log.as_deref().map(|p| absolute("audit_log", p)).transpose()?,
         })
     }
 
     /// Reads and parses a policy file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::Config(format!("policy {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("policy {}: {e}", path.display())))?;
         Self::from_toml(&text).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
             other => other,
@@ -187,16 +163,10 @@ impl Policy {
     /// Refuses a cache directory other than the policy's.
     pub fn check_cache_dir(&self, cache: &Path) -> Result<()> {
         match &self.cache_dir {
-            Some(allowed)
-                if allowed.canonicalize().ok().as_deref() != Some(cache) && allowed != cache =>
-            {
+            Some(allowed) if allowed.canonicalize().ok().as_deref() != Some(cache) && allowed != cache => {
                 Err(Error::denied(
                     "cache_dir",
-                    format!(
-                        "the cache is {}, the policy allows only {}",
-                        cache.display(),
-                        allowed.display()
-                    ),
+                    format!("the cache is {}, the policy allows only {}", cache.display(), allowed.display()),
                 ))
             }
             _ => Ok(()),
@@ -212,10 +182,7 @@ impl Policy {
         {
             return Err(Error::denied(
                 "source_roots",
-                format!(
-                    "{what} {path} resolves to {}, which is outside every allowed source root",
-                    real.display()
-                ),
+                format!("{what} {path} resolves to {}, which is outside every allowed source root", real.display()),
             ));
         }
         Ok(real)
@@ -227,10 +194,7 @@ impl Policy {
         if let Some(agents) = &self.agents
             && !agents.contains(&real)
         {
-            return Err(Error::denied(
-                "agents",
-                format!("agent {path} is not an allowed agent"),
-            ));
+            return Err(Error::denied("agents", format!("agent {path} is not an allowed agent")));
         }
         Ok(real)
     }
@@ -242,10 +206,7 @@ impl Policy {
             if !allowed.contains(&wanted) {
                 return Err(Error::denied(
                     "converters",
-                    format!(
-                        "converter {converter} is not allowed (allowed: {})",
-                        allowed.join(", ")
-                    ),
+                    format!("converter {converter} is not allowed (allowed: {})", allowed.join(", ")),
                 ));
             }
         }
@@ -257,10 +218,7 @@ impl Policy {
         match size {
             Some(size) if size > self.limits.max_image_bytes => Err(Error::denied(
                 "max_image_bytes",
-                format!(
-                    "an image of {size} bytes is larger than the allowed {}",
-                    self.limits.max_image_bytes
-                ),
+                format!("an image of {size} bytes is larger than the allowed {}", self.limits.max_image_bytes),
             )),
             _ => Ok(()),
         }
@@ -271,20 +229,14 @@ fn absolute(what: &str, path: &Path) -> Result<PathBuf> {
     if path.is_absolute() {
         Ok(path.to_path_buf())
     } else {
-        Err(Error::Config(format!(
-            "policy: {what} {} is not an absolute path",
-            path.display()
-        )))
+        Err(Error::Config(format!("policy: {what} {} is not an absolute path", path.display())))
     }
 }
 
 /// `command:<path>` with its path canonicalised; built-in names unchanged.
 fn canonical_converter(name: &str) -> Result<String> {
     match name.strip_prefix("command:") {
-        Some(path) => Ok(format!(
-            "command:{}",
-            canonical("converter command", Path::new(path))?.display()
-        )),
+        Some(path) => Ok(format!("command:{}", canonical("converter command", Path::new(path))?.display())),
         None if matches!(name, "exact" | "oci2rootfs") => Ok(name.to_owned()),
         None => Err(Error::Config(format!(
             "converter {name:?} is unknown; use exact, oci2rootfs or command:<absolute path>"
@@ -295,14 +247,9 @@ fn canonical_converter(name: &str) -> Result<String> {
 /// Resolves a guest-named absolute path that must exist.
 fn resolve_existing(what: &str, path: &str) -> Result<PathBuf> {
     if !path.starts_with('/') {
-        return Err(Error::denied(
-            "paths",
-            format!("{what} {path:?} is not an absolute path"),
-        ));
+        return Err(Error::denied("paths", format!("{what} {path:?} is not an absolute path")));
     }
-    Path::new(path)
-        .canonicalize()
-        .map_err(|e| Error::io(format!("{what} {path}"), &e))
+    Path::new(path).canonicalize().map_err(|e| Error::io(format!("{what} {path}"), &e))
 }
 
 #[cfg(test)]
@@ -333,11 +280,7 @@ mod tests {
             "converters = [\"magic\"]",
             "guest_time_ms = \"x\"",
         ] {
-            assert_eq!(
-                Policy::from_toml(bad).unwrap_err().class(),
-                "config",
-                "{bad}"
-            );
+            assert_eq!(Policy::from_toml(bad).unwrap_err().class(), "config", "{bad}");
         }
     }
 
@@ -349,31 +292,16 @@ mod tests {
         std::fs::create_dir_all(inside.join("layer")).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, inside.join("escape")).unwrap();
-        let policy = Policy {
-            source_roots: Some(vec![inside.canonicalize().unwrap()]),
-            ..Policy::default()
-        };
-        assert!(
-            policy
-                .check_source_path("source", inside.join("layer").to_str().unwrap())
-                .is_ok()
-        );
-        let err = policy
-            .check_source_path("source", inside.join("escape").to_str().unwrap())
-            .unwrap_err();
+        let policy = Policy { source_roots: Some(vec![inside.canonicalize().unwrap()]), ..Policy::default() };
+        assert!(policy.check_source_path("source", inside.join("layer").to_str().unwrap()).is_ok());
+        let err = policy.check_source_path("source", inside.join("escape").to_str().unwrap()).unwrap_err();
         assert_eq!(err.class(), "denied");
         assert!(err.to_string().contains("source_roots"), "{err}");
     }
 
     #[test]
     fn sizes_above_the_limit_are_denied() {
-        let policy = Policy {
-            limits: Limits {
-                max_image_bytes: 100,
-                ..Limits::default()
-            },
-            ..Policy::default()
-        };
+        let policy = Policy { limits: Limits { max_image_bytes: 100, ..Limits::default() }, ..Policy::default() };
         assert!(policy.check_size(Some(100)).is_ok());
         assert!(policy.check_size(None).is_ok());
         assert_eq!(policy.check_size(Some(101)).unwrap_err().class(), "denied");

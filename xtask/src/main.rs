@@ -39,22 +39,15 @@ fn main() -> Result<()> {
             eprintln!("usage: cargo xtask <build-guest|check-guest>");
             eprintln!("  build-guest  rebuild guest/ into {ARTIFACT}");
             eprintln!("  check-guest  rebuild guest/ and compare it with {ARTIFACT};");
-            eprintln!(
-                "               writes target/guest-rebuilt.wasm and prints ROOTFS_CACHE_COMPONENT=<path>"
-            );
-            eprintln!(
-                "               when the toolchain differs from the one that built the artifact"
-            );
+            eprintln!("               writes target/guest-rebuilt.wasm and prints ROOTFS_CACHE_COMPONENT=<path>");
+            eprintln!("               when the toolchain differs from the one that built the artifact");
             std::process::exit(2)
         }
     }
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 struct Built {
@@ -71,20 +64,15 @@ enum Route {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn pick_route() -> Result<Route> {
-    let installed =
-        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
     if installed.lines().any(|l| l.trim() == TARGET) {
         return Ok(Route::Standard);
     }
-    if Path::new("/usr/bin/rustc").exists()
-        && Path::new("/usr/lib/rustlib/src/rust/library").exists()
-    {
+    if Path::new("/usr/bin/rustc").exists() && Path::new("/usr/lib/rustlib/src/rust/library").exists() {
         return Ok(Route::Offline);
     }
     bail!(
@@ -97,35 +85,20 @@ fn build(root: &Path) -> Result<Built> {
     let route = pick_route()?;
     let home = std::env::var("CARGO_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
-        });
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo"));
     // Paths differ between checkouts and machines; map them away so that the
     // same source gives the same bytes wherever it is built.
     let mut rustflags = vec![
         format!("--remap-path-prefix={}=/rootfs-cache", root.display()),
-        format!(
-            "--remap-path-prefix={}=/cargo",
-            home.join("registry/src").display()
-        ),
+        format!("--remap-path-prefix={}=/cargo", home.join("registry/src").display()),
     ];
     let target_dir = root.join("target/guest");
     let (mut cmd, toolchain) = match route {
         Route::Standard => {
             let version = output(Command::new("rustc").arg("-V")).unwrap_or_default();
             let mut cmd = Command::new("cargo");
-            cmd.args([
-                "build",
-                "--locked",
-                "--profile",
-                "guest",
-                "--target",
-                TARGET,
-            ]);
-            (
-                cmd,
-                format!("route: standard (rustup, {TARGET} target)\n{version}"),
-            )
+            cmd.args(["build", "--locked", "--profile", "guest", "--target", TARGET]);
+            (cmd, format!("route: standard (rustup, {TARGET} target)\n{version}"))
         }
         Route::Offline => {
             rustflags.extend([
@@ -137,26 +110,18 @@ fn build(root: &Path) -> Result<Built> {
             ]);
             let version = output(Command::new("/usr/bin/rustc").arg("-V")).unwrap_or_default();
             let libc =
-                output(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "wasi-libc"]))
-                    .unwrap_or_default();
+                output(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "wasi-libc"])).unwrap_or_default();
             let mut cmd = Command::new("/usr/bin/cargo");
-            cmd.env("RUSTC", "/usr/bin/rustc")
-                .env("RUSTC_BOOTSTRAP", "1")
-                .args([
-                    "build",
-                    "--locked",
-                    "--profile",
-                    "guest",
-                    "-Zbuild-std=std,panic_abort",
-                    "--target",
-                    TARGET,
-                ]);
-            (
-                cmd,
-                format!(
-                    "route: offline (Debian rustc-web, -Zbuild-std)\n{version}wasi-libc {libc}\n"
-                ),
-            )
+            cmd.env("RUSTC", "/usr/bin/rustc").env("RUSTC_BOOTSTRAP", "1").args([
+                "build",
+                "--locked",
+                "--profile",
+                "guest",
+                "-Zbuild-std=std,panic_abort",
+                "--target",
+                TARGET,
+            ]);
+            (cmd, format!("route: offline (Debian rustc-web, -Zbuild-std)\n{version}wasi-libc {libc}\n"))
         }
     };
     cmd.current_dir(root)
@@ -164,47 +129,29 @@ fn build(root: &Path) -> Result<Built> {
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
         .env_remove("RUSTFLAGS");
-    eprintln!(
-        "building the guest ({})",
-        toolchain.lines().next().unwrap_or_default()
-    );
+    eprintln!("building the guest ({})", toolchain.lines().next().unwrap_or_default());
     let status = cmd.status().context("running cargo for the guest")?;
     if !status.success() {
         bail!("building the guest failed ({status})");
     }
-    Ok(Built {
-        wasm: target_dir
-            .join(TARGET)
-            .join("guest/rootfs_cache_guest.wasm"),
-        toolchain,
-    })
+    Ok(Built { wasm: target_dir.join(TARGET).join("guest/rootfs_cache_guest.wasm"), toolchain })
 }
 
 fn check(root: &Path) -> Result<()> {
     let built = build(root)?;
     let fresh = std::fs::read(&built.wasm)?;
-    let committed =
-        std::fs::read(root.join(ARTIFACT)).with_context(|| format!("reading {ARTIFACT}"))?;
+    let committed = std::fs::read(root.join(ARTIFACT)).with_context(|| format!("reading {ARTIFACT}"))?;
     let recorded = std::fs::read_to_string(root.join(TOOLCHAIN_RECORD)).unwrap_or_default();
     if fresh == committed {
-        println!(
-            "the committed component matches its source ({} bytes)",
-            fresh.len()
-        );
+        println!("the committed component matches its source ({} bytes)", fresh.len());
         return Ok(());
     }
     if recorded != built.toolchain {
         let rebuilt = root.join("target/guest-rebuilt.wasm");
         std::fs::write(&rebuilt, &fresh)?;
         println!("the toolchain differs from the one that built {ARTIFACT}:");
-        println!(
-            "  committed with: {}",
-            recorded.trim_end().replace('\n', "; ")
-        );
-        println!(
-            "  this machine:   {}",
-            built.toolchain.trim_end().replace('\n', "; ")
-        );
+        println!("  committed with: {}", recorded.trim_end().replace('\n', "; "));
+        println!("  this machine:   {}", built.toolchain.trim_end().replace('\n', "; "));
         println!("so the bytes cannot be compared; test the rebuilt component instead:");
         println!("ROOTFS_CACHE_COMPONENT={}", rebuilt.display());
         return Ok(());

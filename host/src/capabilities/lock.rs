@@ -59,23 +59,15 @@ impl Drop for FlockGuard {
 impl CrossProcessLock for Flock {
     fn acquire(&self, cache: &CacheDir, key: &str) -> Result<Box<dyn std::any::Any + Send>> {
         let name = format!("{key}.lock");
-        let locks = cache
-            .locks()
-            .try_clone()
-            .map_err(|e| Error::io("locks/", &e))?;
+        let locks = cache.locks().try_clone().map_err(|e| Error::io("locks/", &e))?;
         loop {
             let mut options = OpenOptions::new();
             options.read(true).write(true).create(true);
-            let file = locks
-                .open_with(&name, &options)
-                .map_err(|e| Error::io(format!("locks/{name}"), &e))?
-                .into_std();
+            let file = locks.open_with(&name, &options).map_err(|e| Error::io(format!("locks/{name}"), &e))?.into_std();
             rustix::fs::flock(&file, FlockOperation::LockExclusive)
                 .map_err(|e| Error::Io(format!("flock locks/{name}: {e}")))?;
             // The previous holder may have unlinked the file we locked.
-            let held = file
-                .metadata()
-                .map_err(|e| Error::io(format!("locks/{name}"), &e))?;
+            let held = file.metadata().map_err(|e| Error::io(format!("locks/{name}"), &e))?;
             match locks.symlink_metadata(&name) {
                 Ok(current)
                     if current.ino() == std::os::unix::fs::MetadataExt::ino(&held)
@@ -123,39 +115,17 @@ pub struct LockService {
 impl LockService {
     /// A lock service over a cross-process lock.
     pub fn new(cross: Arc<dyn CrossProcessLock>) -> Self {
-        Self {
-            cross,
-            flights: Mutex::new(HashMap::new()),
-            counter: AtomicU64::new(0),
-        }
+        Self { cross, flights: Mutex::new(HashMap::new()), counter: AtomicU64::new(0) }
     }
 
     /// Waits for the lock for `key` (a validated cache key). Returns the
     /// error of the build this caller waited on, if that build failed.
-    pub async fn lock(
-        self: &Arc<Self>,
-        cache: Arc<CacheDir>,
-        key: &str,
-    ) -> Result<Box<dyn HeldLock>> {
-        let flight = self
-            .flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key.to_owned())
-            .or_default()
-            .clone();
-        let arrived = flight
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .generation;
+    pub async fn lock(self: &Arc<Self>, cache: Arc<CacheDir>, key: &str) -> Result<Box<dyn HeldLock>> {
+        let flight = self.flights.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone();
+        let arrived = flight.state.lock().unwrap_or_else(|p| p.into_inner()).generation;
         let turn = flight.turn.clone().lock_owned();
         let turn = turn.await;
-        if let Some((generation, error)) = &flight
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .failure
+        if let Some((generation, error)) = &flight.state.lock().unwrap_or_else(|p| p.into_inner()).failure
             && *generation > arrived
         {
             return Err(error.clone());
@@ -165,11 +135,7 @@ impl LockService {
         let guard = tokio::task::spawn_blocking(move || cross.acquire(&cache, &key_owned))
             .await
             .map_err(|e| Error::Io(format!("waiting for the lock: {e}")))??;
-        let token = format!(
-            "{}-{}",
-            std::process::id(),
-            self.counter.fetch_add(1, Ordering::Relaxed)
-        );
+        let token = format!("{}-{}", std::process::id(), self.counter.fetch_add(1, Ordering::Relaxed));
         Ok(Box::new(Held {
             service: self.clone(),
             key: key.to_owned(),

@@ -81,9 +81,7 @@ impl ConverterRegistry for FakeConverters {
         match name {
             "oci2rootfs" | "exact" => Ok(self.0.clone()),
             _ if name.starts_with("command:/") => Ok(self.0.clone()),
-            _ => Err(Error::InvalidRequest(format!(
-                "converter {name:?} is unknown"
-            ))),
+            _ => Err(Error::InvalidRequest(format!("converter {name:?} is unknown"))),
         }
     }
 }

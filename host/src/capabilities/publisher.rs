@@ -54,12 +54,8 @@ pub struct DurablePublisher {
 
 fn fsync_dir(cache: &CacheDir, area: Area) -> Result<()> {
     // A directory opened read-only can be fsynced on Linux.
-    let dir = cache
-        .dir(area)
-        .open(".")
-        .map_err(|e| Error::io(format!("opening {}/", area.dir_name()), &e))?;
-    dir.sync_all()
-        .map_err(|e| Error::io(format!("fsync {}/", area.dir_name()), &e))
+    let dir = cache.dir(area).open(".").map_err(|e| Error::io(format!("opening {}/", area.dir_name()), &e))?;
+    dir.sync_all().map_err(|e| Error::io(format!("fsync {}/", area.dir_name()), &e))
 }
 
 impl Publisher for DurablePublisher {
@@ -73,13 +69,9 @@ impl Publisher for DurablePublisher {
     ) -> Result<()> {
         let tmp = cache.dir(Area::Tmp);
         let images = cache.dir(Area::Images);
-        let staged_file = tmp
-            .open(&staged.name)
-            .map_err(|e| Error::io(staged.relative(), &e))?;
+        let staged_file = tmp.open(&staged.name).map_err(|e| Error::io(staged.relative(), &e))?;
         if !self.skip_fsync {
-            staged_file
-                .sync_all()
-                .map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
+            staged_file.sync_all().map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
         }
         drop(staged_file);
 
@@ -101,19 +93,13 @@ impl Publisher for DurablePublisher {
         }
         if let Err(e) = tmp.rename(&staged.name, images, &image.name) {
             let _ = tmp.remove_file(&manifest_tmp);
-            return Err(Error::io(
-                format!("renaming {} to {}", staged.relative(), image.relative()),
-                &e,
-            ));
+            return Err(Error::io(format!("renaming {} to {}", staged.relative(), image.relative()), &e));
         }
         if let Err(e) = tmp.rename(&manifest_tmp, images, &manifest.name) {
             // Without its manifest the image is not an entry; take it back out.
             let _ = images.remove_file(&image.name);
             let _ = tmp.remove_file(&manifest_tmp);
-            return Err(Error::io(
-                format!("renaming the manifest to {}", manifest.relative()),
-                &e,
-            ));
+            return Err(Error::io(format!("renaming the manifest to {}", manifest.relative()), &e));
         }
         if !self.skip_fsync {
             fsync_dir(cache, Area::Images)?;
@@ -131,14 +117,9 @@ impl Publisher for DurablePublisher {
     }
 
     fn record_use(&self, cache: &CacheDir, manifest: &CacheFile) -> Result<()> {
-        let file = cache
-            .dir(manifest.area)
-            .open(&manifest.name)
-            .map_err(|e| Error::io(manifest.relative(), &e))?;
+        let file = cache.dir(manifest.area).open(&manifest.name).map_err(|e| Error::io(manifest.relative(), &e))?;
         let now = SystemTime::now();
         let times = std::fs::FileTimes::new().set_accessed(now);
-        file.into_std()
-            .set_times(times)
-            .map_err(|e| Error::io(format!("recording use of {}", manifest.relative()), &e))
+        file.into_std().set_times(times).map_err(|e| Error::io(format!("recording use of {}", manifest.relative()), &e))
     }
 }

@@ -98,11 +98,7 @@ fn parse_converter(text: &str) -> Result<ConverterSpec, String> {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 /// The default cache directory for this user.
@@ -123,10 +119,7 @@ fn policy(cli: &Cli, cache_dir: &Path) -> Result<Policy> {
     if let Some(file) = &cli.policy {
         return Ok(Policy::load(file)?);
     }
-    let mut policy = Policy {
-        cache_dir: Some(cache_dir.to_path_buf()),
-        ..Policy::default()
-    };
+    let mut policy = Policy { cache_dir: Some(cache_dir.to_path_buf()), ..Policy::default() };
     if let Command::Convert(args) = &cli.command {
         let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         let source = real(&args.source);
@@ -162,13 +155,10 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Convert(args) => {
-            let progress = std::io::stderr()
-                .is_terminal()
-                .then(progress::Spinner::start);
+            let progress = std::io::stderr().is_terminal().then(progress::Spinner::start);
             let cache = open(&cli, progress.as_ref().map(|p| p.observer()))?;
-            let mut request = Request::new(&args.source, &args.agent)
-                .converter(args.converter.clone())
-                .platform(&args.platform);
+            let mut request =
+                Request::new(&args.source, &args.agent).converter(args.converter.clone()).platform(&args.platform);
             request.size = args.size;
             let result = cache.convert(&request).await;
             if let Some(progress) = progress {
@@ -176,10 +166,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let outcome = result?;
             if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&outcome).context("serialising the outcome")?
-                );
+                println!("{}", serde_json::to_string(&outcome).context("serialising the outcome")?);
             } else {
                 println!("{}", outcome.image.display());
             }
@@ -193,10 +180,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             } else if entries.is_empty() {
                 println!("the cache at {} is empty", cache.cache_dir().display());
             } else {
-                println!(
-                    "{:<16}  {:>10}  {:<20}  {:<8}  SOURCE",
-                    "KEY", "SIZE", "LAST USED", "STATUS"
-                );
+                println!("{:<16}  {:>10}  {:<20}  {:<8}  SOURCE", "KEY", "SIZE", "LAST USED", "STATUS");
                 for e in &entries {
                     println!(
                         "{:<16}  {:>10}  {:<20}  {:<8}  {}",
@@ -225,28 +209,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("ext4 magic:  {}", if info.magic { "yes" } else { "no" });
                 if info.magic {
                     println!("block size:  {}", info.block_size);
-                    println!(
-                        "blocks:      {} ({} free)",
-                        info.blocks_count, info.free_blocks
-                    );
-                    println!(
-                        "inodes:      {} ({} free)",
-                        info.inodes_count, info.free_inodes
-                    );
+                    println!("blocks:      {} ({} free)", info.blocks_count, info.free_blocks);
+                    println!("inodes:      {} ({} free)", info.inodes_count, info.free_inodes);
                     println!("uuid:        {}", info.uuid);
                     println!("label:       {}", info.label);
                 }
-                println!(
-                    "geometry:    {}",
-                    info.geometry_error.as_deref().unwrap_or("sound")
-                );
+                println!("geometry:    {}", info.geometry_error.as_deref().unwrap_or("sound"));
             }
             let sound = info.magic && info.geometry_error.is_none();
-            Ok(if sound {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(Error::Corrupt(String::new()).exit_code())
-            })
+            Ok(if sound { ExitCode::SUCCESS } else { ExitCode::from(Error::Corrupt(String::new()).exit_code()) })
         }
     }
 }

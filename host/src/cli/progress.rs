@@ -29,18 +29,13 @@ impl Observer for PhaseObserver {
 impl Spinner {
     /// Starts drawing.
     pub fn start() -> Self {
-        let state = Arc::new(State {
-            phase: Mutex::new(None),
-            done: AtomicBool::new(false),
-        });
+        let state = Arc::new(State { phase: Mutex::new(None), done: AtomicBool::new(false) });
         let drawing = state.clone();
         let thread = std::thread::spawn(move || {
             const FRAMES: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
             let mut frame = 0;
             while !drawing.done.load(Ordering::Relaxed) {
-                if let Some((phase, since)) =
-                    *drawing.phase.lock().unwrap_or_else(|p| p.into_inner())
-                {
+                if let Some((phase, since)) = *drawing.phase.lock().unwrap_or_else(|p| p.into_inner()) {
                     let mut err = std::io::stderr().lock();
                     let _ = write!(
                         err,
@@ -56,10 +51,7 @@ impl Spinner {
             }
             let _ = write!(std::io::stderr(), "\r\x1b[2K");
         });
-        Self {
-            state,
-            thread: Some(thread),
-        }
+        Self { state, thread: Some(thread) }
     }
 
     /// The observer to hand to the cache.

@@ -4,14 +4,10 @@
 /// or without `iB`/`B`; all mean powers of 1024).
 pub fn parse(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let digits_end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, suffix) = text.split_at(digits_end);
     if digits.is_empty() {
-        return Err(format!(
-            "{text:?} is not a size; use e.g. 1073741824, 512M or 2G"
-        ));
+        return Err(format!("{text:?} is not a size; use e.g. 1073741824, 512M or 2G"));
     }
     let shift = match suffix.to_ascii_uppercase().as_str() {
         "" | "B" => 0,
@@ -22,9 +18,7 @@ pub fn parse(text: &str) -> Result<u64, String> {
         other => return Err(format!("unknown size suffix {other:?}; use K, M, G or T")),
     };
     let value: u64 = digits.parse().map_err(|_| format!("{text} is too large"))?;
-    let bytes = value
-        .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{text} is too large"))?;
+    let bytes = value.checked_mul(1u64 << shift).ok_or_else(|| format!("{text} is too large"))?;
     if bytes == 0 {
         return Err("the size must be greater than 0".into());
     }
@@ -40,11 +34,7 @@ pub fn human(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]
@@ -61,16 +51,7 @@ mod tests {
 
     #[test]
     fn nonsense_zero_and_overflow_are_refused() {
-        for bad in [
-            "",
-            "M",
-            "12X",
-            "-1",
-            "0",
-            "18446744073709551616",
-            "16777216T",
-            "1.5G",
-        ] {
+        for bad in ["", "M", "12X", "-1", "0", "18446744073709551616", "16777216T", "1.5G"] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -30,18 +30,12 @@ impl CommandConverter {
     /// A converter that runs `path`. Errors: `NotFound`, `InvalidRequest` when
     /// it is not an executable regular file.
     pub fn new(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| Error::io(format!("converter command {}", path.display()), &e))?;
+        let meta =
+            std::fs::metadata(path).map_err(|e| Error::io(format!("converter command {}", path.display()), &e))?;
         if !meta.is_file() {
-            return Err(Error::InvalidRequest(format!(
-                "converter command {} is not a regular file",
-                path.display()
-            )));
+            return Err(Error::InvalidRequest(format!("converter command {} is not a regular file", path.display())));
         }
-        Ok(Self {
-            path: path.to_path_buf(),
-            identity: Mutex::new(None),
-        })
+        Ok(Self { path: path.to_path_buf(), identity: Mutex::new(None) })
     }
 
     fn failed(&self, exit_status: Option<i32>, stderr: &str) -> Error {
@@ -66,8 +60,7 @@ impl Converter for CommandConverter {
                 {
                     return identity.clone();
                 }
-                let digest = crate::digest::sha256_file(&self.path)
-                    .unwrap_or_else(|e| format!("unreadable ({e})"));
+                let digest = crate::digest::sha256_file(&self.path).unwrap_or_else(|e| format!("unreadable ({e})"));
                 let identity = format!("command:{} sha256:{digest}", self.path.display());
                 *cached = Some((fp, identity.clone()));
                 identity
@@ -86,16 +79,11 @@ impl Converter for CommandConverter {
         if let Some(size) = job.size {
             command.arg("--size").arg(size.to_string());
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
         // Its own process group, so a timeout kills its children too.
         command.as_std_mut().process_group(0);
-        let mut child = command.spawn().map_err(|e| {
-            self.failed(None, &format!("cannot start {}: {e}", self.path.display()))
-        })?;
+        let mut child =
+            command.spawn().map_err(|e| self.failed(None, &format!("cannot start {}: {e}", self.path.display())))?;
         let pid = child.id();
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let collect = async move {
@@ -105,10 +93,7 @@ impl Converter for CommandConverter {
         };
         let run = async { tokio::join!(child.wait(), collect) };
         let (status, stderr) = match tokio::time::timeout(job.timeout, run).await {
-            Ok((status, stderr)) => (
-                status.map_err(|e| Error::io("waiting for the converter", &e))?,
-                stderr,
-            ),
+            Ok((status, stderr)) => (status.map_err(|e| Error::io("waiting for the converter", &e))?, stderr),
             Err(_) => {
                 if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
                     let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
@@ -125,11 +110,7 @@ impl Converter for CommandConverter {
         if !status.success() {
             let _ = std::fs::remove_file(&job.output);
             if stderr.contains("No space left on device") {
-                return Err(Error::NoSpace(format!(
-                    "converter {}: {}",
-                    self.path.display(),
-                    tail(&stderr, 512)
-                )));
+                return Err(Error::NoSpace(format!("converter {}: {}", self.path.display(), tail(&stderr, 512))));
             }
             return Err(self.failed(status.code(), &stderr));
         }
@@ -137,15 +118,11 @@ impl Converter for CommandConverter {
             Ok(meta) if meta.is_file() => Ok(meta.len()),
             Ok(_) => {
                 let _ = std::fs::remove_file(&job.output);
-                Err(self.failed(
-                    Some(0),
-                    "the converter exited 0 but its output is not a regular file",
-                ))
+                Err(self.failed(Some(0), "the converter exited 0 but its output is not a regular file"))
             }
-            Err(_) => Err(self.failed(
-                Some(0),
-                &format!("the converter exited 0 but wrote no image; stderr: {stderr}"),
-            )),
+            Err(_) => {
+                Err(self.failed(Some(0), &format!("the converter exited 0 but wrote no image; stderr: {stderr}")))
+            }
         }
     }
 }

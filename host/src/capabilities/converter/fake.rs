@@ -74,24 +74,14 @@ impl Converter for FakeConverter {
     }
 
     async fn convert(&self, job: ConversionJob) -> Result<u64> {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(job.clone());
-        let behaviour = self
-            .behaviour
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
+        let behaviour = self.behaviour.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let FakeBehaviour::Fail(err) = behaviour {
             return Err(err);
         }
         let size = job.size.unwrap_or(DEFAULT_SIZE);
         let write = || -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&job.output)?;
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&job.output)?;
             file.set_len(size)?;
             if behaviour == FakeBehaviour::Succeed {
                 file.seek(SeekFrom::Start(1024))?;

@@ -20,22 +20,13 @@ pub const DEFAULT_SIZE: u64 = 512 << 20;
 pub struct Oci2rootfs;
 
 fn failed(message: String) -> Error {
-    Error::ConverterFailed {
-        converter: "oci2rootfs".into(),
-        exit_status: None,
-        stderr_tail: tail(&message, 4096),
-    }
+    Error::ConverterFailed { converter: "oci2rootfs".into(), exit_status: None, stderr_tail: tail(&message, 4096) }
 }
 
 fn map_error(err: oci2rootfs::Error, size: u64) -> Error {
     use oci2rootfs::Error as E;
     match err {
-        E::Io(io)
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            ) =>
-        {
+        E::Io(io) if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => {
             Error::NoSpace(format!("writing the image: {io}"))
         }
         E::Ext4Format(f) => {
@@ -59,23 +50,54 @@ fn run(job: &ConversionJob) -> Result<u64> {
         SourceLayers::Overlay2 { top, .. } => {
             oci2rootfs::Overlay2Source::open(top).and_then(|source| converter.convert(source))
         }
-        SourceLayers::Oci {
-            layout, platform, ..
-        } => {
+        SourceLayers::Oci { layout, platform, .. } => {
             let mut parts = platform.splitn(3, '/');
-            let (os, arch) = (
-                parts.next().unwrap_or("linux"),
-                parts.next().unwrap_or("amd64"),
-            );
+            let (os, arch) = (parts.next().unwrap_or("linux"), parts.next().unwrap_or("amd64"));
             oci2rootfs::OciLayoutSource::open(layout)
                 .map(|s| s.platform(oci2rootfs::Platform::new(os, arch)))
                 .and_then(|source| converter.convert(source))
         }
     };
     result.map_err(|e| map_error(e, size))?;
-    let len = std::fs::metadata(&job.output)
-        .map_err(|e| Error::io(job.output.display(), &e))?
-        .len();
+    let declared = pad_to_declared_size(&job.output)?;
+    // oci2rootfs grows an image whose content does not fit instead of failing.
+    if let Some(asked) = job.size
+        && declared > asked.next_multiple_of(GROUP_BYTES)
+    {
+        let _ = std::fs::remove_file(&job.output);
+        return Err(failed(format!(
+            "the content does not fit in an image of {asked} bytes (it needs {declared}); raise --size or omit it"
+        )));
+    }
+    Ok(declared)
+}
+
+/// oci2rootfs lays out whole block groups of 32768 blocks of 4 KiB.
+const GROUP_BYTES: u64 = 128 << 20;
+
+/// oci2rootfs 0.3.0 declares whole 128 MiB block groups but writes a file of
+/// the requested size (so sizes are rounded up to 128 MiB), so an image of, say, 64 MiB declares twice the blocks
+/// its file has and the kernel refuses to mount it. Grow the (sparse) file to
+/// what the superblock declares. Returns the final length.
+fn pad_to_declared_size(path: &Path) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| Error::io(path.display(), &e);
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut sb = [0u8; 1024];
+    file.seek(SeekFrom::Start(1024)).map_err(io)?;
+    file.read_exact(&mut sb).map_err(io)?;
+    let word = |at: usize| u64::from(u32::from_le_bytes([sb[at], sb[at + 1], sb[at + 2], sb[at + 3]]));
+    let log_block_size = word(0x18);
+    if u16::from_le_bytes([sb[0x38], sb[0x39]]) != 0xEF53 || log_block_size > 6 {
+        return Err(failed("oci2rootfs wrote an image without an ext4 superblock".into()));
+    }
+    let declared = word(0x04) * (1024 << log_block_size);
+    if declared > len {
+        tracing::debug!(file = %path.display(), len, declared, "growing the image to its declared size");
+        file.set_len(declared).map_err(io)?;
+        return Ok(declared);
+    }
     Ok(len)
 }
 
@@ -100,10 +122,7 @@ impl Converter for Oci2rootfs {
                 // A thread cannot be killed: the conversion finishes into an
                 // unlinked file, or leaves a temporary file for the next sweep.
                 remove_quietly(&output);
-                Err(Error::Timeout(format!(
-                    "oci2rootfs did not finish within {}s",
-                    timeout.as_secs()
-                )))
+                Err(Error::Timeout(format!("oci2rootfs did not finish within {}s", timeout.as_secs())))
             }
         }
     }
@@ -119,10 +138,6 @@ mod tests {
     fn the_identity_names_the_linked_version() {
         let lock = include_str!("../../../../Cargo.lock");
         let expected = format!("name = \"oci2rootfs\"\nversion = \"{}\"", super::VERSION);
-        assert!(
-            lock.contains(&expected),
-            "Cargo.lock links another oci2rootfs than {}",
-            super::VERSION
-        );
+        assert!(lock.contains(&expected), "Cargo.lock links another oci2rootfs than {}", super::VERSION);
     }
 }

@@ -18,10 +18,7 @@ pub struct FakeMounter {
 impl FakeMounter {
     /// Every install so far.
     pub fn installs(&self) -> Vec<Install> {
-        self.installs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.installs.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Images mounted right now.
@@ -37,27 +34,18 @@ struct FakeMount {
 impl ImageMounter for FakeMounter {
     fn mount(&self, _image: File) -> Result<Box<dyn MountedImage>> {
         *self.mounted.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        Ok(Box::new(FakeMount {
-            owner: self.clone(),
-        }))
+        Ok(Box::new(FakeMount { owner: self.clone() }))
     }
 }
 
 impl MountedImage for FakeMount {
     fn install(&mut self, source: &mut File, install: &Install) -> Result<()> {
         super::install::components(&install.target)?;
-        let actual = sha256_reader(source)
-            .map_err(|e| Error::InjectFailed(format!("reading the agent: {e}")))?;
+        let actual = sha256_reader(source).map_err(|e| Error::InjectFailed(format!("reading the agent: {e}")))?;
         if actual != install.sha256 {
-            return Err(Error::InjectFailed(format!(
-                "the agent changed during the build (sha256 {actual})"
-            )));
+            return Err(Error::InjectFailed(format!("the agent changed during the build (sha256 {actual})")));
         }
-        self.owner
-            .installs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(install.clone());
+        self.owner.installs.lock().unwrap_or_else(|p| p.into_inner()).push(install.clone());
         Ok(())
     }
 

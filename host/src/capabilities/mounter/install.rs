@@ -19,18 +19,12 @@ fn inject(what: impl std::fmt::Display, err: impl std::fmt::Display) -> Error {
 /// Splits an absolute image path into its components, refusing `.`, `..`,
 /// empty components and `/` itself.
 pub fn components(target: &str) -> Result<Vec<&str>> {
-    let rest = target.strip_prefix('/').ok_or_else(|| {
-        Error::InvalidRequest(format!("install target {target:?} is not absolute"))
-    })?;
+    let rest = target
+        .strip_prefix('/')
+        .ok_or_else(|| Error::InvalidRequest(format!("install target {target:?} is not absolute")))?;
     let parts: Vec<&str> = rest.split('/').collect();
-    if rest.is_empty()
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0'))
-    {
-        return Err(Error::InvalidRequest(format!(
-            "install target {target:?} is not a normalised file path"
-        )));
+    if rest.is_empty() || parts.iter().any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0')) {
+        return Err(Error::InvalidRequest(format!("install target {target:?} is not a normalised file path")));
     }
     Ok(parts)
 }
@@ -40,8 +34,8 @@ pub fn components(target: &str) -> Result<Vec<&str>> {
 fn open_parent(root: BorrowedFd<'_>, parts: &[&str]) -> Result<OwnedFd> {
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-    let mut dir = rustix::fs::openat2(root, ".", flags, Mode::empty(), resolve)
-        .map_err(|e| inject("the image root", e))?;
+    let mut dir =
+        rustix::fs::openat2(root, ".", flags, Mode::empty(), resolve).map_err(|e| inject("the image root", e))?;
     for i in 0..parts.len() {
         let sub = parts[..=i].join("/");
         dir = match rustix::fs::openat2(root, sub.as_str(), flags, Mode::empty(), resolve) {
@@ -79,12 +73,8 @@ pub fn install_file(root: BorrowedFd<'_>, source: &mut File, install: &Install) 
     .map_err(|e| inject(&install.target, e))?;
     let mut out = File::from(fd);
     let result = copy_checked(source, &mut out, install).and_then(|()| {
-        rustix::fs::fchown(
-            out.as_fd(),
-            Some(rustix::fs::Uid::ROOT),
-            Some(rustix::fs::Gid::ROOT),
-        )
-        .map_err(|e| inject(format!("chown {}", install.target), e))?;
+        rustix::fs::fchown(out.as_fd(), Some(rustix::fs::Uid::ROOT), Some(rustix::fs::Gid::ROOT))
+            .map_err(|e| inject(format!("chown {}", install.target), e))?;
         rustix::fs::fchmod(out.as_fd(), Mode::from_raw_mode(install.mode & 0o7777))
             .map_err(|e| inject(format!("chmod {}", install.target), e))?;
         out.sync_all().map_err(|e| write_error(&install.target, &e))
@@ -97,9 +87,7 @@ pub fn install_file(root: BorrowedFd<'_>, source: &mut File, install: &Install) 
 
 fn write_error(target: &str, err: &std::io::Error) -> Error {
     if err.raw_os_error() == Some(libc::ENOSPC) {
-        Error::InjectFailed(format!(
-            "the image has no room for {target}; raise --size or omit it"
-        ))
+        Error::InjectFailed(format!("the image has no room for {target}; raise --size or omit it"))
     } else {
         inject(target, err)
     }
@@ -109,15 +97,12 @@ fn copy_checked(source: &mut File, out: &mut File, install: &Install) -> Result<
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = source
-            .read(&mut buf)
-            .map_err(|e| inject("reading the agent", e))?;
+        let n = source.read(&mut buf).map_err(|e| inject("reading the agent", e))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| write_error(&install.target, &e))?;
+        out.write_all(&buf[..n]).map_err(|e| write_error(&install.target, &e))?;
     }
     let actual = hex(&hasher.finalize());
     if actual != install.sha256 {
@@ -135,11 +120,7 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn install(target: &str, bytes: &[u8]) -> Install {
-        Install {
-            target: target.into(),
-            mode: 0o755,
-            sha256: hex(&Sha256::digest(bytes)),
-        }
+        Install { target: target.into(), mode: 0o755, sha256: hex(&Sha256::digest(bytes)) }
     }
 
     fn agent(dir: &std::path::Path, bytes: &[u8]) -> File {
@@ -154,12 +135,7 @@ mod tests {
         let root = tmp.path().join("root");
         std::fs::create_dir(&root).unwrap();
         let root_fd = File::open(&root).unwrap();
-        install_file(
-            root_fd.as_fd(),
-            &mut agent(tmp.path(), b"agent"),
-            &install("/sbin/vm-agent", b"agent"),
-        )
-        .unwrap();
+        install_file(root_fd.as_fd(), &mut agent(tmp.path(), b"agent"), &install("/sbin/vm-agent", b"agent")).unwrap();
         let meta = std::fs::metadata(root.join("sbin/vm-agent")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
         assert_eq!(std::fs::read(root.join("sbin/vm-agent")).unwrap(), b"agent");
@@ -179,25 +155,13 @@ mod tests {
         std::os::unix::fs::symlink("usr/sbin", root.join("sbin")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("evil")).unwrap();
         let root_fd = File::open(&root).unwrap();
-        install_file(
-            root_fd.as_fd(),
-            &mut agent(tmp.path(), b"a"),
-            &install("/sbin/vm-agent", b"a"),
-        )
-        .unwrap();
+        install_file(root_fd.as_fd(), &mut agent(tmp.path(), b"a"), &install("/sbin/vm-agent", b"a")).unwrap();
         assert!(root.join("usr/sbin/vm-agent").is_file());
         // The absolute link resolves to <root>/<outside path>, which does not
         // exist, and creating `evil` fails because the link is in the way.
-        let escaped = install_file(
-            root_fd.as_fd(),
-            &mut agent(tmp.path(), b"b"),
-            &install("/evil/x", b"b"),
-        );
+        let escaped = install_file(root_fd.as_fd(), &mut agent(tmp.path(), b"b"), &install("/evil/x", b"b"));
         assert_eq!(escaped.unwrap_err().class(), "inject-failed");
-        assert!(
-            std::fs::read_dir(&outside).unwrap().next().is_none(),
-            "wrote through an absolute symlink"
-        );
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "wrote through an absolute symlink");
     }
 
     #[test]
@@ -206,12 +170,8 @@ mod tests {
         let root = tmp.path().join("root");
         std::fs::create_dir(&root).unwrap();
         let root_fd = File::open(&root).unwrap();
-        let err = install_file(
-            root_fd.as_fd(),
-            &mut agent(tmp.path(), b"new"),
-            &install("/vm-agent", b"old"),
-        )
-        .unwrap_err();
+        let err =
+            install_file(root_fd.as_fd(), &mut agent(tmp.path(), b"new"), &install("/vm-agent", b"old")).unwrap_err();
         assert_eq!(err.class(), "inject-failed");
         assert!(!root.join("vm-agent").exists());
     }

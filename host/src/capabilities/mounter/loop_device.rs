@@ -52,23 +52,14 @@ const ATTACH_ATTEMPTS: usize = 64;
 impl LoopDevice {
     /// Attaches `image` to a free loop device with `LO_FLAGS_AUTOCLEAR`.
     pub fn attach(image: &File, label: &str) -> Result<Self> {
-        let control = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/loop-control")
-            .map_err(|e| {
-                Error::MountFailed(format!(
-                    "/dev/loop-control: {e} (loop devices need root and the loop module)"
-                ))
-            })?;
+        let control = OpenOptions::new().read(true).write(true).open("/dev/loop-control").map_err(|e| {
+            Error::MountFailed(format!("/dev/loop-control: {e} (loop devices need root and the loop module)"))
+        })?;
         for _ in 0..ATTACH_ATTEMPTS {
             // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a number.
             let number = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
             if number < 0 {
-                return Err(Error::MountFailed(format!(
-                    "no free loop device: {}",
-                    std::io::Error::last_os_error()
-                )));
+                return Err(Error::MountFailed(format!("no free loop device: {}", std::io::Error::last_os_error())));
             }
             let path = format!("/dev/loop{number}");
             let device = OpenOptions::new()
@@ -101,31 +92,18 @@ impl LoopDevice {
                 reserved: [0; 8],
             };
             // SAFETY: `config` is a valid `struct loop_config` that outlives the call.
-            let rc = unsafe {
-                libc::ioctl(
-                    device.as_raw_fd(),
-                    LOOP_CONFIGURE,
-                    &config as *const LoopConfig,
-                )
-            };
+            let rc = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config as *const LoopConfig) };
             if rc == 0 {
-                return Ok(Self {
-                    device,
-                    number: number as u32,
-                });
+                return Ok(Self { device, number: number as u32 });
             }
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EBUSY) {
-                return Err(Error::MountFailed(format!(
-                    "attaching the image to {path}: {err}"
-                )));
+                return Err(Error::MountFailed(format!("attaching the image to {path}: {err}")));
             }
             // Another process configured this device between GET_FREE and
             // CONFIGURE: ask for another.
         }
-        Err(Error::MountFailed(
-            "every free loop device was taken by another process".into(),
-        ))
+        Err(Error::MountFailed("every free loop device was taken by another process".into()))
     }
 
     /// `/dev/loopN`.
@@ -147,10 +125,7 @@ impl LoopDevice {
             let err = std::io::Error::last_os_error();
             // ENXIO: autoclear already detached it.
             if err.raw_os_error() != Some(libc::ENXIO) {
-                return Err(Error::MountFailed(format!(
-                    "detaching {}: {err}",
-                    self.path().display()
-                )));
+                return Err(Error::MountFailed(format!("detaching {}: {err}", self.path().display())));
             }
         }
         Ok(())
@@ -159,8 +134,7 @@ impl LoopDevice {
 
 /// The backing file of `/dev/loopN`, if it is attached.
 pub fn backing_file(number: u32) -> Option<PathBuf> {
-    let text =
-        std::fs::read_to_string(format!("/sys/block/loop{number}/loop/backing_file")).ok()?;
+    let text = std::fs::read_to_string(format!("/sys/block/loop{number}/loop/backing_file")).ok()?;
     Some(PathBuf::from(text.trim_end()))
 }
 
@@ -172,11 +146,7 @@ pub fn attached_under(dir: &std::path::Path) -> Vec<(u32, PathBuf)> {
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(number) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("loop"))
-            .and_then(|n| n.parse().ok())
-        else {
+        let Some(number) = name.to_str().and_then(|n| n.strip_prefix("loop")).and_then(|n| n.parse().ok()) else {
             continue;
         };
         if let Some(backing) = backing_file(number)

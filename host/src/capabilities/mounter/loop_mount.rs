@@ -31,10 +31,7 @@ fn mount_failed(what: &str, err: rustix::io::Errno, fs: Option<&OwnedFd>) -> Err
             if n == 0 {
                 break;
             }
-            detail.push_str(&format!(
-                "; {}",
-                String::from_utf8_lossy(&buf[..n]).trim_end()
-            ));
+            detail.push_str(&format!("; {}", String::from_utf8_lossy(&buf[..n]).trim_end()));
         }
     }
     Error::MountFailed(format!("{what}: {err}{detail}"))
@@ -47,14 +44,11 @@ fn mount_detached(device: &LoopDevice) -> Result<OwnedFd> {
     let source = device.path();
     rustix::mount::fsconfig_set_string(&fs, "source", source.as_path())
         .map_err(|e| mount_failed("configuring the mount", e, Some(&fs)))?;
-    rustix::mount::fsconfig_create(&fs)
-        .map_err(|e| mount_failed("mounting the image as ext4", e, Some(&fs)))?;
+    rustix::mount::fsconfig_create(&fs).map_err(|e| mount_failed("mounting the image as ext4", e, Some(&fs)))?;
     rustix::mount::fsmount(
         &fs,
         FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_NOSUID
-            | MountAttrFlags::MOUNT_ATTR_NODEV
-            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOEXEC,
     )
     .map_err(|e| mount_failed("fsmount", e, Some(&fs)))
 }
@@ -65,10 +59,7 @@ impl ImageMounter for LoopMounter {
         // The loop device holds its own reference to the file.
         drop(image);
         match mount_detached(&device) {
-            Ok(mount) => Ok(Box::new(LoopMount {
-                mount: Some(mount),
-                device: Some(device),
-            })),
+            Ok(mount) => Ok(Box::new(LoopMount { mount: Some(mount), device: Some(device) })),
             Err(e) => {
                 let _ = device.detach();
                 Err(e)
@@ -86,9 +77,7 @@ impl LoopMount {
             let synced = rustix::fs::openat(
                 &mount,
                 ".",
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
                 rustix::fs::Mode::empty(),
             )
             .and_then(|root| rustix::fs::syncfs(&root));
@@ -115,10 +104,7 @@ impl LoopMount {
 
 impl MountedImage for LoopMount {
     fn install(&mut self, source: &mut File, install: &Install) -> Result<()> {
-        let mount = self
-            .mount
-            .as_ref()
-            .ok_or_else(|| Error::InjectFailed("the image is no longer mounted".into()))?;
+        let mount = self.mount.as_ref().ok_or_else(|| Error::InjectFailed("the image is no longer mounted".into()))?;
         install_file(mount.as_fd(), source, install)
     }
 
