@@ -48,6 +48,7 @@ pub mod capabilities;
 pub mod digest;
 mod engine;
 mod error;
+pub mod ext4;
 mod host_impl;
 pub mod observer;
 pub mod policy;

@@ -13,6 +13,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
+pub mod compare;
 pub mod oci;
 
 /// Whether this process may use loop devices, mknod and `trusted.*` xattrs.
@@ -262,13 +263,28 @@ pub fn temp_files(cache: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The `rootfs-cache` binary built alongside these tests.
+/// The `rootfs-cache` binary of this build, built on demand when only this
+/// crate's tests were asked for (`cargo test --workspace` builds it anyway).
 pub fn rootfs_cache_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join("rootfs-cache");
-    assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+            let bin = profile_dir.join("rootfs-cache");
+            if !bin.exists() {
+                let target_dir = profile_dir.parent().unwrap();
+                let mut build = Command::new(env!("CARGO"));
+                build.args(["build", "-p", "rootfs-cache", "--bin", "rootfs-cache", "--target-dir"]).arg(target_dir);
+                if profile_dir.file_name() == Some("release".as_ref()) {
+                    build.arg("--release");
+                }
+                let status = build.status().unwrap();
+                assert!(status.success() && bin.exists(), "building {} failed", bin.display());
+            }
+            bin
+        })
+        .clone()
 }
 
 /// Runs the CLI with `args`; returns (exit code, stdout, stderr).
@@ -299,4 +315,186 @@ pub fn oci2rootfs_cli() -> PathBuf {
     let bin = exe.parent().and_then(Path::parent).unwrap().join("oci2rootfs-cli");
     assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
     bin
+}
+
+/// Sets a file's times (atime = mtime) with nanoseconds, without following symlinks.
+pub fn set_mtime(path: &Path, secs: i64, nanos: i64) {
+    let t = rustix::fs::Timespec { tv_sec: secs, tv_nsec: nanos };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &rustix::fs::Timestamps { last_access: t, last_modification: t },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// Changes owner without following symlinks.
+pub fn lchown(path: &Path, uid: u32, gid: u32) {
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+/// A marker that the base layer writes and the top layer deletes: it must
+/// not be readable anywhere in an image built from the chain.
+pub const DELETED_MARKER: &[u8] = b"DELETED-DATA-7f3a9c1e-must-not-survive";
+
+/// A three-layer overlay2 chain with every kind of entry and every kind of
+/// change between layers (needs root). Returns the top layer directory.
+pub fn feature_chain(root: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let mut o = Overlay2::new(root);
+    o.layer(|l| {
+        l.dir("/etc", 0o755)
+            .file("/etc/os-release", b"ID=features\n", 0o644)
+            .file("/etc/deleted-file", DELETED_MARKER, 0o644)
+            .dir("/etc/deleted-dir", 0o755)
+            .file("/etc/deleted-dir/child", DELETED_MARKER, 0o600)
+            .symlink("/etc/deleted-link", "os-release")
+            .dir("/opt/app", 0o750)
+            .file("/opt/app/old-config", b"old\n", 0o644)
+            .file("/data/will-be-dir", b"a file first\n", 0o644)
+            .dir("/data/will-be-file", 0o755)
+            .file("/data/will-be-file/child", b"x", 0o644)
+            .file("/usr/bin/suid", b"#!/bin/sh\n", 0o4755)
+            .file("/usr/bin/sgid", b"#!/bin/sh\n", 0o2755)
+            .dir("/tmp", 0o1777)
+            .file("/data/hl-a", b"hardlinked\n", 0o644)
+            .file("/data/hl-doomed", b"hardlinked and deleted\n", 0o644)
+            .symlink("/bin", "usr/bin");
+        std::fs::hard_link(l.diff.join("data/hl-a"), l.diff.join("data/hl-b")).unwrap();
+        std::fs::hard_link(l.diff.join("data/hl-a"), l.diff.join("usr/bin/hl-c")).unwrap();
+        std::fs::hard_link(l.diff.join("data/hl-doomed"), l.diff.join("data/hl-survivor")).unwrap();
+        // A sparse file: 8 MiB with a little data in the middle.
+        let sparse = std::fs::File::create(l.diff.join("data/sparse")).unwrap();
+        sparse.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"middle", 4 << 20).unwrap();
+        // Owners of files, directories and symlinks.
+        l.file("/home/user/file", b"mine\n", 0o640).symlink("/home/user/link", "file");
+        lchown(&l.diff.join("home/user"), 1000, 1000);
+        lchown(&l.diff.join("home/user/file"), 1000, 100);
+        lchown(&l.diff.join("home/user/link"), 1234, 5678);
+        // Devices, a FIFO, xattrs.
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            l.diff.join("dev-null"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            l.diff.join("dev-loop"),
+            rustix::fs::FileType::BlockDevice,
+            rustix::fs::Mode::from_raw_mode(0o660),
+            rustix::fs::makedev(7, 300),
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            l.diff.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        l.file("/usr/bin/ping", b"\x7fELF not really\n", 0o755);
+        // cap_net_raw=ep, VFS_CAP_REVISION_2.
+        set_xattr(
+            &l.diff.join("usr/bin/ping"),
+            "security.capability",
+            &[0, 0, 0, 2, 0, 32, 0, 0, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        );
+        set_xattr(&l.diff.join("etc/os-release"), "user.origin", b"layer one");
+        set_xattr(&l.diff.join("data/hl-a"), "user.big", &vec![b'x'; 1500]);
+        // Names and targets that are not UTF-8.
+        let odd = l.diff.join(std::ffi::OsStr::from_bytes(b"caf\xe9-\xff"));
+        std::fs::write(&odd, b"latin-1 name\n").unwrap();
+        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(b"target-\xfe"), l.diff.join("odd-link")).unwrap();
+        set_mtime(&l.diff.join("etc/os-release"), 1_600_000_000, 123_456_789);
+        set_mtime(&l.diff.join("bin"), 1_500_000_000, 987_654_321);
+    });
+    o.layer(|l| {
+        l.whiteout("/etc/deleted-file")
+            .whiteout("/etc/deleted-dir")
+            .whiteout("/etc/deleted-link")
+            .whiteout("/data/hl-doomed")
+            .opaque("/opt/app")
+            .file("/opt/app/new-config", b"new\n", 0o600)
+            .file("/data/will-be-file", b"now a file\n", 0o644)
+            .dir("/data/will-be-dir", 0o700)
+            .file("/data/will-be-dir/child", b"now a directory\n", 0o644)
+            .file("/etc/motd", b"layer two\n", 0o644);
+        // A directory of 5,000 entries.
+        let many = l.diff.join("many");
+        std::fs::create_dir(&many).unwrap();
+        for i in 0..5000 {
+            std::fs::write(many.join(format!("entry-{i:05}")), i.to_string()).unwrap();
+        }
+    });
+    o.layer(|l| {
+        l.file("/etc/motd", b"layer three\n", 0o644).dir("/etc", 0o755);
+        set_mtime(&l.diff.join("etc/motd"), 1_700_000_000, 1);
+    })
+}
+
+/// Mounts an overlay2 chain's `diff/` directories read-only with the
+/// kernel's overlayfs through mount(8): the reference for what a container
+/// sees. Unmounted on drop.
+pub struct OverlayMount {
+    /// The merged tree.
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OverlayMount {
+    /// Mounts the chain whose top layer directory is `top`.
+    pub fn new(top: &Path) -> Self {
+        let root = top.parent().unwrap();
+        let mut layers = vec![top.join("diff")];
+        if let Ok(lower) = std::fs::read_to_string(top.join("lower")) {
+            for link in lower.trim_end().split(':') {
+                layers.push(root.join(link).canonicalize().unwrap());
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        if layers.len() == 1 {
+            let empty = dir.path().join("empty");
+            std::fs::create_dir(&empty).unwrap();
+            layers.push(empty);
+        }
+        let path = dir.path().join("merged");
+        std::fs::create_dir(&path).unwrap();
+        let lowerdir: Vec<String> = layers.iter().map(|p| p.display().to_string()).collect();
+        let out = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!("ro,lowerdir={}", lowerdir.join(":")))
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "overlay mount: {}", String::from_utf8_lossy(&out.stderr));
+        Self { path, _dir: dir }
+    }
+}
+
+impl Drop for OverlayMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
+/// `e2fsck -fn` on an image: its exit status and output.
+pub fn fsck(image: &Path) -> (i32, String) {
+    let out = Command::new("e2fsck").arg("-fn").arg(image).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
 }

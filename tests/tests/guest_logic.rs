@@ -209,7 +209,7 @@ async fn an_oci_layout_is_keyed_by_its_manifest_and_its_blobs_are_passed_in_orde
     std::fs::remove_dir_all(&layout).unwrap();
     rootfs_cache_tests::oci::layout(
         &layout,
-        &[rootfs_cache_tests::oci::tar(&[rootfs_cache_tests::oci::TarEntry::File("x", b"y", 0o644)])],
+        &[rootfs_cache_tests::oci::tar(&[rootfs_cache_tests::oci::TarEntry::file("x", b"y", 0o644)])],
         "amd64",
         IndexStyle::WithPlatform,
     );

@@ -9,6 +9,7 @@
 //!   records every job; no privileges needed.
 
 pub mod command;
+pub mod exact;
 pub mod fake;
 pub mod oci2rootfs;
 
@@ -110,6 +111,7 @@ pub trait ConverterRegistry: Send + Sync {
 #[derive(Default)]
 pub struct NativeConverters {
     oci2rootfs: Arc<oci2rootfs::Oci2rootfs>,
+    exact: Arc<exact::ExactConverter>,
     commands: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<command::CommandConverter>>>,
 }
 
@@ -117,6 +119,7 @@ impl ConverterRegistry for NativeConverters {
     fn get(&self, name: &str) -> Result<Arc<dyn Converter>> {
         match name {
             "oci2rootfs" => Ok(self.oci2rootfs.clone()),
+            "exact" => Ok(self.exact.clone()),
             _ => match name.strip_prefix("command:") {
                 Some(path) => {
                     let path = PathBuf::from(path);

@@ -1,0 +1,251 @@
+//! The `exact` converter: the image holds exactly what the container sees.
+//!
+//! 1. **Merge.** An overlay2 chain is merged by the kernel's overlayfs (a
+//!    read-only, detached mount of the chain's `diff/` directories), which is
+//!    by definition what Docker shows the container. An OCI layout's layers
+//!    are applied in order into a staging directory under the image spec's
+//!    whiteout rules (see [`oci_apply`]).
+//! 2. **Read.** The merged tree is read into memory with every attribute:
+//!    owners of every entry, modes with setuid/setgid/sticky, nanosecond
+//!    mtimes, hardlink groups, symlink targets and names as raw bytes,
+//!    device numbers, FIFOs, sockets, extended attributes (overlayfs's own
+//!    `trusted.overlay.*` excluded) and file holes.
+//! 3. **Agent.** `/sbin/vm-agent` is added to the tree (through `/sbin` if it
+//!    is a symlink), so no mount is needed afterwards.
+//! 4. **Write.** [`crate::ext4::write_image`] writes a fresh image sized
+//!    from the content (or to `--size`), with its UUID and hash seed derived
+//!    from the cache key: the same inputs give the same bytes. Nothing a
+//!    later layer deleted is ever written, so it cannot be read back from
+//!    the image file.
+
+pub mod oci_apply;
+pub mod overlay;
+pub mod scan;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use super::{AgentInstall, ConversionJob, Converter, SourceLayers, tail};
+use crate::error::{Error, Result};
+use crate::ext4::{self, FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, tree::ResolveError};
+
+/// The writer's format version: part of the identity, so a change to what
+/// the converter writes gives new keys.
+const FORMAT_VERSION: u32 = 1;
+
+/// The exact converter.
+#[derive(Debug, Default)]
+pub struct ExactConverter {
+    /// Room left when the image is sized from its content.
+    pub headroom: Headroom,
+}
+
+fn failed(message: String) -> Error {
+    Error::ConverterFailed { converter: "exact".into(), exit_status: None, stderr_tail: tail(&message, 4096) }
+}
+
+/// Removes a staging directory (or file) when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// 16 bytes derived from the key for one purpose.
+fn derived(key: &str, purpose: &str) -> [u8; 16] {
+    let digest = Sha256::digest(format!("rootfs-cache {purpose} {key}"));
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+/// A version-4-shaped UUID derived from the key.
+fn uuid_from_key(key: &str) -> [u8; 16] {
+    let mut uuid = derived(key, "uuid");
+    uuid[6] = (uuid[6] & 0x0F) | 0x40;
+    uuid[8] = (uuid[8] & 0x3F) | 0x80;
+    uuid
+}
+
+/// Adds the agent at `install.target`, resolving symlinked parents inside
+/// the tree and creating a missing parent directory.
+fn add_agent(tree: &mut Tree, install: &AgentInstall) -> Result<()> {
+    let bytes =
+        std::fs::read(&install.source).map_err(|e| Error::io(format!("agent {}", install.source.display()), &e))?;
+    let actual = crate::digest::hex(&Sha256::digest(&bytes));
+    if actual != install.sha256 {
+        return Err(Error::InjectFailed(format!(
+            "the agent changed during the build (sha256 {actual}, expected {}); retry",
+            install.sha256
+        )));
+    }
+    let target = install.target.as_bytes();
+    let (parent_path, name) = match target.iter().rposition(|&c| c == b'/') {
+        Some(i) if i + 1 < target.len() => (&target[..i], &target[i + 1..]),
+        _ => {
+            return Err(Error::InvalidRequest(format!(
+                "install target {} is not an absolute file path",
+                install.target
+            )));
+        }
+    };
+    let time = tree.newest_mtime();
+    let parent = match tree.resolve_dir(parent_path) {
+        Ok(dir) => dir,
+        Err(ResolveError::Missing(_)) => {
+            // Create the missing directories, as root, 0755.
+            let mut dir = Tree::ROOT;
+            let mut so_far = Vec::new();
+            for part in parent_path.split(|&c| c == b'/').filter(|p| !p.is_empty()) {
+                so_far.extend_from_slice(b"/");
+                so_far.extend_from_slice(part);
+                dir = match tree.resolve_dir(&so_far) {
+                    Ok(existing) => existing,
+                    Err(ResolveError::Missing(_)) => {
+                        let meta = Meta { perm: 0o755, uid: 0, gid: 0, mtime: time, xattrs: Vec::new() };
+                        tree.add(dir, part.to_vec(), Node { meta, kind: Kind::Dir(Default::default()) })
+                    }
+                    Err(e) => {
+                        return Err(Error::InjectFailed(format!(
+                            "{}: {e:?} in the image",
+                            String::from_utf8_lossy(&so_far)
+                        )));
+                    }
+                };
+            }
+            dir
+        }
+        Err(e) => {
+            return Err(Error::InjectFailed(format!("{}: {e:?} in the image", String::from_utf8_lossy(parent_path))));
+        }
+    };
+    if tree.lookup(parent, name).is_some_and(|id| tree.node(id).is_dir()) {
+        return Err(Error::InjectFailed(format!("{} is a directory in the image", install.target)));
+    }
+    let size = bytes.len() as u64;
+    tree.add(
+        parent,
+        name.to_vec(),
+        Node {
+            meta: Meta { perm: install.mode & 0o7777, uid: 0, gid: 0, mtime: time, xattrs: Vec::new() },
+            kind: Kind::File { size, data: FileData::Bytes(Arc::new(bytes)) },
+        },
+    );
+    Ok(())
+}
+
+impl ExactConverter {
+    fn run(&self, job: &ConversionJob, cancel: &AtomicBool) -> Result<u64> {
+        let scratch_dir = |suffix: &str| -> Result<Scratch> {
+            let path = PathBuf::from(format!("{}.{suffix}", job.output.display()));
+            std::fs::create_dir(&path).map_err(|e| Error::io(path.display(), &e))?;
+            Ok(Scratch(path))
+        };
+        let mut keep_alive: Vec<Scratch> = Vec::new();
+        let root: Arc<OwnedFd> = match &job.source {
+            SourceLayers::Overlay2 { diffs, .. } => {
+                let top_first: Vec<PathBuf> = diffs.iter().rev().cloned().collect();
+                let padding = if top_first.len() == 1 {
+                    let empty = scratch_dir("empty")?;
+                    let path = empty.0.clone();
+                    keep_alive.push(empty);
+                    Some(path)
+                } else {
+                    None
+                };
+                Arc::new(
+                    overlay::mount(&top_first, padding)
+                        .map_err(|e| failed(format!("merging the overlay2 chain: {e}")))?,
+                )
+            }
+            SourceLayers::Oci { blobs, .. } => {
+                let stage = scratch_dir("stage")?;
+                let staging = oci_apply::Staging::open(&stage.0).map_err(|e| Error::io(stage.0.display(), &e))?;
+                staging.apply_all(blobs, cancel).map_err(|e| match e {
+                    oci_apply::ApplyError::Io { source, layer } => Error::io(format!("staging layer {layer}"), &source),
+                    oci_apply::ApplyError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
+                    other => Error::UnsupportedSource(other.to_string()),
+                })?;
+                let root = Arc::new(staging.root().try_clone().map_err(|e| Error::io("staging", &e))?);
+                keep_alive.push(stage);
+                root
+            }
+        };
+        let mut tree = scan::scan(root, cancel).map_err(|e| match e {
+            scan::ScanError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
+            other => failed(format!("reading the merged tree: {other}")),
+        })?;
+        if let Some(agent) = &job.agent {
+            add_agent(&mut tree, agent)?;
+        }
+        let options = ImageOptions {
+            size: job.size,
+            headroom: self.headroom,
+            uuid: uuid_from_key(&job.key),
+            hash_seed: derived(&job.key, "hash-seed"),
+            label: "rootfs".into(),
+        };
+        let out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&job.output)
+            .map_err(|e| Error::io(job.output.display(), &e))?;
+        let written = ext4::write_image(&tree, &out, &options);
+        if written.is_err() {
+            let _ = std::fs::remove_file(&job.output);
+        }
+        let report = written.map_err(|e| match e {
+            ext4::WriteError::DoesNotFit { needed, size } => failed(format!(
+                "the content needs at least {needed} bytes, more than the {size} bytes asked for; raise --size or omit it"
+            )),
+            ext4::WriteError::Write(io) => Error::io("writing the image", &io),
+            other => failed(other.to_string()),
+        })?;
+        drop(keep_alive);
+        Ok(report.bytes)
+    }
+}
+
+#[async_trait::async_trait]
+impl Converter for ExactConverter {
+    fn identity(&self) -> String {
+        let h = &self.headroom;
+        format!(
+            "exact {FORMAT_VERSION} (free space {}% min {} B, free inodes {}% min {})",
+            h.free_space_percent, h.min_free_bytes, h.free_inodes_percent, h.min_free_inodes
+        )
+    }
+
+    fn installs_agent(&self) -> bool {
+        true
+    }
+
+    async fn convert(&self, job: ConversionJob) -> Result<u64> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let timeout = job.timeout;
+        let output = job.output.clone();
+        let this = Self { headroom: self.headroom };
+        let flag = cancel.clone();
+        let work = tokio::task::spawn_blocking(move || this.run(&job, &flag));
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(join)) => Err(failed(format!("the conversion thread panicked: {join}"))),
+            Err(_) => {
+                // The thread stops at its next check and removes what it wrote.
+                cancel.store(true, Ordering::Relaxed);
+                let _ = std::fs::remove_file(&output);
+                Err(Error::Timeout(format!("the exact converter did not finish within {}s", timeout.as_secs())))
+            }
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! ext4 on-disk structures: the superblock, group descriptors, inodes,
+//! directory entries, extents and extended attributes, encoded little-endian
+//! exactly as the kernel and e2fsprogs read them.
+//!
+//! Only the features the writer uses are encoded: 4 KiB blocks, 256-byte
+//! inodes with nanosecond timestamps, extents, file types in directory
+//! entries, sparse superblock backups, extended attributes; no journal, no
+//! checksums, no flex groups, no hashed directories.
+
+use super::tree::Timestamp;
+
+/// Block size in bytes.
+pub const BLOCK_SIZE: u64 = 4096;
+/// `s_log_block_size` for [`BLOCK_SIZE`].
+pub const LOG_BLOCK_SIZE: u32 = 2;
+/// Blocks per group: one bitmap block's worth.
+pub const BLOCKS_PER_GROUP: u64 = 32768;
+/// Inode size in bytes.
+pub const INODE_SIZE: usize = 256;
+/// Inodes per inode-table block.
+pub const INODES_PER_BLOCK: u32 = (BLOCK_SIZE as usize / INODE_SIZE) as u32;
+/// `i_extra_isize`: room for the nanosecond and creation-time fields.
+pub const EXTRA_ISIZE: u16 = 32;
+/// First inode not reserved by the filesystem.
+pub const FIRST_INODE: u32 = 11;
+/// The root directory's inode.
+pub const ROOT_INODE: u32 = 2;
+/// Bytes of one group descriptor (without the 64bit feature).
+pub const DESC_SIZE: u64 = 32;
+/// Longest extent of initialised blocks.
+pub const MAX_EXTENT_LEN: u64 = 32768;
+
+/// `S_IF*` file types as stored in `i_mode`.
+pub mod mode {
+    /// Regular file.
+    pub const REG: u16 = 0o100000;
+    /// Directory.
+    pub const DIR: u16 = 0o040000;
+    /// Symlink.
+    pub const LNK: u16 = 0o120000;
+    /// Character device.
+    pub const CHR: u16 = 0o020000;
+    /// Block device.
+    pub const BLK: u16 = 0o060000;
+    /// FIFO.
+    pub const FIFO: u16 = 0o010000;
+    /// Socket.
+    pub const SOCK: u16 = 0o140000;
+}
+
+/// Directory entry file types.
+pub mod ftype {
+    /// Regular file.
+    pub const REG: u8 = 1;
+    /// Directory.
+    pub const DIR: u8 = 2;
+    /// Character device.
+    pub const CHR: u8 = 3;
+    /// Block device.
+    pub const BLK: u8 = 4;
+    /// FIFO.
+    pub const FIFO: u8 = 5;
+    /// Socket.
+    pub const SOCK: u8 = 6;
+    /// Symlink.
+    pub const LNK: u8 = 7;
+}
+
+const COMPAT_EXT_ATTR: u32 = 0x0008;
+const INCOMPAT_FILETYPE: u32 = 0x0002;
+const INCOMPAT_EXTENTS: u32 = 0x0040;
+const RO_COMPAT_SPARSE_SUPER: u32 = 0x0001;
+const RO_COMPAT_LARGE_FILE: u32 = 0x0002;
+const RO_COMPAT_DIR_NLINK: u32 = 0x0020;
+const RO_COMPAT_EXTRA_ISIZE: u32 = 0x0040;
+/// `EXT4_EXTENTS_FL`.
+pub const EXTENTS_FL: u32 = 0x0008_0000;
+const EXTENT_MAGIC: u16 = 0xF30A;
+/// Magic of an extended-attribute block and of the in-inode area.
+pub const XATTR_MAGIC: u32 = 0xEA02_0000;
+
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Whether group `g` holds a superblock backup (`sparse_super`): groups 0, 1
+/// and powers of 3, 5 and 7.
+pub fn has_superblock(g: u64) -> bool {
+    if g <= 1 {
+        return true;
+    }
+    [3u64, 5, 7].iter().any(|&base| {
+        let mut n = base;
+        while n < g {
+            n *= base;
+        }
+        n == g
+    })
+}
+
+/// Encodes a timestamp as ext4's 32-bit seconds and the extra word (two
+/// epoch bits extending the seconds, then nanoseconds).
+pub fn encode_time(t: Timestamp) -> (u32, u32) {
+    let lo = t.secs as i32;
+    let epoch = ((t.secs - i64::from(lo)) >> 32) as u32 & 3;
+    (lo as u32, (t.nanos.min(999_999_999) << 2) | epoch)
+}
+
+/// Filesystem-wide values for the superblock.
+pub struct SuperblockFields {
+    /// Total inodes.
+    pub inodes_count: u32,
+    /// Total blocks.
+    pub blocks_count: u32,
+    /// Free blocks.
+    pub free_blocks: u32,
+    /// Free inodes.
+    pub free_inodes: u32,
+    /// Inodes per group.
+    pub inodes_per_group: u32,
+    /// Filesystem UUID.
+    pub uuid: [u8; 16],
+    /// Directory hash seed.
+    pub hash_seed: [u8; 16],
+    /// Volume label (at most 16 bytes).
+    pub label: [u8; 16],
+}
+
+/// The 1024-byte superblock, as stored in group `group`.
+pub fn superblock(f: &SuperblockFields, group: u16) -> [u8; 1024] {
+    let mut b = [0u8; 1024];
+    put32(&mut b, 0x00, f.inodes_count);
+    put32(&mut b, 0x04, f.blocks_count);
+    put32(&mut b, 0x0C, f.free_blocks);
+    put32(&mut b, 0x10, f.free_inodes);
+    put32(&mut b, 0x14, 0); // first data block (4 KiB blocks)
+    put32(&mut b, 0x18, LOG_BLOCK_SIZE);
+    put32(&mut b, 0x1C, LOG_BLOCK_SIZE);
+    put32(&mut b, 0x20, BLOCKS_PER_GROUP as u32);
+    put32(&mut b, 0x24, BLOCKS_PER_GROUP as u32);
+    put32(&mut b, 0x28, f.inodes_per_group);
+    put16(&mut b, 0x36, 0xFFFF); // max mount count: -1, never force a check
+    put16(&mut b, 0x38, 0xEF53);
+    put16(&mut b, 0x3A, 1); // clean
+    put16(&mut b, 0x3C, 1); // errors: continue
+    put32(&mut b, 0x4C, 1); // dynamic revision
+    put32(&mut b, 0x54, FIRST_INODE);
+    put16(&mut b, 0x58, INODE_SIZE as u16);
+    put16(&mut b, 0x5A, group);
+    put32(&mut b, 0x5C, COMPAT_EXT_ATTR);
+    put32(&mut b, 0x60, INCOMPAT_FILETYPE | INCOMPAT_EXTENTS);
+    put32(&mut b, 0x64, RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_DIR_NLINK | RO_COMPAT_EXTRA_ISIZE);
+    b[0x68..0x78].copy_from_slice(&f.uuid);
+    b[0x78..0x88].copy_from_slice(&f.label);
+    b[0xEC..0xFC].copy_from_slice(&f.hash_seed);
+    b[0xFC] = 1; // half-MD4, should directories ever be indexed
+    put16(&mut b, 0x15C, EXTRA_ISIZE);
+    put16(&mut b, 0x15E, EXTRA_ISIZE);
+    put32(&mut b, 0x160, 0x0001); // signed directory hash, as on x86
+    b
+}
+
+/// One group's descriptor.
+pub struct GroupDesc {
+    /// Block bitmap location.
+    pub block_bitmap: u32,
+    /// Inode bitmap location.
+    pub inode_bitmap: u32,
+    /// First inode-table block.
+    pub inode_table: u32,
+    /// Free blocks in the group.
+    pub free_blocks: u16,
+    /// Free inodes in the group.
+    pub free_inodes: u16,
+    /// Directories in the group.
+    pub used_dirs: u16,
+}
+
+impl GroupDesc {
+    /// The 32 bytes of the descriptor.
+    pub fn encode(&self) -> [u8; DESC_SIZE as usize] {
+        let mut b = [0u8; DESC_SIZE as usize];
+        put32(&mut b, 0x00, self.block_bitmap);
+        put32(&mut b, 0x04, self.inode_bitmap);
+        put32(&mut b, 0x08, self.inode_table);
+        put16(&mut b, 0x0C, self.free_blocks);
+        put16(&mut b, 0x0E, self.free_inodes);
+        put16(&mut b, 0x10, self.used_dirs);
+        b
+    }
+}
+
+/// One extent: `len` blocks from logical block `logical` at physical `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    /// First logical block.
+    pub logical: u32,
+    /// First physical block.
+    pub start: u64,
+    /// Blocks, at most [`MAX_EXTENT_LEN`].
+    pub len: u16,
+}
+
+fn extent_header(b: &mut [u8], entries: u16, max: u16, depth: u16) {
+    put16(b, 0, EXTENT_MAGIC);
+    put16(b, 2, entries);
+    put16(b, 4, max);
+    put16(b, 6, depth);
+}
+
+/// Entries that fit in an extent block after its 12-byte header.
+pub const EXTENTS_PER_BLOCK: usize = (BLOCK_SIZE as usize - 12) / 12;
+
+/// A node of an extent tree: leaf extents, or index entries
+/// `(first logical block, child block)`.
+pub enum ExtentNode<'a> {
+    /// Leaf entries.
+    Leaf(&'a [Extent]),
+    /// Index entries.
+    Index(&'a [(u32, u64)]),
+}
+
+/// Encodes an extent-tree node into `out` (60 bytes in the inode, or a
+/// block). `depth` is 0 for leaves.
+pub fn encode_extent_node(out: &mut [u8], node: ExtentNode<'_>, depth: u16) {
+    let max = ((out.len() - 12) / 12) as u16;
+    match node {
+        ExtentNode::Leaf(extents) => {
+            extent_header(out, extents.len() as u16, max, depth);
+            for (i, e) in extents.iter().enumerate() {
+                let at = 12 + i * 12;
+                put32(out, at, e.logical);
+                put16(out, at + 4, e.len);
+                put16(out, at + 6, (e.start >> 32) as u16);
+                put32(out, at + 8, e.start as u32);
+            }
+        }
+        ExtentNode::Index(entries) => {
+            extent_header(out, entries.len() as u16, max, depth);
+            for (i, (logical, child)) in entries.iter().enumerate() {
+                let at = 12 + i * 12;
+                put32(out, at, *logical);
+                put32(out, at + 4, *child as u32);
+                put16(out, at + 8, (*child >> 32) as u16);
+            }
+        }
+    }
+}
+
+/// The on-disk inode.
+pub struct InodeFields {
+    /// Type and permission bits.
+    pub mode: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Length in bytes.
+    pub size: u64,
+    /// All four timestamps are set to this.
+    pub time: Timestamp,
+    /// Hard links.
+    pub links: u16,
+    /// Allocated 512-byte sectors.
+    pub sectors: u64,
+    /// `i_flags`.
+    pub flags: u32,
+    /// `i_block`: extent root, fast symlink target or device number.
+    pub block: [u8; 60],
+    /// Extended-attribute block, or 0.
+    pub xattr_block: u64,
+    /// The in-inode extended-attribute area after `i_extra_isize`, if any.
+    pub inline_xattrs: Option<Vec<u8>>,
+}
+
+impl InodeFields {
+    /// Encodes the inode into its 256 bytes.
+    pub fn encode(&self, out: &mut [u8]) {
+        out[..INODE_SIZE].fill(0);
+        let (secs, extra) = encode_time(self.time);
+        put16(out, 0x00, self.mode);
+        put16(out, 0x02, self.uid as u16);
+        put32(out, 0x04, self.size as u32);
+        put32(out, 0x08, secs); // atime
+        put32(out, 0x0C, secs); // ctime
+        put32(out, 0x10, secs); // mtime
+        put16(out, 0x18, self.gid as u16);
+        put16(out, 0x1A, self.links);
+        put32(out, 0x1C, self.sectors as u32);
+        put32(out, 0x20, self.flags);
+        out[0x28..0x64].copy_from_slice(&self.block);
+        put32(out, 0x68, self.xattr_block as u32);
+        put32(out, 0x6C, (self.size >> 32) as u32);
+        put16(out, 0x74, (self.sectors >> 32) as u16);
+        put16(out, 0x76, (self.xattr_block >> 32) as u16);
+        put16(out, 0x78, (self.uid >> 16) as u16);
+        put16(out, 0x7A, (self.gid >> 16) as u16);
+        put16(out, 0x80, EXTRA_ISIZE);
+        put32(out, 0x84, extra); // ctime extra
+        put32(out, 0x88, extra); // mtime extra
+        put32(out, 0x8C, extra); // atime extra
+        put32(out, 0x90, secs); // crtime
+        put32(out, 0x94, extra);
+        if let Some(area) = &self.inline_xattrs {
+            let start = 0x80 + EXTRA_ISIZE as usize;
+            out[start..start + area.len()].copy_from_slice(area);
+        }
+    }
+}
+
+/// Encodes a device number into `i_block` the way the kernel does.
+pub fn encode_device(rdev: u64) -> [u8; 60] {
+    let major = ((rdev >> 32) & 0xFFFF_F000) | ((rdev >> 8) & 0xFFF);
+    let minor = ((rdev >> 12) & 0xFFFF_FF00) | (rdev & 0xFF);
+    let mut block = [0u8; 60];
+    if major < 256 && minor < 256 {
+        put32(&mut block, 0, ((major << 8) | minor) as u32);
+    } else {
+        put32(&mut block, 4, ((minor & 0xFF) | (major << 8) | ((minor & !0xFF) << 12)) as u32);
+    }
+    block
+}
+
+/// Length of a directory entry for a name of `name_len` bytes.
+pub fn dirent_len(name_len: usize) -> usize {
+    (8 + name_len + 3) & !3
+}
+
+/// Appends a directory entry to a block buffer at `at`, with `rec_len`.
+pub fn put_dirent(block: &mut [u8], at: usize, inode: u32, rec_len: usize, name: &[u8], file_type: u8) {
+    put32(block, at, inode);
+    put16(block, at + 4, rec_len as u16);
+    block[at + 6] = name.len() as u8;
+    block[at + 7] = file_type;
+    block[at + 8..at + 8 + name.len()].copy_from_slice(name);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn superblock_backups_are_in_groups_0_1_and_powers_of_3_5_7() {
+        let with: Vec<u64> = (0..50).filter(|&g| has_superblock(g)).collect();
+        assert_eq!(with, vec![0, 1, 3, 5, 7, 9, 25, 27, 49]);
+    }
+
+    #[test]
+    fn times_before_2038_and_after_keep_their_seconds_and_nanoseconds() {
+        assert_eq!(encode_time(Timestamp { secs: 1, nanos: 5 }), (1, 5 << 2));
+        // 2040: beyond i32, epoch bits 01.
+        let t = Timestamp { secs: 2_208_988_800, nanos: 0 };
+        let (lo, extra) = encode_time(t);
+        assert_eq!(i64::from(lo as i32) + (i64::from(extra & 3) << 32), t.secs);
+        // Before 1970.
+        assert_eq!(encode_time(Timestamp { secs: -1, nanos: 0 }), (u32::MAX, 0));
+    }
+
+    #[test]
+    fn small_devices_use_the_old_encoding_and_large_ones_the_new() {
+        let rdev = (1 << 8) | 3; // 1:3, /dev/null
+        assert_eq!(&encode_device(rdev)[..4], &[3, 1, 0, 0]);
+        let big = rustix::fs::makedev(300, 70000);
+        let enc = encode_device(big);
+        assert_eq!(&enc[..4], &[0; 4]);
+        let word = u32::from_le_bytes([enc[4], enc[5], enc[6], enc[7]]);
+        assert_eq!(word, (70000 & 0xFF) | (300 << 8) | ((70000 & !0xFF) << 12));
+    }
+}

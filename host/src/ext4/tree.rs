@@ -1,0 +1,267 @@
+//! The tree an image will hold, in memory: what a container sees, after every
+//! layer was applied.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Index of a node in a [`Tree`].
+pub type NodeId = usize;
+
+/// A point in time with nanoseconds, as ext4 stores it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// Seconds since the Unix epoch (negative before it).
+    pub secs: i64,
+    /// Nanoseconds, below 1e9.
+    pub nanos: u32,
+}
+
+/// What every node has.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits including setuid, setgid and sticky (`0o7777`).
+    pub perm: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time; the image stores it as the access, change and
+    /// creation time too, so that the same tree always gives the same bytes.
+    pub mtime: Timestamp,
+    /// Extended attributes, full names (`user.x`, `security.capability`).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Clone, Debug)]
+pub enum FileData {
+    /// A file below a directory handle.
+    At {
+        /// The directory handle (a tree root, e.g. an overlay mount).
+        root: Arc<OwnedFd>,
+        /// The path below it.
+        path: PathBuf,
+    },
+    /// Bytes in memory.
+    Bytes(Arc<Vec<u8>>),
+}
+
+/// What a node is.
+#[derive(Clone, Debug)]
+pub enum Kind {
+    /// A directory: names (raw bytes, sorted) to nodes.
+    Dir(BTreeMap<Vec<u8>, NodeId>),
+    /// A regular file of `size` bytes.
+    File {
+        /// Its length.
+        size: u64,
+        /// Where its bytes are.
+        data: FileData,
+    },
+    /// A symlink and its target (raw bytes).
+    Symlink(Vec<u8>),
+    /// A character device with its `rdev`.
+    CharDevice(u64),
+    /// A block device with its `rdev`.
+    BlockDevice(u64),
+    /// A FIFO.
+    Fifo,
+    /// A Unix socket.
+    Socket,
+}
+
+/// One node: metadata and kind. A regular file listed under several names is
+/// one node (a hardlink group).
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Its metadata.
+    pub meta: Meta,
+    /// What it is.
+    pub kind: Kind,
+}
+
+impl Node {
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, Kind::Dir(_))
+    }
+}
+
+/// A filesystem tree. Node 0 is the root directory.
+#[derive(Clone, Debug)]
+pub struct Tree {
+    nodes: Vec<Node>,
+}
+
+/// Why a path could not be resolved inside a tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResolveError {
+    /// A component is missing.
+    Missing(Vec<u8>),
+    /// A component is not a directory.
+    NotDirectory(Vec<u8>),
+    /// Too many symlinks.
+    Loop,
+}
+
+impl Tree {
+    /// A tree with only a root directory.
+    pub fn new(root: Meta) -> Self {
+        Self { nodes: vec![Node { meta: root, kind: Kind::Dir(BTreeMap::new()) }] }
+    }
+
+    /// The root's id.
+    pub const ROOT: NodeId = 0;
+
+    /// Every node.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// One node.
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id]
+    }
+
+    /// One node, mutably.
+    pub fn node_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id]
+    }
+
+    /// The entries of a directory node (empty for other kinds).
+    pub fn entries(&self, dir: NodeId) -> impl Iterator<Item = (&Vec<u8>, NodeId)> {
+        let map = match &self.nodes[dir].kind {
+            Kind::Dir(map) => Some(map),
+            _ => None,
+        };
+        map.into_iter().flat_map(|m| m.iter().map(|(k, v)| (k, *v)))
+    }
+
+    /// Adds `node` as `name` in directory `parent`, replacing what was there.
+    /// Returns the new node's id.
+    pub fn add(&mut self, parent: NodeId, name: Vec<u8>, node: Node) -> NodeId {
+        let id = self.nodes.len();
+        self.nodes.push(node);
+        self.link(parent, name, id);
+        id
+    }
+
+    /// Lists `target` as `name` in `parent` too (a hardlink).
+    pub fn link(&mut self, parent: NodeId, name: Vec<u8>, target: NodeId) {
+        if let Kind::Dir(map) = &mut self.nodes[parent].kind {
+            map.insert(name, target);
+        }
+    }
+
+    /// The entry `name` of `dir`.
+    pub fn lookup(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
+        match &self.nodes[dir].kind {
+            Kind::Dir(map) => map.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    /// Resolves an absolute or relative path inside the tree as if its root
+    /// were `/`, following symlinks in every component (`..` at the root
+    /// stays at the root). Returns the directory the path names.
+    pub fn resolve_dir(&self, path: &[u8]) -> Result<NodeId, ResolveError> {
+        self.resolve_from(Self::ROOT, path, 0)
+    }
+
+    fn resolve_from(&self, start: NodeId, path: &[u8], depth: usize) -> Result<NodeId, ResolveError> {
+        if depth > 40 {
+            return Err(ResolveError::Loop);
+        }
+        let mut stack: Vec<NodeId> = if path.starts_with(b"/") { vec![Self::ROOT] } else { self.path_to(start) };
+        for part in path.split(|&c| c == b'/') {
+            match part {
+                b"" | b"." => {}
+                b".." => {
+                    if stack.len() > 1 {
+                        stack.pop();
+                    }
+                }
+                name => {
+                    let here = *stack.last().expect("the stack holds the root");
+                    let next = self.lookup(here, name).ok_or_else(|| ResolveError::Missing(name.to_vec()))?;
+                    match &self.nodes[next].kind {
+                        Kind::Dir(_) => stack.push(next),
+                        Kind::Symlink(target) => {
+                            let resolved = self.resolve_from(here, target, depth + 1)?;
+                            stack = self.path_to(resolved);
+                        }
+                        _ => return Err(ResolveError::NotDirectory(name.to_vec())),
+                    }
+                }
+            }
+        }
+        Ok(*stack.last().expect("the stack holds the root"))
+    }
+
+    /// The chain of directories from the root to `dir`.
+    fn path_to(&self, dir: NodeId) -> Vec<NodeId> {
+        if dir == Self::ROOT {
+            return vec![Self::ROOT];
+        }
+        // Trees are small enough that a search from the root is fine for the
+        // rare symlink walk.
+        fn find(tree: &Tree, at: NodeId, want: NodeId, path: &mut Vec<NodeId>) -> bool {
+            path.push(at);
+            if at == want {
+                return true;
+            }
+            let subdirs: Vec<NodeId> =
+                tree.entries(at).map(|(_, id)| id).filter(|&id| tree.nodes[id].is_dir()).collect();
+            for child in subdirs {
+                if find(tree, child, want, path) {
+                    return true;
+                }
+            }
+            path.pop();
+            false
+        }
+        let mut path = Vec::new();
+        find(self, Self::ROOT, dir, &mut path);
+        path
+    }
+
+    /// The newest modification time in the tree.
+    pub fn newest_mtime(&self) -> Timestamp {
+        self.nodes.iter().map(|n| n.meta.mtime).max().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(tree: &mut Tree, parent: NodeId, name: &str) -> NodeId {
+        tree.add(parent, name.into(), Node { meta: Meta::default(), kind: Kind::Dir(BTreeMap::new()) })
+    }
+
+    #[test]
+    fn symlinked_directories_resolve_inside_the_tree() {
+        let mut t = Tree::new(Meta::default());
+        let usr = dir(&mut t, Tree::ROOT, "usr");
+        let sbin = dir(&mut t, usr, "sbin");
+        t.add(Tree::ROOT, b"sbin".to_vec(), Node { meta: Meta::default(), kind: Kind::Symlink(b"usr/sbin".to_vec()) });
+        t.add(
+            Tree::ROOT,
+            b"abs".to_vec(),
+            Node { meta: Meta::default(), kind: Kind::Symlink(b"/usr/../../../usr/sbin".to_vec()) },
+        );
+        assert_eq!(t.resolve_dir(b"/sbin"), Ok(sbin));
+        assert_eq!(t.resolve_dir(b"/abs"), Ok(sbin));
+        assert_eq!(t.resolve_dir(b"/missing"), Err(ResolveError::Missing(b"missing".to_vec())));
+    }
+
+    #[test]
+    fn symlink_loops_end() {
+        let mut t = Tree::new(Meta::default());
+        t.add(Tree::ROOT, b"a".to_vec(), Node { meta: Meta::default(), kind: Kind::Symlink(b"b".to_vec()) });
+        t.add(Tree::ROOT, b"b".to_vec(), Node { meta: Meta::default(), kind: Kind::Symlink(b"a".to_vec()) });
+        assert_eq!(t.resolve_dir(b"/a"), Err(ResolveError::Loop));
+    }
+}
