@@ -24,9 +24,9 @@ use crate::shared::Shared;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConverterSpec {
     /// The `oci2rootfs` crate, in-process.
-    #[default]
     Oci2rootfs,
-    /// The exact converter.
+    /// The exact converter (the default).
+    #[default]
     Exact,
     /// An external command with oci2rootfs's command-line contract.
     Command(PathBuf),

@@ -38,8 +38,10 @@ impl World {
         self.cache.cache_dir().to_path_buf()
     }
 
+    /// oci2rootfs, which does not install the agent itself, so that the
+    /// mount-and-install path runs (the exact converter has its own tests).
     fn request(&self) -> Request {
-        Request::new(&self.top, &self.agent).size(64 << 20)
+        Request::new(&self.top, &self.agent).size(64 << 20).converter(ConverterSpec::Oci2rootfs)
     }
 
     fn assert_nothing_left_behind(&self) {
@@ -82,7 +84,11 @@ async fn an_oci_layout_with_gzip_layers_becomes_a_mountable_image_with_the_agent
     let w = World::new();
     let layout = w.dir.path().join("oci");
     standard_layout(&layout, IndexStyle::WithPlatform);
-    let outcome = w.cache.convert(&Request::new(&layout, &w.agent).size(64 << 20)).await.unwrap();
+    let outcome = w
+        .cache
+        .convert(&Request::new(&layout, &w.agent).size(64 << 20).converter(ConverterSpec::Oci2rootfs))
+        .await
+        .unwrap();
     assert_eq!(outcome.kind, SourceKind::OciLayout);
     let mnt = ReadOnlyMount::new(&outcome.image);
     assert_agent(&mnt.path, &w.agent);
@@ -90,7 +96,11 @@ async fn an_oci_layout_with_gzip_layers_becomes_a_mountable_image_with_the_agent
     assert!(!mnt.path.join("etc/removed").exists(), "an OCI whiteout did not remove the file");
     assert!(mnt.path.join("usr/bin/app").is_file());
     drop(mnt);
-    let again = w.cache.convert(&Request::new(&layout, &w.agent).size(64 << 20)).await.unwrap();
+    let again = w
+        .cache
+        .convert(&Request::new(&layout, &w.agent).size(64 << 20).converter(ConverterSpec::Oci2rootfs))
+        .await
+        .unwrap();
     assert!(again.cached);
     w.assert_nothing_left_behind();
 }
@@ -123,7 +133,11 @@ async fn a_new_agent_gives_a_new_key_and_an_image_with_the_new_agent() {
     let w = World::new();
     let first = w.cache.convert(&w.request()).await.unwrap();
     let newer = agent(w.dir.path(), "vm-agent-2", "v2");
-    let second = w.cache.convert(&Request::new(&w.top, &newer).size(64 << 20)).await.unwrap();
+    let second = w
+        .cache
+        .convert(&Request::new(&w.top, &newer).size(64 << 20).converter(ConverterSpec::Oci2rootfs))
+        .await
+        .unwrap();
     assert_ne!(second.key, first.key);
     assert!(!second.cached);
     assert_agent(&ReadOnlyMount::new(&second.image).path, &newer);
@@ -247,7 +261,7 @@ async fn a_size_too_small_for_the_content_is_a_clear_error_and_changes_nothing()
     // Content larger than the image (oci2rootfs rounds sizes up to 128 MiB).
     std::fs::File::create(w.top.join("diff/srv/big")).unwrap().set_len(160 << 20).unwrap();
     let before = snapshot(&w.cache_dir());
-    let err = w.cache.convert(&Request::new(&w.top, &w.agent).size(2 << 20)).await.unwrap_err();
+    let err = w.cache.convert(&w.request().size(2 << 20)).await.unwrap_err();
     assert_eq!(err.class(), "converter-failed", "{err}");
     assert!(err.to_string().contains("does not fit in an image of 2097152 bytes"), "{err}");
     assert_eq!(snapshot(&w.cache_dir()), before);

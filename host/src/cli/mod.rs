@@ -66,8 +66,8 @@ struct ConvertArgs {
     #[arg(long, value_name = "SIZE", value_parser = size::parse)]
     size: Option<u64>,
 
-    /// oci2rootfs, exact, or command:<absolute path>.
-    #[arg(long, default_value = "oci2rootfs", value_name = "CONVERTER", value_parser = parse_converter)]
+    /// exact, oci2rootfs, or command:<absolute path>.
+    #[arg(long, default_value = "exact", value_name = "CONVERTER", value_parser = parse_converter)]
     converter: ConverterSpec,
 
     /// Platform to pick from an OCI image index.

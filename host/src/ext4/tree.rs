@@ -46,6 +46,14 @@ pub enum FileData {
     },
     /// Bytes in memory.
     Bytes(Arc<Vec<u8>>),
+    /// A range of a file, from `offset` for the node's size (a spool of
+    /// layer contents).
+    Range {
+        /// The file.
+        file: Arc<std::fs::File>,
+        /// Where the content starts.
+        offset: u64,
+    },
 }
 
 /// What a node is.
@@ -93,6 +101,8 @@ impl Node {
 #[derive(Clone, Debug)]
 pub struct Tree {
     nodes: Vec<Node>,
+    /// Each directory's parent, for `..` in symlink targets.
+    parents: std::collections::HashMap<NodeId, NodeId>,
 }
 
 /// Why a path could not be resolved inside a tree.
@@ -104,12 +114,23 @@ pub enum ResolveError {
     NotDirectory(Vec<u8>),
     /// Too many symlinks.
     Loop,
+    /// A symlink or `..` leads out of the tree (only when resolving beneath).
+    Escapes(Vec<u8>),
+}
+
+/// How [`Tree::resolve_dir_with`] treats paths that lead out of the root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Containment {
+    /// As in a chroot: `/` and `..` at the root stay at the root.
+    InRoot,
+    /// As `RESOLVE_BENEATH`: absolute symlinks and `..` above the root are errors.
+    Beneath,
 }
 
 impl Tree {
     /// A tree with only a root directory.
     pub fn new(root: Meta) -> Self {
-        Self { nodes: vec![Node { meta: root, kind: Kind::Dir(BTreeMap::new()) }] }
+        Self { nodes: vec![Node { meta: root, kind: Kind::Dir(BTreeMap::new()) }], parents: Default::default() }
     }
 
     /// The root's id.
@@ -143,6 +164,9 @@ impl Tree {
     /// Returns the new node's id.
     pub fn add(&mut self, parent: NodeId, name: Vec<u8>, node: Node) -> NodeId {
         let id = self.nodes.len();
+        if node.is_dir() {
+            self.parents.insert(id, parent);
+        }
         self.nodes.push(node);
         self.link(parent, name, id);
         id
@@ -152,6 +176,22 @@ impl Tree {
     pub fn link(&mut self, parent: NodeId, name: Vec<u8>, target: NodeId) {
         if let Kind::Dir(map) = &mut self.nodes[parent].kind {
             map.insert(name, target);
+        }
+    }
+
+    /// Removes the entry `name` from `parent` (the node and what it
+    /// contains are no longer reachable). Returns whether it was there.
+    pub fn remove(&mut self, parent: NodeId, name: &[u8]) -> bool {
+        match &mut self.nodes[parent].kind {
+            Kind::Dir(map) => map.remove(name).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Keeps only the entries of `dir` for which `keep` holds.
+    pub fn retain(&mut self, dir: NodeId, mut keep: impl FnMut(&[u8], NodeId) -> bool) {
+        if let Kind::Dir(map) = &mut self.nodes[dir].kind {
+            map.retain(|name, id| keep(name, *id));
         }
     }
 
@@ -167,12 +207,32 @@ impl Tree {
     /// were `/`, following symlinks in every component (`..` at the root
     /// stays at the root). Returns the directory the path names.
     pub fn resolve_dir(&self, path: &[u8]) -> Result<NodeId, ResolveError> {
-        self.resolve_from(Self::ROOT, path, 0)
+        self.resolve_dir_with(Self::ROOT, path, Containment::InRoot)
     }
 
-    fn resolve_from(&self, start: NodeId, path: &[u8], depth: usize) -> Result<NodeId, ResolveError> {
+    /// Resolves `path` from the directory `start`, following symlinks in
+    /// every component, contained as `containment` says.
+    pub fn resolve_dir_with(
+        &self,
+        start: NodeId,
+        path: &[u8],
+        containment: Containment,
+    ) -> Result<NodeId, ResolveError> {
+        self.resolve_from(start, path, 0, containment)
+    }
+
+    fn resolve_from(
+        &self,
+        start: NodeId,
+        path: &[u8],
+        depth: usize,
+        containment: Containment,
+    ) -> Result<NodeId, ResolveError> {
         if depth > 40 {
             return Err(ResolveError::Loop);
+        }
+        if path.starts_with(b"/") && containment == Containment::Beneath {
+            return Err(ResolveError::Escapes(path.to_vec()));
         }
         let mut stack: Vec<NodeId> = if path.starts_with(b"/") { vec![Self::ROOT] } else { self.path_to(start) };
         for part in path.split(|&c| c == b'/') {
@@ -181,6 +241,8 @@ impl Tree {
                 b".." => {
                     if stack.len() > 1 {
                         stack.pop();
+                    } else if containment == Containment::Beneath {
+                        return Err(ResolveError::Escapes(path.to_vec()));
                     }
                 }
                 name => {
@@ -189,7 +251,7 @@ impl Tree {
                     match &self.nodes[next].kind {
                         Kind::Dir(_) => stack.push(next),
                         Kind::Symlink(target) => {
-                            let resolved = self.resolve_from(here, target, depth + 1)?;
+                            let resolved = self.resolve_from(here, target, depth + 1, containment)?;
                             stack = self.path_to(resolved);
                         }
                         _ => return Err(ResolveError::NotDirectory(name.to_vec())),
@@ -255,6 +317,20 @@ mod tests {
         assert_eq!(t.resolve_dir(b"/sbin"), Ok(sbin));
         assert_eq!(t.resolve_dir(b"/abs"), Ok(sbin));
         assert_eq!(t.resolve_dir(b"/missing"), Err(ResolveError::Missing(b"missing".to_vec())));
+    }
+
+    #[test]
+    fn beneath_refuses_what_in_root_contains() {
+        let mut t = Tree::new(Meta::default());
+        let etc = dir(&mut t, Tree::ROOT, "etc");
+        t.add(Tree::ROOT, b"abs".to_vec(), Node { meta: Meta::default(), kind: Kind::Symlink(b"/etc".to_vec()) });
+        t.add(Tree::ROOT, b"up".to_vec(), Node { meta: Meta::default(), kind: Kind::Symlink(b"../etc".to_vec()) });
+        t.add(Tree::ROOT, b"rel".to_vec(), Node { meta: Meta::default(), kind: Kind::Symlink(b"./etc".to_vec()) });
+        assert_eq!(t.resolve_dir(b"abs"), Ok(etc));
+        assert_eq!(t.resolve_dir(b"up"), Ok(etc));
+        assert!(matches!(t.resolve_dir_with(Tree::ROOT, b"abs", Containment::Beneath), Err(ResolveError::Escapes(_))));
+        assert!(matches!(t.resolve_dir_with(Tree::ROOT, b"up", Containment::Beneath), Err(ResolveError::Escapes(_))));
+        assert_eq!(t.resolve_dir_with(Tree::ROOT, b"rel", Containment::Beneath), Ok(etc));
     }
 
     #[test]

@@ -165,7 +165,14 @@ fn dir_block_count(entries: &[(u32, u8, Vec<u8>)]) -> u64 {
     blocks
 }
 
-fn open_source(data: &FileData) -> Result<(File, String), WriteError> {
+/// A file's bytes on disk: `base..base + size` of `file`.
+struct Source {
+    file: std::sync::Arc<File>,
+    base: u64,
+    name: String,
+}
+
+fn open_source(data: &FileData) -> Result<Source, WriteError> {
     match data {
         FileData::At { root, path } => {
             let fd: OwnedFd = rustix::fs::openat(
@@ -175,7 +182,10 @@ fn open_source(data: &FileData) -> Result<(File, String), WriteError> {
                 Mode::empty(),
             )
             .map_err(|e| WriteError::Source { path: path.display().to_string(), message: e.to_string() })?;
-            Ok((File::from(fd), path.display().to_string()))
+            Ok(Source { file: std::sync::Arc::new(File::from(fd)), base: 0, name: path.display().to_string() })
+        }
+        FileData::Range { file, offset } => {
+            Ok(Source { file: file.clone(), base: *offset, name: format!("spool at {offset}") })
         }
         FileData::Bytes(_) => unreachable!("in-memory files are not opened"),
     }
@@ -187,15 +197,16 @@ fn data_runs(data: &FileData, size: u64) -> Result<Vec<(u64, u64)>, WriteError> 
     if size == 0 {
         return Ok(Vec::new());
     }
-    let file = match data {
+    let source = match data {
         FileData::Bytes(_) => return Ok(vec![(0, size.next_multiple_of(BLOCK_SIZE))]),
-        FileData::At { .. } => open_source(data)?.0,
+        _ => open_source(data)?,
     };
+    let (file, base) = (&*source.file, source.base);
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut offset = 0u64;
     while offset < size {
-        let start = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(offset)) {
-            Ok(s) => s,
+        let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(base + offset)) {
+            Ok(s) => s.saturating_sub(base),
             // ENXIO: no data after `offset`.
             Err(rustix::io::Errno::NXIO) => break,
             // A filesystem without SEEK_DATA: all data.
@@ -207,7 +218,7 @@ fn data_runs(data: &FileData, size: u64) -> Result<Vec<(u64, u64)>, WriteError> 
         if start >= size {
             break;
         }
-        let end = rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(start)).unwrap_or(size).min(size);
+        let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(base + start)).map_or(size, |h| h - base).min(size);
         let (a, b) =
             (start / BLOCK_SIZE * BLOCK_SIZE, end.next_multiple_of(BLOCK_SIZE).min(size.next_multiple_of(BLOCK_SIZE)));
         match runs.last_mut() {
@@ -654,8 +665,9 @@ fn copy_file(
             }
             Ok(())
         }
-        FileData::At { .. } => {
-            let (src, name) = open_source(data)?;
+        FileData::At { .. } | FileData::Range { .. } => {
+            let source = open_source(data)?;
+            let name = source.name.clone();
             let changed =
                 || WriteError::Source { path: name.clone(), message: "changed while it was being copied".into() };
             let mut buf = Vec::new();
@@ -665,11 +677,13 @@ fn copy_file(
                 while offset < end {
                     let (phys, blocks_left) = physical(offset / BLOCK_SIZE).expect("every data block was allocated");
                     let n = (blocks_left * BLOCK_SIZE).min(end - offset);
-                    copy_range(&src, offset, out, phys * BLOCK_SIZE, n, &mut buf).map_err(|e| match e.kind() {
-                        std::io::ErrorKind::UnexpectedEof => changed(),
-                        _ if e.raw_os_error() == Some(libc::ENOSPC) => WriteError::Write(e),
-                        _ => WriteError::Source { path: name.clone(), message: e.to_string() },
-                    })?;
+                    copy_range(&source.file, source.base + offset, out, phys * BLOCK_SIZE, n, &mut buf).map_err(
+                        |e| match e.kind() {
+                            std::io::ErrorKind::UnexpectedEof => changed(),
+                            _ if e.raw_os_error() == Some(libc::ENOSPC) => WriteError::Write(e),
+                            _ => WriteError::Source { path: name.clone(), message: e.to_string() },
+                        },
+                    )?;
                     offset += n;
                 }
             }

@@ -2,10 +2,11 @@
 //!
 //! 1. **Merge.** An overlay2 chain is merged by the kernel's overlayfs (a
 //!    read-only, detached mount of the chain's `diff/` directories), which is
-//!    by definition what Docker shows the container. An OCI layout's layers
-//!    are applied in order into a staging directory under the image spec's
-//!    whiteout rules (see [`oci_apply`]).
-//! 2. **Read.** The merged tree is read into memory with every attribute:
+//!    by definition what Docker shows the container, and read into memory
+//!    (see [`scan`]). An OCI layout's layers are applied in order to an
+//!    in-memory tree under the image spec's whiteout rules, their file
+//!    contents spooled to an unnamed temporary file (see [`oci_apply`]).
+//! 2. **Attributes.** The tree keeps every attribute:
 //!    owners of every entry, modes with setuid/setgid/sticky, nanosecond
 //!    mtimes, hardlink groups, symlink targets and names as raw bytes,
 //!    device numbers, FIFOs, sockets, extended attributes (overlayfs's own
@@ -152,7 +153,7 @@ impl ExactConverter {
             Ok(Scratch(path))
         };
         let mut keep_alive: Vec<Scratch> = Vec::new();
-        let root: Arc<OwnedFd> = match &job.source {
+        let mut tree = match &job.source {
             SourceLayers::Overlay2 { diffs, .. } => {
                 let top_first: Vec<PathBuf> = diffs.iter().rev().cloned().collect();
                 let padding = if top_first.len() == 1 {
@@ -163,28 +164,28 @@ impl ExactConverter {
                 } else {
                     None
                 };
-                Arc::new(
+                let root: Arc<OwnedFd> = Arc::new(
                     overlay::mount(&top_first, padding)
                         .map_err(|e| failed(format!("merging the overlay2 chain: {e}")))?,
-                )
+                );
+                scan::scan(root, cancel).map_err(|e| match e {
+                    scan::ScanError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
+                    other => failed(format!("reading the merged tree: {other}")),
+                })?
             }
             SourceLayers::Oci { blobs, .. } => {
-                let stage = scratch_dir("stage")?;
-                let staging = oci_apply::Staging::open(&stage.0).map_err(|e| Error::io(stage.0.display(), &e))?;
-                staging.apply_all(blobs, cancel).map_err(|e| match e {
-                    oci_apply::ApplyError::Io { source, layer } => Error::io(format!("staging layer {layer}"), &source),
+                let spool_dir = job.output.parent().unwrap_or(std::path::Path::new("/"));
+                let applier = oci_apply::Applier::new(spool_dir)
+                    .map_err(|e| Error::io(format!("a spool in {}", spool_dir.display()), &e))?;
+                applier.apply_all(blobs, cancel).map_err(|e| match e {
+                    oci_apply::ApplyError::Io { source, layer } => {
+                        Error::io(format!("spooling layer {layer}"), &source)
+                    }
                     oci_apply::ApplyError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
                     other => Error::UnsupportedSource(other.to_string()),
-                })?;
-                let root = Arc::new(staging.root().try_clone().map_err(|e| Error::io("staging", &e))?);
-                keep_alive.push(stage);
-                root
+                })?
             }
         };
-        let mut tree = scan::scan(root, cancel).map_err(|e| match e {
-            scan::ScanError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
-            other => failed(format!("reading the merged tree: {other}")),
-        })?;
         if let Some(agent) = &job.agent {
             add_agent(&mut tree, agent)?;
         }

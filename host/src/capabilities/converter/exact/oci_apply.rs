@@ -1,30 +1,34 @@
-//! OCI layers applied in order into a staging directory, under the image
-//! spec's rules: `.wh.<name>` deletes, `.wh..wh..opq` hides what lower layers
-//! put in a directory, an entry replaces what was at its path (a file by a
-//! directory and the reverse), and a directory over a directory merges.
+//! OCI layers applied in order to an in-memory tree, under the image spec's
+//! rules: `.wh.<name>` deletes, `.wh..wh..opq` hides what lower layers put in
+//! a directory, an entry replaces what was at its path (a file by a directory
+//! and the reverse), and a directory over a directory keeps its contents and
+//! takes the new metadata.
 //!
-//! Every path is resolved beneath the staging directory (`openat2` with
-//! `RESOLVE_BENEATH`): an entry with `..` or an absolute path, a parent path
-//! that leaves the staging directory through a symlink, or a hardlink to
-//! something outside the layers is an error, and nothing is written outside.
-//! Blobs are checked against their digests as they are read; runs of zero
-//! blocks in files become holes.
+//! File contents go to a spool: an unnamed temporary file (`O_TMPFILE`) in
+//! the cache's `tmp/`, appended at block-aligned offsets with runs of zero
+//! blocks left as holes. Nothing else touches the host filesystem, so the
+//! applier needs no privileges, cannot write outside the cache, and leaves
+//! nothing behind even if the process dies. What a later layer deletes is
+//! only dropped from the tree: the image writer never copies it.
+//!
+//! An entry with `..` or an absolute path, a parent path that leaves the
+//! root through a symlink, and a hardlink to anything outside the layers are
+//! errors. Blobs are checked against their digests as they are read.
 
-use std::collections::{HashMap, HashSet};
-use std::ffi::{CString, OsStr};
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags, Timespec, Timestamps};
 use sha2::{Digest, Sha256};
 
 use super::super::LayerBlob;
 use crate::digest::hex;
+use crate::ext4::tree::{Containment, ResolveError};
+use crate::ext4::{FileData, Kind, Meta, Node, NodeId, Timestamp, Tree};
 
 /// Why a layer could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +51,8 @@ pub enum ApplyError {
         /// What is wrong.
         why: String,
     },
-    /// Writing the staging directory failed.
-    #[error("staging layer {layer}: {source}")]
+    /// Writing the spool failed.
+    #[error("spooling layer {layer}: {source}")]
     Io {
         /// The layer's digest.
         layer: String,
@@ -92,134 +96,65 @@ pub fn components(path: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
-fn join(parts: &[Vec<u8>]) -> Vec<u8> {
-    parts.join(&b'/')
-}
-
-fn os(bytes: &[u8]) -> &OsStr {
-    OsStr::from_bytes(bytes)
-}
-
-/// Metadata an entry carries.
-struct EntryMeta {
-    perm: u32,
-    uid: u32,
-    gid: u32,
-    mtime: Timespec,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-fn parse_time(text: &[u8]) -> Option<Timespec> {
+fn parse_time(text: &[u8]) -> Option<Timestamp> {
     let text = std::str::from_utf8(text).ok()?;
     let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
     let secs: i64 = secs.parse().ok()?;
-    let mut nanos: i64 = 0;
+    let mut nanos: u32 = 0;
     for (i, c) in frac.chars().take(9).enumerate() {
-        nanos += i64::from(c.to_digit(10)?) * 10i64.pow(8 - i as u32);
+        nanos += c.to_digit(10)? * 10u32.pow(8 - i as u32);
     }
     // "-1.5" means 1.5 s before the epoch.
     if secs < 0 && nanos > 0 {
-        return Some(Timespec { tv_sec: secs - 1, tv_nsec: 1_000_000_000 - nanos });
+        return Some(Timestamp { secs: secs - 1, nanos: 1_000_000_000 - nanos });
     }
-    Some(Timespec { tv_sec: secs, tv_nsec: nanos })
+    Some(Timestamp { secs, nanos })
 }
 
-/// The staging directory layers are applied into.
-pub struct Staging {
-    root: OwnedFd,
+/// Builds the tree of an OCI image from its layers.
+pub struct Applier {
+    tree: Tree,
+    spool: Arc<File>,
+    spool_len: u64,
 }
 
-const BENEATH: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_MAGICLINKS);
-
+/// What one layer has created or updated (opaque markers spare these).
 struct LayerState<'a> {
     layer: &'a str,
-    /// Paths created or updated by this layer (opaque markers spare them).
-    created: HashSet<Vec<u8>>,
-    /// Directories this layer changed, with the time to restore.
-    touched: HashMap<Vec<u8>, Timespec>,
-    /// Directory entries of this layer, with their times, set last.
-    dir_times: HashMap<Vec<u8>, Timespec>,
+    created: HashSet<NodeId>,
 }
 
-impl Staging {
-    /// Opens an empty staging directory. Its time starts at the epoch, so a
-    /// layer without a `./` entry still gives a reproducible root.
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
-        let root = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        let epoch = Timespec { tv_sec: 0, tv_nsec: 0 };
-        rustix::fs::utimensat(
-            &root,
-            ".",
-            &Timestamps { last_access: epoch, last_modification: epoch },
-            AtFlags::empty(),
+fn dir_meta() -> Meta {
+    Meta { perm: 0o755, uid: 0, gid: 0, mtime: Timestamp::default(), xattrs: Vec::new() }
+}
+
+impl Applier {
+    /// Starts with an empty root (mode 0755, owned by root, at the epoch, so
+    /// that layers without a `./` entry still give a reproducible root), and
+    /// a spool: an unnamed file in `spool_dir`.
+    pub fn new(spool_dir: &Path) -> std::io::Result<Self> {
+        let spool = rustix::fs::open(
+            spool_dir,
+            rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
         )?;
-        Ok(Self { root })
+        Ok(Self { tree: Tree::new(dir_meta()), spool: Arc::new(File::from(spool)), spool_len: 0 })
     }
 
-    /// The staging root's handle.
-    pub fn root(&self) -> &OwnedFd {
-        &self.root
-    }
-
-    /// Applies every layer, bottom first.
-    pub fn apply_all(&self, layers: &[LayerBlob], cancel: &AtomicBool) -> Result<(), ApplyError> {
-        layers.iter().try_for_each(|layer| self.apply(layer, cancel))
-    }
-
-    fn open_dir(&self, st: &mut LayerState<'_>, parts: &[Vec<u8>], entry: &str) -> Result<OwnedFd, ApplyError> {
-        let bad = |why: String| ApplyError::BadEntry { layer: st.layer.into(), path: entry.into(), why };
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let path = if parts.is_empty() { b".".to_vec() } else { join(parts) };
-        match rustix::fs::openat2(&self.root, os(&path), flags, Mode::empty(), BENEATH) {
-            Ok(fd) => return Ok(fd),
-            Err(rustix::io::Errno::NOENT) => {}
-            Err(rustix::io::Errno::XDEV) => {
-                return Err(bad("its parent path leaves the image root through a symlink".into()));
-            }
-            Err(rustix::io::Errno::NOTDIR) => return Err(bad("a parent is not a directory".into())),
-            Err(e) => return Err(bad(format!("opening its parent: {e}"))),
+    /// Applies every layer, bottom first, and returns the tree.
+    pub fn apply_all(mut self, layers: &[LayerBlob], cancel: &AtomicBool) -> Result<Tree, ApplyError> {
+        for layer in layers {
+            self.apply(layer, cancel)?;
         }
-        // Create missing parents, as tar does, owned by root.
-        let mut dir =
-            rustix::fs::openat2(&self.root, ".", flags, Mode::empty(), BENEATH).map_err(|e| bad(e.to_string()))?;
-        for i in 0..parts.len() {
-            let sub = join(&parts[..=i]);
-            dir = match rustix::fs::openat2(&self.root, os(&sub), flags, Mode::empty(), BENEATH) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::NOENT) => {
-                    self.touch(st, &parts[..i], &dir);
-                    rustix::fs::mkdirat(&dir, os(&parts[i]), Mode::from_raw_mode(0o755))
-                        .map_err(|e| bad(format!("creating a parent: {e}")))?;
-                    st.touched.insert(sub.clone(), Timespec { tv_sec: 0, tv_nsec: 0 });
-                    rustix::fs::openat2(&self.root, os(&sub), flags, Mode::empty(), BENEATH)
-                        .map_err(|e| bad(e.to_string()))?
-                }
-                Err(rustix::io::Errno::XDEV) => {
-                    return Err(bad("its parent path leaves the image root through a symlink".into()));
-                }
-                Err(e) => return Err(bad(format!("a parent: {e}"))),
-            };
-        }
-        Ok(dir)
+        Ok(self.tree)
     }
 
-    /// Remembers a directory's time before this layer first changes it.
-    fn touch(&self, st: &mut LayerState<'_>, parts: &[Vec<u8>], dir: &OwnedFd) {
-        let key = join(parts);
-        if !st.touched.contains_key(&key)
-            && let Ok(stat) = rustix::fs::statx(dir, "", AtFlags::EMPTY_PATH, StatxFlags::MTIME)
-        {
-            st.touched
-                .insert(key, Timespec { tv_sec: stat.stx_mtime.tv_sec, tv_nsec: i64::from(stat.stx_mtime.tv_nsec) });
-        }
-    }
-
-    fn apply(&self, blob: &LayerBlob, cancel: &AtomicBool) -> Result<(), ApplyError> {
+    fn apply(&mut self, blob: &LayerBlob, cancel: &AtomicBool) -> Result<(), ApplyError> {
         let layer = blob.digest.as_str();
         let corrupt = |why: String| ApplyError::Corrupt { layer: layer.into(), why };
         let file = File::open(&blob.path).map_err(|e| corrupt(format!("{}: {e}", blob.path.display())))?;
         let mut hashing = Hashing { inner: std::io::BufReader::with_capacity(1 << 20, file), hasher: Sha256::new() };
-        let mut st = LayerState { layer, created: HashSet::new(), touched: HashMap::new(), dir_times: HashMap::new() };
+        let mut st = LayerState { layer, created: HashSet::new() };
         {
             let reader: Box<dyn Read + '_> = match blob.media_type.as_str() {
                 t if t.ends_with("+gzip") || t.ends_with(".tar.gzip") => {
@@ -251,31 +186,40 @@ impl Staging {
         if actual != blob.digest {
             return Err(corrupt(format!("the blob hashes to {actual}: the layout is corrupt")));
         }
-        // Directory times last: creating entries changed them.
-        let mut dirs: Vec<&Vec<u8>> = st.touched.keys().chain(st.dir_times.keys()).collect();
-        dirs.sort();
-        dirs.dedup();
-        for dir in dirs {
-            let time = st.dir_times.get(dir).or_else(|| st.touched.get(dir)).copied().expect("listed above");
-            let path = if dir.is_empty() { b".".to_vec() } else { dir.clone() };
-            let times = Timestamps { last_access: time, last_modification: time };
-            if let Err(e) = rustix::fs::utimensat(&self.root, os(&path), &times, AtFlags::SYMLINK_NOFOLLOW) {
-                // A directory this layer later removed has no time to set.
-                if e != rustix::io::Errno::NOENT {
-                    return Err(ApplyError::Io { layer: layer.into(), source: e.into() });
-                }
-            }
-        }
         Ok(())
     }
 
-    fn entry<R: Read>(&self, st: &mut LayerState<'_>, entry: &mut tar::Entry<'_, R>) -> Result<(), ApplyError> {
+    /// The directory `parts` names, following symlinks beneath the root;
+    /// missing directories are created (as tar does) when `create` holds.
+    fn dir(&mut self, parts: &[Vec<u8>], create: bool) -> Result<Option<NodeId>, String> {
+        let mut dir = Tree::ROOT;
+        for part in parts {
+            dir = match self.tree.resolve_dir_with(dir, part, Containment::Beneath) {
+                Ok(next) => next,
+                Err(ResolveError::Missing(_)) if !create => return Ok(None),
+                Err(ResolveError::Missing(_)) if self.tree.lookup(dir, part).is_some() => {
+                    return Err("its parent path goes through a dangling symlink".into());
+                }
+                Err(ResolveError::Missing(_)) => {
+                    self.tree.add(dir, part.clone(), Node { meta: dir_meta(), kind: Kind::Dir(Default::default()) })
+                }
+                Err(ResolveError::Escapes(_)) => {
+                    return Err("its parent path leaves the image root through a symlink".into());
+                }
+                Err(ResolveError::NotDirectory(name)) => {
+                    return Err(format!("its parent {} is not a directory", String::from_utf8_lossy(&name)));
+                }
+                Err(ResolveError::Loop) => return Err("its parent path has a symlink loop".into()),
+            };
+        }
+        Ok(Some(dir))
+    }
+
+    fn entry<R: Read>(&mut self, st: &mut LayerState<'_>, entry: &mut tar::Entry<'_, R>) -> Result<(), ApplyError> {
         let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let layer = st.layer.to_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let bad = |why: String| ApplyError::BadEntry { layer: layer.clone(), path: shown.clone(), why };
-        let io = |e: std::io::Error| ApplyError::Io { layer: layer.clone(), source: e };
-        let parts = components(&raw_path).map_err(bad)?;
         let kind = entry.header().entry_type();
         if matches!(
             kind,
@@ -286,71 +230,44 @@ impl Staging {
         ) {
             return Ok(());
         }
-        let meta = self.meta(entry).map_err(bad)?;
+        let parts = components(&raw_path).map_err(bad)?;
+        let meta = meta_of(entry).map_err(bad)?;
 
         // The root directory itself ("./").
-        let Some((name, parent)) = parts.split_last() else {
+        let Some((name, parent_parts)) = parts.split_last() else {
             if kind == tar::EntryType::Directory {
-                self.set_meta(&self.root, b".", &meta, true).map_err(io)?;
-                st.dir_times.insert(Vec::new(), meta.mtime);
+                self.tree.node_mut(Tree::ROOT).meta = meta;
             }
             return Ok(());
         };
 
         if let Some(target) = name.strip_prefix(b".wh.") {
-            let dir = self.open_dir(st, parent, &shown)?;
-            self.touch(st, parent, &dir);
+            let Some(dir) = self.dir(parent_parts, false).map_err(bad)? else { return Ok(()) };
             if target == b".wh..opq" {
-                self.make_opaque(st, &dir, parent).map_err(io)?;
-            } else if !target.is_empty() && target != b"." && target != b".." && !target.starts_with(b".wh.") {
-                remove_all(&dir, target).map_err(io)?;
+                let created = &st.created;
+                self.tree.retain(dir, |_, id| created.contains(&id));
+            } else if !target.is_empty() && target != b"." && target != b".." {
+                self.tree.remove(dir, target);
             }
             return Ok(());
         }
 
-        let dir = self.open_dir(st, parent, &shown)?;
-        self.touch(st, parent, &dir);
-        let full = join(&parts);
-        st.created.insert(full.clone());
-        let existing = rustix::fs::statx(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)
-            .ok()
-            .map(|s| FileType::from_raw_mode(u32::from(s.stx_mode)));
-        let is_dir = kind == tar::EntryType::Directory;
-        match existing {
-            Some(FileType::Directory) if is_dir => {}
-            Some(_) => remove_all(&dir, name).map_err(io)?,
-            None => {}
-        }
-        let errno = |what: &str| {
-            let what = what.to_owned();
-            let layer = layer.clone();
-            move |e: rustix::io::Errno| {
-                if e == rustix::io::Errno::NOSPC {
-                    ApplyError::Io { layer: layer.clone(), source: e.into() }
-                } else {
-                    bad(format!("{what}: {e}"))
-                }
-            }
-        };
-        match kind {
+        let parent = self.dir(parent_parts, true).map_err(bad)?.expect("created");
+        let existing = self.tree.lookup(parent, name);
+        let node = match kind {
             tar::EntryType::Directory => {
-                if existing != Some(FileType::Directory) {
-                    rustix::fs::mkdirat(&dir, os(name), Mode::from_raw_mode(0o700)).map_err(errno("mkdir"))?;
+                if let Some(id) = existing.filter(|&id| self.tree.node(id).is_dir()) {
+                    // A directory over a directory: contents stay, metadata changes.
+                    self.tree.node_mut(id).meta = meta;
+                    st.created.insert(id);
+                    return Ok(());
                 }
-                self.set_meta(&dir, name, &meta, true).map_err(io)?;
-                st.dir_times.insert(full, meta.mtime);
-                return Ok(());
+                Kind::Dir(Default::default())
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let fd = rustix::fs::openat(
-                    &dir,
-                    os(name),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .map_err(errno("create"))?;
-                let out = File::from(fd);
-                write_sparse(entry, &out).map_err(|e| {
+                let size = entry.size();
+                let offset = self.spool_len.next_multiple_of(4096);
+                let written = write_sparse(entry, &self.spool, offset).map_err(|e| {
                     // Errors without an OS error come from decompressing the stream.
                     if e.raw_os_error().is_none() {
                         ApplyError::Corrupt {
@@ -361,6 +278,14 @@ impl Staging {
                         ApplyError::Io { layer: layer.clone(), source: e }
                     }
                 })?;
+                if written != size {
+                    return Err(ApplyError::Corrupt {
+                        layer: layer.clone(),
+                        why: format!("{shown}: {written} of {size} bytes"),
+                    });
+                }
+                self.spool_len = offset + size;
+                Kind::File { size, data: FileData::Range { file: self.spool.clone(), offset } }
             }
             tar::EntryType::Symlink => {
                 let target =
@@ -368,189 +293,82 @@ impl Staging {
                 if target.contains(&0) {
                     return Err(bad("a symlink target with a NUL byte".into()));
                 }
-                rustix::fs::symlinkat(os(&target), &dir, os(name)).map_err(errno("symlink"))?;
+                Kind::Symlink(target)
             }
             tar::EntryType::Link => {
                 let target =
                     entry.link_name_bytes().ok_or_else(|| bad("a hardlink without a target".into()))?.into_owned();
                 let target_parts = components(&target).map_err(|why| bad(format!("its hardlink target {why}")))?;
-                if target_parts.is_empty() {
-                    return Err(bad("a hardlink to the root".into()));
+                let missing =
+                    || bad(format!("its hardlink target {} does not exist", String::from_utf8_lossy(&target)));
+                let (target_name, target_dir) =
+                    target_parts.split_last().ok_or_else(|| bad("a hardlink to the root".into()))?;
+                let dir = self
+                    .dir(target_dir, false)
+                    .map_err(|why| bad(format!("its hardlink target: {why}")))?
+                    .ok_or_else(missing)?;
+                let id = self.tree.lookup(dir, target_name).ok_or_else(missing)?;
+                if self.tree.node(id).is_dir() {
+                    return Err(bad("a hardlink to a directory".into()));
                 }
-                let source = rustix::fs::openat2(
-                    &self.root,
-                    os(&join(&target_parts)),
-                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    BENEATH,
-                )
-                .map_err(|e| match e {
-                    rustix::io::Errno::XDEV => bad("its hardlink target leaves the image root".into()),
-                    rustix::io::Errno::NOENT => {
-                        bad(format!("its hardlink target {} does not exist", String::from_utf8_lossy(&target)))
-                    }
-                    e => bad(format!("its hardlink target: {e}")),
-                })?;
-                rustix::fs::linkat(&source, "", &dir, os(name), AtFlags::EMPTY_PATH).map_err(errno("hardlink"))?;
-                // A hardlink shares its target's metadata.
+                self.tree.link(parent, name.clone(), id);
+                st.created.insert(id);
                 return Ok(());
             }
-            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+            tar::EntryType::Char | tar::EntryType::Block => {
                 let header = entry.header();
-                let (major, minor) = (
-                    header.device_major().ok().flatten().unwrap_or(0),
-                    header.device_minor().ok().flatten().unwrap_or(0),
-                );
-                let file_type = match kind {
-                    tar::EntryType::Char => FileType::CharacterDevice,
-                    tar::EntryType::Block => FileType::BlockDevice,
-                    _ => FileType::Fifo,
-                };
-                rustix::fs::mknodat(
-                    &dir,
-                    os(name),
-                    file_type,
-                    Mode::from_raw_mode(0o600),
-                    rustix::fs::makedev(major, minor),
-                )
-                .map_err(errno("mknod (device nodes need root)"))?;
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let rdev = rustix::fs::makedev(major, minor);
+                if kind == tar::EntryType::Char { Kind::CharDevice(rdev) } else { Kind::BlockDevice(rdev) }
             }
+            tar::EntryType::Fifo => Kind::Fifo,
             other => return Err(bad(format!("unsupported entry type {other:?}"))),
-        }
-        self.set_meta(&dir, name, &meta, false).map_err(io)
-    }
-
-    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<EntryMeta, String> {
-        let header = entry.header();
-        let mut meta = EntryMeta {
-            perm: header.mode().map_err(|e| format!("mode: {e}"))? & 0o7777,
-            uid: header.uid().map_err(|e| format!("uid: {e}"))? as u32,
-            gid: header.gid().map_err(|e| format!("gid: {e}"))? as u32,
-            mtime: Timespec { tv_sec: header.mtime().map_err(|e| format!("mtime: {e}"))? as i64, tv_nsec: 0 },
-            xattrs: Vec::new(),
         };
-        if let Ok(Some(pax)) = entry.pax_extensions() {
-            for ext in pax {
-                let ext = ext.map_err(|e| format!("PAX header: {e}"))?;
-                let (Ok(key), value) = (ext.key(), ext.value_bytes()) else { continue };
-                match key {
-                    "mtime" => meta.mtime = parse_time(value).ok_or("a PAX mtime that is not a number")?,
-                    "uid" => {
-                        meta.uid = std::str::from_utf8(value)
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .ok_or("a PAX uid that is not a number")?
-                    }
-                    "gid" => {
-                        meta.gid = std::str::from_utf8(value)
-                            .ok()
-                            .and_then(|v| v.parse().ok())
-                            .ok_or("a PAX gid that is not a number")?
-                    }
-                    _ => {
-                        if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                            meta.xattrs.push((name.as_bytes().to_vec(), value.to_vec()));
-                        }
+        let id = self.tree.add(parent, name.clone(), Node { meta, kind: node });
+        st.created.insert(id);
+        Ok(())
+    }
+}
+
+/// An entry's owner, mode, time and extended attributes, PAX records
+/// included.
+fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
+    let header = entry.header();
+    let mut meta = Meta {
+        perm: header.mode().map_err(|e| format!("mode: {e}"))? & 0o7777,
+        uid: header.uid().map_err(|e| format!("uid: {e}"))? as u32,
+        gid: header.gid().map_err(|e| format!("gid: {e}"))? as u32,
+        mtime: Timestamp { secs: header.mtime().map_err(|e| format!("mtime: {e}"))? as i64, nanos: 0 },
+        xattrs: Vec::new(),
+    };
+    if let Ok(Some(pax)) = entry.pax_extensions() {
+        for ext in pax {
+            let ext = ext.map_err(|e| format!("PAX header: {e}"))?;
+            let (Ok(key), value) = (ext.key(), ext.value_bytes()) else { continue };
+            let number = || std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            match key {
+                "mtime" => meta.mtime = parse_time(value).ok_or("a PAX mtime that is not a number")?,
+                "uid" => meta.uid = number().ok_or("a PAX uid that is not a number")?,
+                "gid" => meta.gid = number().ok_or("a PAX gid that is not a number")?,
+                _ => {
+                    if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                        meta.xattrs.push((name.as_bytes().to_vec(), value.to_vec()));
                     }
                 }
             }
         }
-        Ok(meta)
     }
-
-    /// Owner, mode, extended attributes (replacing any there) and time, in
-    /// that order: `chown` clears setuid bits and `security.capability`.
-    fn set_meta(&self, dir: &OwnedFd, name: &[u8], meta: &EntryMeta, is_dir: bool) -> std::io::Result<()> {
-        let name = os(name);
-        let stat = rustix::fs::statx(dir, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::TYPE)?;
-        let is_link = FileType::from_raw_mode(u32::from(stat.stx_mode)) == FileType::Symlink;
-        rustix::fs::chownat(
-            dir,
-            name,
-            Some(rustix::fs::Uid::from_raw(meta.uid)),
-            Some(rustix::fs::Gid::from_raw(meta.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
-        if !is_link {
-            rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.perm), AtFlags::empty())?;
-        }
-        let path = proc_path(dir.as_fd(), name);
-        for (old, _) in super::scan::read_xattrs(&path).unwrap_or_default() {
-            let _ = rustix::fs::lremovexattr(&path, CString::new(old).map_err(std::io::Error::other)?.as_c_str());
-        }
-        for (key, value) in &meta.xattrs {
-            let key = CString::new(key.clone()).map_err(std::io::Error::other)?;
-            rustix::fs::lsetxattr(&path, key.as_c_str(), value, rustix::fs::XattrFlags::empty())?;
-        }
-        if !is_dir {
-            let times = Timestamps { last_access: meta.mtime, last_modification: meta.mtime };
-            rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
-        }
-        Ok(())
-    }
-
-    /// Removes what lower layers put in `dir`, sparing this layer's entries.
-    fn make_opaque(&self, st: &mut LayerState<'_>, dir: &OwnedFd, parts: &[Vec<u8>]) -> std::io::Result<()> {
-        let prefix = join(parts);
-        let mut names = Vec::new();
-        for entry in rustix::fs::Dir::read_from(dir)? {
-            let name = entry?.file_name().to_bytes().to_vec();
-            if name != b"." && name != b".." {
-                names.push(name);
-            }
-        }
-        for name in names {
-            let full = if prefix.is_empty() { name.clone() } else { [prefix.as_slice(), b"/", &name].concat() };
-            if !st.created.contains(&full) {
-                remove_all(dir, &name)?;
-            }
-        }
-        Ok(())
-    }
+    meta.xattrs.sort();
+    Ok(meta)
 }
 
-fn proc_path(dir: BorrowedFd<'_>, name: &OsStr) -> PathBuf {
-    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    if name != "." {
-        p.push(name);
-    }
-    p
-}
-
-/// Removes `name` in `dir`, recursively, without following symlinks.
-pub fn remove_all(dir: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
-    let name = os(name);
-    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) => return Ok(()),
-        Err(rustix::io::Errno::NOENT) => return Ok(()),
-        Err(rustix::io::Errno::ISDIR | rustix::io::Errno::PERM) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let sub = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut children = Vec::new();
-    for entry in rustix::fs::Dir::read_from(&sub)? {
-        let child = entry?.file_name().to_bytes().to_vec();
-        if child != b"." && child != b".." {
-            children.push(child);
-        }
-    }
-    for child in children {
-        remove_all(&sub, &child)?;
-    }
-    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
-    Ok(())
-}
-
-/// Copies an entry's data, leaving holes where whole blocks are zero.
-fn write_sparse(reader: &mut impl Read, out: &File) -> std::io::Result<()> {
+/// Copies an entry's data into the spool at `offset`, leaving holes where
+/// whole blocks are zero. Returns the bytes read.
+fn write_sparse(reader: &mut impl Read, out: &File, offset: u64) -> std::io::Result<u64> {
     const BLOCK: usize = 4096;
     let mut buf = vec![0u8; 1 << 16];
-    let mut offset = 0u64;
+    let mut at = 0u64;
     loop {
         // Fill the buffer as far as the stream allows, so blocks stay aligned.
         let mut filled = 0;
@@ -561,20 +379,32 @@ fn write_sparse(reader: &mut impl Read, out: &File) -> std::io::Result<()> {
             }
             filled += n;
         }
-        if filled == 0 {
-            break;
-        }
-        for chunk in buf[..filled].chunks(BLOCK) {
-            if chunk.iter().any(|&b| b != 0) {
-                out.write_all_at(chunk, offset)?;
+        let mut pending: Option<(u64, usize, usize)> = None;
+        for (i, chunk) in buf[..filled].chunks(BLOCK).enumerate() {
+            let zero = chunk.iter().all(|&b| b == 0);
+            match (&mut pending, zero) {
+                (Some((_, _, end)), false) => *end = i * BLOCK + chunk.len(),
+                (None, false) => pending = Some((offset + at + (i * BLOCK) as u64, i * BLOCK, i * BLOCK + chunk.len())),
+                (Some((pos, start, end)), true) => {
+                    out.write_all_at(&buf[*start..*end], *pos)?;
+                    pending = None;
+                }
+                (None, true) => {}
             }
-            offset += chunk.len() as u64;
         }
+        if let Some((pos, start, end)) = pending {
+            out.write_all_at(&buf[start..end], pos)?;
+        }
+        at += filled as u64;
         if filled < buf.len() {
             break;
         }
     }
-    out.set_len(offset)
+    // The spool grows to cover trailing holes too.
+    if out.metadata()?.len() < offset + at {
+        out.set_len(offset + at)?;
+    }
+    Ok(at)
 }
 
 #[cfg(test)]
@@ -592,9 +422,25 @@ mod tests {
 
     #[test]
     fn pax_times_keep_nanoseconds() {
-        assert_eq!(parse_time(b"1700000000.123456789"), Some(Timespec { tv_sec: 1_700_000_000, tv_nsec: 123_456_789 }));
-        assert_eq!(parse_time(b"5"), Some(Timespec { tv_sec: 5, tv_nsec: 0 }));
-        assert_eq!(parse_time(b"-1.5"), Some(Timespec { tv_sec: -2, tv_nsec: 500_000_000 }));
+        assert_eq!(parse_time(b"1700000000.123456789"), Some(Timestamp { secs: 1_700_000_000, nanos: 123_456_789 }));
+        assert_eq!(parse_time(b"5"), Some(Timestamp { secs: 5, nanos: 0 }));
+        assert_eq!(parse_time(b"-1.5"), Some(Timestamp { secs: -2, nanos: 500_000_000 }));
         assert_eq!(parse_time(b"x"), None);
+    }
+
+    #[test]
+    fn zero_blocks_become_holes_in_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool =
+            File::options().read(true).write(true).create(true).truncate(true).open(dir.path().join("s")).unwrap();
+        let mut data = vec![0u8; 1 << 20];
+        data[500_000] = 1;
+        let n = write_sparse(&mut &data[..], &spool, 4096).unwrap();
+        assert_eq!(n, 1 << 20);
+        let mut back = vec![0u8; 1 << 20];
+        spool.read_exact_at(&mut back, 4096).unwrap();
+        assert_eq!(back, data);
+        use std::os::unix::fs::MetadataExt;
+        assert!(spool.metadata().unwrap().blocks() * 512 <= 64 << 10, "the spool is not sparse");
     }
 }

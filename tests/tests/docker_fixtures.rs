@@ -1,0 +1,153 @@
+//! The exact converter on images a real Docker engine built (see
+//! `tests/fixtures/docker-fixtures.sh`): every overlay2 chain against the
+//! kernel's overlay mount of it, every OCI layout against `umoci unpack`,
+//! zero differences, and a clean `e2fsck -fn`.
+//!
+//! `ROOTFS_FIXTURES` names the `fixtures.json` the script wrote; CI builds
+//! the small set first. Without it the test prints why it skips, and under
+//! `CI=true` it fails instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rootfs_cache::{Config, ConverterSpec, Request, RootfsCache};
+use rootfs_cache_tests::compare::differences;
+use rootfs_cache_tests::{OverlayMount, ReadOnlyMount, agent, fsck, require_root};
+
+struct Fixture {
+    name: String,
+    overlay2: PathBuf,
+    oci: PathBuf,
+}
+
+fn fixtures() -> Option<Vec<Fixture>> {
+    let Some(path) = std::env::var_os("ROOTFS_FIXTURES") else {
+        eprintln!(
+            "SKIPPED: ROOTFS_FIXTURES is not set; build fixtures with `tests/fixtures/docker-fixtures.sh --small DIR` \
+             and set ROOTFS_FIXTURES=DIR/fixtures.json"
+        );
+        assert!(std::env::var_os("CI").is_none(), "CI must build the Docker fixtures");
+        return None;
+    };
+    let list: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("ROOTFS_FIXTURES")).unwrap();
+    Some(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| Fixture {
+                name: f["name"].as_str().unwrap().into(),
+                overlay2: f["overlay2"].as_str().unwrap().into(),
+                oci: f["oci"].as_str().unwrap().into(),
+            })
+            .collect(),
+    )
+}
+
+/// What the image adds to the container's tree: lost+found, and the agent
+/// where `/sbin` leads inside the tree (`/usr/sbin` on merged-usr systems),
+/// or `/sbin` itself when the tree has none.
+fn added(reference: &Path) -> Vec<Vec<u8>> {
+    let mut sbin = b"sbin".to_vec();
+    for _ in 0..8 {
+        match std::fs::read_link(reference.join(String::from_utf8_lossy(&sbin).as_ref())) {
+            Ok(target) => {
+                let target = target.to_string_lossy().into_owned();
+                sbin = match target.strip_prefix('/') {
+                    Some(absolute) => absolute.as_bytes().to_vec(),
+                    None => target.into_bytes(),
+                };
+            }
+            Err(_) => break,
+        }
+    }
+    if reference.join(String::from_utf8_lossy(&sbin).as_ref()).is_dir() {
+        vec![b"lost+found".to_vec(), [sbin.as_slice(), b"/vm-agent"].concat()]
+    } else {
+        vec![b"lost+found".to_vec(), sbin]
+    }
+}
+
+fn diff(reference: &Path, image: &Path) -> Vec<String> {
+    let added = added(reference);
+    let ignore: Vec<&[u8]> = added.iter().map(Vec::as_slice).collect();
+    differences(reference, image, &ignore)
+}
+
+fn umoci_unpack(layout: &Path, bundle: &Path) -> PathBuf {
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umoci unpack {}: {}", layout.display(), String::from_utf8_lossy(&out.stderr));
+    bundle.join("rootfs")
+}
+
+fn is_zstd(layout: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(layout.join("blobs/sha256")) else { return false };
+    entries
+        .flatten()
+        .any(|e| std::fs::read(e.path()).map(|b| String::from_utf8_lossy(&b).contains("tar+zstd")).unwrap_or(false))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_docker_fixture_converts_with_zero_differences_and_a_clean_fsck() {
+    require_root!();
+    let Some(fixtures) = fixtures() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path(), "vm-agent", "fixtures");
+    let cache = RootfsCache::open(Config::new(dir.path().join("cache"))).unwrap();
+    let mut failures = Vec::new();
+    for f in &fixtures {
+        // overlay2 against the kernel's overlay mount.
+        let image =
+            cache.convert(&Request::new(&f.overlay2, &agent).converter(ConverterSpec::Exact)).await.unwrap().image;
+        let reference = OverlayMount::new(&f.overlay2);
+        let mnt = ReadOnlyMount::new(&image);
+        let diffs = diff(&reference.path, &mnt.path);
+        if !diffs.is_empty() {
+            failures.push(format!(
+                "{} (overlay2): {} differences\n{}",
+                f.name,
+                diffs.len(),
+                diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        let (code, out) = fsck(&image);
+        if code != 0 {
+            failures.push(format!("{} (overlay2): e2fsck -fn exited {code}\n{out}", f.name));
+        }
+        drop((mnt, reference));
+
+        // OCI against umoci (which reads no zstd: those layouts are checked
+        // against the overlay2 reference of the same image instead).
+        let image = cache.convert(&Request::new(&f.oci, &agent).converter(ConverterSpec::Exact)).await.unwrap().image;
+        let mnt = ReadOnlyMount::new(&image);
+        // umoci reads no zstd: a zstd layout is compared with umoci's unpack
+        // of the gzip export of the same image.
+        let gzip_twin = if is_zstd(&f.oci) {
+            fixtures.iter().find(|t| t.overlay2 == f.overlay2 && !is_zstd(&t.oci)).map(|t| t.oci.clone())
+        } else {
+            Some(f.oci.clone())
+        };
+        let twin = gzip_twin.unwrap_or_else(|| panic!("{}: a zstd layout without a gzip twin", f.name));
+        let bundle = dir.path().join(format!("bundle-{}", f.name));
+        let rootfs = umoci_unpack(&twin, &bundle);
+        let diffs = diff(&rootfs, &mnt.path);
+        let _ = std::fs::remove_dir_all(&bundle);
+        if !diffs.is_empty() {
+            failures.push(format!(
+                "{} (OCI): {} differences\n{}",
+                f.name,
+                diffs.len(),
+                diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        let (code, out) = fsck(&image);
+        if code != 0 {
+            failures.push(format!("{} (OCI): e2fsck -fn exited {code}\n{out}", f.name));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
