@@ -4,7 +4,7 @@
 //! tests a fake implements them, so the orchestration in [`crate::flow`] is
 //! tested without a wasm runtime.
 
-use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall};
+use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult};
 use crate::wit::types::Error;
 
 /// A held build lock.
@@ -46,4 +46,8 @@ pub trait Capabilities {
     fn record_use(&self, manifest: &str) -> Result<(), Error>;
     /// `host.lock`.
     fn lock(&self, key: &str) -> Result<Self::Lock, Error>;
+    /// `host.try-lock`.
+    fn try_lock(&self, key: &str) -> Result<Option<Self::Lock>, Error>;
+    /// `host.fsck`.
+    fn fsck(&self, image: &str) -> Result<FsckResult, Error>;
 }

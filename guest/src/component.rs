@@ -4,7 +4,7 @@ use crate::bindings::exports::rootfs::cache::cache::Guest;
 use crate::bindings::rootfs::cache::host;
 use crate::capabilities::{BuildLock, Capabilities, MountedImage};
 use crate::flow::Cache;
-use crate::wit::types::{ConvertRequest, Entry, Error, ImageInfo, Outcome};
+use crate::wit::types::{ConvertRequest, Entry, Error, GcReport, ImageInfo, Outcome, SweepReport, VerifyReport};
 
 /// The host preopens the cache directory here.
 const CACHE_ROOT: &str = "/cache";
@@ -24,6 +24,18 @@ impl Guest for Component {
 
     fn list_entries() -> Result<Vec<Entry>, Error> {
         Cache::new(&WitHost, CACHE_ROOT).list()
+    }
+
+    fn sweep() -> Result<SweepReport, Error> {
+        Cache::new(&WitHost, CACHE_ROOT).sweep()
+    }
+
+    fn gc(max_bytes: u64, pins: Vec<String>) -> Result<GcReport, Error> {
+        Cache::new(&WitHost, CACHE_ROOT).gc(max_bytes, &pins)
+    }
+
+    fn verify(fsck: bool) -> Result<VerifyReport, Error> {
+        Cache::new(&WitHost, CACHE_ROOT).verify(fsck)
     }
 }
 
@@ -84,5 +96,13 @@ impl Capabilities for WitHost {
 
     fn lock(&self, key: &str) -> Result<Self::Lock, Error> {
         host::lock(key)
+    }
+
+    fn try_lock(&self, key: &str) -> Result<Option<Self::Lock>, Error> {
+        host::try_lock(key)
+    }
+
+    fn fsck(&self, image: &str) -> Result<host::FsckResult, Error> {
+        host::fsck(image)
     }
 }

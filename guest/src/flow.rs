@@ -121,6 +121,16 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         Self { host, root: root.into() }
     }
 
+    /// The host's capabilities.
+    pub fn host(&self) -> &H {
+        self.host
+    }
+
+    /// Where the guest sees the cache directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Serves `request` from the cache or builds it. See `cache.convert` in the WIT.
     pub fn convert(&self, request: &ConvertRequest) -> Result<Outcome, Error> {
         let started = Instant::now();

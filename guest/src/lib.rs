@@ -10,9 +10,11 @@
 pub mod capabilities;
 #[cfg(target_arch = "wasm32")]
 mod component;
+pub mod evict;
 pub mod ext4;
 pub mod flow;
 pub mod key;
+pub mod lifecycle;
 pub mod manifest;
 pub mod oci;
 pub mod overlay2;

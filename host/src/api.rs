@@ -215,6 +215,42 @@ pub struct Entry {
     pub problem: Option<String>,
 }
 
+/// What [`RootfsCache::sweep`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    /// Temporary files removed (cache-relative): their builders are gone.
+    pub removed: Vec<String>,
+    /// Lock files removed: no process held them.
+    pub stale_locks: u32,
+    /// Temporary files kept: their builder is alive.
+    pub busy: Vec<String>,
+    /// Loop devices detached: they were attached to a temporary image whose
+    /// builder is gone.
+    pub detached_loop_devices: Vec<String>,
+}
+
+/// What [`RootfsCache::gc`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Entries removed, in the order they went.
+    pub removed: Vec<Entry>,
+    /// Bytes of all entries before.
+    pub bytes_before: u64,
+    /// Bytes of all entries after.
+    pub bytes_after: u64,
+    /// Entries kept although they were candidates: pinned or being rebuilt.
+    pub kept_pinned: u32,
+}
+
+/// What [`RootfsCache::verify`] found and did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Entries checked.
+    pub checked: u32,
+    /// Broken entries, each with its problem; all were removed.
+    pub broken: Vec<Entry>,
+}
+
 /// How to open a cache.
 #[derive(Clone)]
 pub struct Config {
@@ -230,6 +266,9 @@ pub struct Config {
     pub precompile: bool,
     /// Receives progress.
     pub observer: Option<Arc<dyn Observer>>,
+    /// When set, every build is followed by a garbage collection down to
+    /// this many bytes (the new entry is pinned).
+    pub max_cache_bytes: Option<u64>,
 }
 
 impl Config {
@@ -244,6 +283,7 @@ impl Config {
                 .map_or(ComponentSource::Embedded, |p| ComponentSource::File(p.into())),
             precompile: true,
             observer: None,
+            max_cache_bytes: None,
         }
     }
 
@@ -270,6 +310,12 @@ impl Config {
         self.observer = Some(observer);
         self
     }
+
+    /// Keeps the cache at most this large, collecting after every build.
+    pub fn max_cache_bytes(mut self, bytes: u64) -> Self {
+        self.max_cache_bytes = Some(bytes);
+        self
+    }
 }
 
 /// A cache of bootable ext4 images. Cheap to clone; every clone shares the
@@ -278,6 +324,9 @@ impl Config {
 pub struct RootfsCache {
     engine: Arc<GuestEngine>,
     shared: Arc<Shared>,
+    /// Set once this process has swept what crashed builders left.
+    swept: Arc<tokio::sync::OnceCell<()>>,
+    max_cache_bytes: Option<u64>,
 }
 
 fn utf8<'a>(what: &str, path: &'a Path) -> Result<&'a str> {
@@ -319,7 +368,12 @@ impl RootfsCache {
             audit,
             next_request: AtomicU64::new(1),
         };
-        Ok(Self { engine: Arc::new(engine), shared: Arc::new(shared) })
+        Ok(Self {
+            engine: Arc::new(engine),
+            shared: Arc::new(shared),
+            swept: Arc::new(tokio::sync::OnceCell::new()),
+            max_cache_bytes: config.max_cache_bytes,
+        })
     }
 
     /// The cache directory (canonical).
@@ -340,6 +394,7 @@ impl RootfsCache {
     /// Returns a bootable image for `request`: a valid cached one, or a new
     /// one built, injected and published. See the WIT's `cache.convert`.
     pub async fn convert(&self, request: &Request) -> Result<Outcome> {
+        self.sweep_once().await;
         let source = existing("source", &request.source)?;
         let agent = existing("agent", &request.agent)?;
         let source_str = utf8("source", &source)?;
@@ -357,6 +412,11 @@ impl RootfsCache {
         let result = instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await;
         drop(store);
         let outcome = guest_result(result)?;
+        if let (false, Some(max)) = (outcome.cached, self.max_cache_bytes)
+            && let Err(e) = self.gc(max, std::slice::from_ref(&outcome.key)).await
+        {
+            tracing::warn!(error = %e, "garbage collection after the build failed");
+        }
         Ok(Outcome {
             image: self.cache_dir().join(&outcome.image),
             key: outcome.key,
@@ -408,21 +468,88 @@ impl RootfsCache {
         let mut store = self.engine.store(&self.shared, Vec::new())?;
         let instance = self.engine.instantiate(&mut store).await?;
         let entries = guest_result(instance.rootfs_cache_cache().call_list_entries(&mut store).await)?;
-        Ok(entries
-            .into_iter()
-            .map(|e| Entry {
-                image: self.cache_dir().join(&e.image),
-                key: e.key,
-                source: e.source,
-                kind: e.kind.into(),
-                agent_sha256: e.agent_sha256,
-                converter: e.converter,
-                image_bytes: e.image_bytes,
-                created: e.created,
-                last_used: e.last_used,
-                problem: e.problem,
+        Ok(entries.into_iter().map(|e| self.entry(e)).collect())
+    }
+
+    fn entry(&self, e: wit::Entry) -> Entry {
+        Entry {
+            image: self.cache_dir().join(&e.image),
+            key: e.key,
+            source: e.source,
+            kind: e.kind.into(),
+            agent_sha256: e.agent_sha256,
+            converter: e.converter,
+            image_bytes: e.image_bytes,
+            created: e.created,
+            last_used: e.last_used,
+            problem: e.problem,
+        }
+    }
+
+    /// Removes what crashed builders left: temporary images and lock files
+    /// whose key nobody holds (never a live builder's), and loop devices
+    /// still attached to such images. See the WIT's `cache.sweep`.
+    pub async fn sweep(&self) -> Result<SweepReport> {
+        let mut store = self.engine.store(&self.shared, Vec::new())?;
+        let instance = self.engine.instantiate(&mut store).await?;
+        let report = guest_result(instance.rootfs_cache_cache().call_sweep(&mut store).await)?;
+        drop(store);
+        let mut detached = Vec::new();
+        let tmp = self.cache_dir().join("tmp");
+        for (number, backing) in crate::capabilities::mounter::loop_device::attached_under(&tmp) {
+            let name = backing.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let Some(key) = name.get(..64) else { continue };
+            // A live builder holds its key's lock for as long as its image is attached.
+            if let Ok(Some(_lock)) = self.shared.locks.try_lock(self.shared.cache.clone(), key).await
+                && crate::capabilities::mounter::loop_device::detach_number(number).is_ok()
+            {
+                detached.push(format!("/dev/loop{number}"));
+            }
+        }
+        Ok(SweepReport {
+            removed: report.removed,
+            stale_locks: report.stale_locks,
+            busy: report.busy,
+            detached_loop_devices: detached,
+        })
+    }
+
+    /// Sweeps once per process, and only when there is something to sweep.
+    async fn sweep_once(&self) {
+        self.swept
+            .get_or_init(|| async {
+                let untidy =
+                    |dir: &str| self.shared.cache.root().read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+                if (untidy("tmp") || untidy("locks"))
+                    && let Err(e) = self.sweep().await
+                {
+                    tracing::warn!(error = %e, "sweeping the cache failed");
+                }
             })
-            .collect())
+            .await;
+    }
+
+    /// Evicts entries until they take at most `max_bytes`; `pins` are keys
+    /// or image paths that stay. See the WIT's `cache.gc`.
+    pub async fn gc(&self, max_bytes: u64, pins: &[String]) -> Result<GcReport> {
+        let mut store = self.engine.store(&self.shared, Vec::new())?;
+        let instance = self.engine.instantiate(&mut store).await?;
+        let r = guest_result(instance.rootfs_cache_cache().call_gc(&mut store, max_bytes, pins).await)?;
+        Ok(GcReport {
+            removed: r.removed.into_iter().map(|e| self.entry(e)).collect(),
+            bytes_before: r.bytes_before,
+            bytes_after: r.bytes_after,
+            kept_pinned: r.kept_pinned,
+        })
+    }
+
+    /// Checks every entry (with `fsck`, also `e2fsck -fn`) and removes the
+    /// broken ones. See the WIT's `cache.verify`.
+    pub async fn verify(&self, fsck: bool) -> Result<VerifyReport> {
+        let mut store = self.engine.store(&self.shared, Vec::new())?;
+        let instance = self.engine.instantiate(&mut store).await?;
+        let r = guest_result(instance.rootfs_cache_cache().call_verify(&mut store, fsck).await)?;
+        Ok(VerifyReport { checked: r.checked, broken: r.broken.into_iter().map(|e| self.entry(e)).collect() })
     }
 
     /// The convert timeout in force.

@@ -8,7 +8,7 @@ use serde_json::json;
 use wasmtime::component::Resource;
 
 use crate::audit::Verdict;
-use crate::bindings::rootfs::cache::host::{self, Conversion, ConverterInfo, FileDigest, FileInstall};
+use crate::bindings::rootfs::cache::host::{self, Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult};
 use crate::bindings::rootfs::cache::types::{self, Error as WitError, SourceKind};
 use crate::cache_dir::{Area, CacheFile};
 use crate::capabilities::converter::{AgentInstall, ConversionJob, LayerBlob, SourceLayers};
@@ -60,7 +60,7 @@ impl StoreState {
         let duration = call.started.elapsed();
         match verdict {
             Verdict::Denied => {
-                tracing::warn!(request = self.request_id, capability = call.capability, arguments = %call.arguments, error = ?error.map(ToString::to_string), "denied")
+                tracing::info!(request = self.request_id, capability = call.capability, arguments = %call.arguments, error = ?error.map(ToString::to_string), "denied")
             }
             Verdict::Trapped => {
                 tracing::warn!(request = self.request_id, capability = call.capability, "guest stopped")
@@ -248,6 +248,7 @@ impl host::Host for StoreState {
             Err(e) => Err(e),
         };
         let mounted = self.finish(call, result)?;
+        crate::test_hooks::pause("mounted");
         let resource = self.table.push(MountedImageHandle { mount: Some(mounted) }).map_err(wasmtime::Error::new)?;
         self.resources += 1;
         Ok(resource)
@@ -316,8 +317,7 @@ impl host::Host for StoreState {
         let call = self.begin("lock", json!({ "key": key }));
         self.check_payload(&call, &[key.len()])?;
         self.check_resources(&call)?;
-        let valid = key.len() == 64 && key.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
-        let result = if valid {
+        let result = if valid_key(&key) {
             let (locks, cache) = (self.shared.locks.clone(), self.shared.cache.clone());
             let observer = self.shared.observer.clone();
             let waiting = locks.lock(cache, &key);
@@ -336,10 +336,53 @@ impl host::Host for StoreState {
             Err(Error::InvalidRequest(format!("{key:?} is not a cache key")))
         };
         let held = self.finish(call, result)?;
+        self.lock_resource(held)
+    }
+
+    async fn try_lock(&mut self, key: String) -> HostResult<Option<Resource<BuildLockHandle>>> {
+        let call = self.begin("try-lock", json!({ "key": key }));
+        self.check_payload(&call, &[key.len()])?;
+        self.check_resources(&call)?;
+        let result = if valid_key(&key) {
+            let (locks, cache) = (self.shared.locks.clone(), self.shared.cache.clone());
+            locks.try_lock(cache, &key).await
+        } else {
+            Err(Error::InvalidRequest(format!("{key:?} is not a cache key")))
+        };
+        match self.finish(call, result)? {
+            Some(held) => Ok(Some(self.lock_resource(held)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn fsck(&mut self, image: String) -> HostResult<FsckResult> {
+        let call = self.begin("fsck", json!({ "image": image }));
+        self.check_payload(&call, &[image.len()])?;
+        let timeout = self.shared.policy.limits.convert_timeout;
+        let result = match CacheFile::parse(&image, &[Area::Images]) {
+            Ok(file) => crate::fsck::run(&self.shared.cache.absolute(&file), timeout).await,
+            Err(e) => Err(e),
+        };
+        let result =
+            result.map(|r| FsckResult { clean: r.clean, exit_status: r.exit_status, output_tail: r.output_tail });
+        self.finish(call, result)
+    }
+}
+
+impl StoreState {
+    /// Pushes a held lock into the table for the guest.
+    fn lock_resource(
+        &mut self,
+        held: Box<dyn crate::capabilities::lock::HeldLock>,
+    ) -> HostResult<Resource<BuildLockHandle>> {
         let resource = self.table.push(BuildLockHandle { held }).map_err(wasmtime::Error::new)?;
         self.resources += 1;
         Ok(resource)
     }
+}
+
+fn valid_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
 impl host::HostMountedImage for StoreState {
@@ -373,6 +416,9 @@ impl host::HostMountedImage for StoreState {
         };
         if let Ok(handle) = self.table.get_mut(&this) {
             handle.mount = mount;
+        }
+        if result.is_ok() {
+            crate::test_hooks::pause("installed");
         }
         self.finish(call, result)
     }

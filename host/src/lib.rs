@@ -49,11 +49,13 @@ pub mod digest;
 mod engine;
 mod error;
 pub mod ext4;
+pub mod fsck;
 mod host_impl;
 pub mod observer;
 pub mod policy;
 mod shared;
 mod store;
+mod test_hooks;
 
 pub use api::{
     Config, ConverterSpec, Entry, ImageInfo, Outcome, Request, RootfsCache, SourceKind, Timings, source_root,

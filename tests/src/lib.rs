@@ -263,25 +263,25 @@ pub fn temp_files(cache: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The `rootfs-cache` binary of this build, built on demand when only this
-/// crate's tests were asked for (`cargo test --workspace` builds it anyway).
+/// The `rootfs-cache` binary of this build. It is built (a no-op when it is
+/// up to date) once per test process, with the crash tests' pause points,
+/// so a test never runs a stale binary.
 pub fn rootfs_cache_bin() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().unwrap();
             let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-            let bin = profile_dir.join("rootfs-cache");
-            if !bin.exists() {
-                let target_dir = profile_dir.parent().unwrap();
-                let mut build = Command::new(env!("CARGO"));
-                build.args(["build", "-p", "rootfs-cache", "--bin", "rootfs-cache", "--target-dir"]).arg(target_dir);
-                if profile_dir.file_name() == Some("release".as_ref()) {
-                    build.arg("--release");
-                }
-                let status = build.status().unwrap();
-                assert!(status.success() && bin.exists(), "building {} failed", bin.display());
+            let target_dir = profile_dir.parent().unwrap();
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "--quiet", "-p", "rootfs-cache", "--bin", "rootfs-cache", "--features", "test-hooks"]);
+            build.arg("--target-dir").arg(target_dir).current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.file_name() == Some("release".as_ref()) {
+                build.arg("--release");
             }
+            let status = build.status().unwrap();
+            let bin = profile_dir.join("rootfs-cache");
+            assert!(status.success() && bin.exists(), "building {} failed", bin.display());
             bin
         })
         .clone()

@@ -5,6 +5,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::process::Command;
 
 use rootfs_cache_tests::{Overlay2, agent, cli, require_root, snapshot, standard_chain};
 
@@ -159,6 +160,168 @@ fn bad_input_gives_one_line_a_non_zero_exit_and_an_unchanged_cache() {
         assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
         assert!(err.starts_with("error: "), "{what}: {err}");
         assert!(!err.contains("panicked"), "{what}: {err}");
+        assert_eq!(snapshot(&cache), before, "{what} changed the cache");
+    }
+}
+
+#[test]
+fn bad_policies_and_hostile_sources_give_one_line_a_non_zero_exit_and_an_unchanged_cache() {
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let top = standard_chain(&d.join("overlay2"));
+    let agent = agent(d, "agent", "cli");
+    let cache = d.join("cache");
+    let (code, _, err) = run(&[
+        os("--cache-dir"),
+        os(&cache),
+        os("convert"),
+        os(&top),
+        os("--agent"),
+        os(&agent),
+        os("--size"),
+        os("128M"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let before = snapshot(&cache);
+
+    let policy = |name: &str, text: &str| {
+        let path = d.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let cache_str = cache.display().to_string();
+    let roots_elsewhere = policy(
+        "elsewhere.toml",
+        &format!("cache_dir = \"{cache_str}\"\nsource_roots = [\"{}\"]\n", elsewhere.display()),
+    );
+    let exact_only = policy("exact.toml", &format!("cache_dir = \"{cache_str}\"\nconverters = [\"exact\"]\n"));
+    let small_only = policy("small.toml", &format!("cache_dir = \"{cache_str}\"\nmax_image_bytes = 1048576\n"));
+    let other_cache = policy("other-cache.toml", &format!("cache_dir = \"{}\"\n", elsewhere.display()));
+    let malformed = policy("malformed.toml", "source_roots = [");
+    let unknown = policy("unknown.toml", "surprise = true\n");
+    let zero = policy("zero.toml", "guest_memory_bytes = 0\n");
+    let relative = policy("relative.toml", "agents = [\"vm-agent\"]\n");
+    // A chain of 1,000 layers, and an OCI layout whose manifest has wrong types.
+    let deep = rootfs_cache_tests::Overlay2::new(&d.join("deep")).layer(|_| {});
+    let lower: Vec<String> = (0..1000).map(|i| format!("l/X{i}")).collect();
+    std::fs::write(deep.join("lower"), lower.join(":")).unwrap();
+    let bad_oci = d.join("bad-oci");
+    rootfs_cache_tests::oci::standard_layout(&bad_oci, rootfs_cache_tests::oci::IndexStyle::Skopeo);
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(bad_oci.join("index.json")).unwrap()).unwrap();
+    let bad_manifest = br#"{"schemaVersion":2,"config":[],"layers":{}}"#;
+    let hex = rootfs_cache_tests::sha256_hex(bad_manifest);
+    std::fs::write(bad_oci.join("blobs/sha256").join(&hex), bad_manifest).unwrap();
+    let mut index = index;
+    index["manifests"][0]["digest"] = serde_json::json!(format!("sha256:{hex}"));
+    index["manifests"][0]["size"] = serde_json::json!(bad_manifest.len());
+    std::fs::write(bad_oci.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let fifo_agent = d.join("agent-fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo_agent,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // A fresh cache directory on a read-only mount.
+    let ro = d.join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    assert!(
+        Command::new("mount").args(["-t", "tmpfs", "-o", "ro,size=1M", "tmpfs"]).arg(&ro).status().unwrap().success()
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _ro = Unmount(ro.clone());
+
+    let with_policy = |p: &Path, extra: &[&str]| {
+        let mut args = vec![
+            os("--cache-dir"),
+            os(&cache),
+            os("--policy"),
+            os(p),
+            os("convert"),
+            os(&top),
+            os("--agent"),
+            os(&agent),
+        ];
+        args.extend(extra.iter().map(os));
+        args
+    };
+    let convert = |source: &Path, agent: &Path| {
+        vec![os("--cache-dir"), os(&cache), os("convert"), os(source), os("--agent"), os(agent)]
+    };
+    let cases: Vec<(&str, Vec<OsString>, i32)> = vec![
+        ("a policy file that does not exist", with_policy(&d.join("none.toml"), &[]), 2),
+        ("a malformed policy", with_policy(&malformed, &[]), 2),
+        ("a policy with an unknown key", with_policy(&unknown, &[]), 2),
+        ("a policy with a zero limit", with_policy(&zero, &[]), 2),
+        ("a policy with a relative path", with_policy(&relative, &[]), 2),
+        ("a source outside the policy's roots", with_policy(&roots_elsewhere, &[]), 5),
+        (
+            "`..` out of the policy's roots",
+            {
+                let mut a = with_policy(&roots_elsewhere, &[]);
+                a[5] = os(elsewhere.join("..").join("overlay2").join(top.file_name().unwrap()));
+                a
+            },
+            5,
+        ),
+        ("a converter the policy does not allow", with_policy(&exact_only, &["--converter", "oci2rootfs"]), 5),
+        ("a size above the policy's limit", with_policy(&small_only, &["--size", "64M"]), 5),
+        ("a cache directory the policy does not serve", with_policy(&other_cache, &[]), 5),
+        ("a lower of 1,000 layers", convert(&deep, &agent), 4),
+        ("an OCI manifest with wrong types", convert(&bad_oci, &agent), 4),
+        ("a FIFO as agent", convert(&top, &fifo_agent), 2),
+        ("an empty agent path", convert(&top, Path::new("")), 2),
+        ("/dev/null as source", convert(Path::new("/dev/null"), &agent), 4),
+        (
+            "an empty converter command",
+            {
+                let mut a = convert(&top, &agent);
+                a.extend([os("--converter"), os("command:")]);
+                a
+            },
+            2,
+        ),
+        (
+            "a platform with too many parts",
+            {
+                let mut a = convert(&top, &agent);
+                a.extend([os("--platform"), os("linux/amd64/v8/x")]);
+                a
+            },
+            2,
+        ),
+        (
+            "a cache size budget of zero",
+            {
+                let mut a = vec![os("--max-cache-bytes"), os("0")];
+                a.extend(convert(&top, &agent));
+                a
+            },
+            2,
+        ),
+        (
+            "a new cache directory on a read-only filesystem",
+            vec![os("--cache-dir"), os(ro.join("cache")), os("list")],
+            2,
+        ),
+    ];
+    assert!(cases.len() + 20 >= 30, "the corpus (with the other test's 20) has fewer than 30 cases");
+    for (what, args, expected) in cases {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, expected, "{what}: exit {code}, stderr: {err}");
+        assert!(out.is_empty(), "{what}: printed to stdout: {out}");
+        assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
+        assert!(err.starts_with("error: ") && !err.contains("panicked"), "{what}: {err}");
         assert_eq!(snapshot(&cache), before, "{what} changed the cache");
     }
 }

@@ -115,6 +115,14 @@ pub struct NativeConverters {
     commands: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<command::CommandConverter>>>,
 }
 
+impl NativeConverters {
+    /// The native converters, the exact one leaving `headroom` free when it
+    /// sizes an image from its content.
+    pub fn with_headroom(headroom: crate::ext4::Headroom) -> Self {
+        Self { exact: Arc::new(exact::ExactConverter { headroom }), ..Self::default() }
+    }
+}
+
 impl ConverterRegistry for NativeConverters {
     fn get(&self, name: &str) -> Result<Arc<dyn Converter>> {
         match name {

@@ -32,10 +32,16 @@ pub trait HeldLock: Send {
     fn fail(&mut self, error: Error);
 }
 
+/// A held cross-process lock; dropping it releases it.
+pub type CrossGuard = Box<dyn std::any::Any + Send>;
+
 /// The cross-process half of a lock.
 pub trait CrossProcessLock: Send + Sync {
     /// Takes the lock for `key`, waiting as long as it takes. Errors: `Io`.
-    fn acquire(&self, cache: &CacheDir, key: &str) -> Result<Box<dyn std::any::Any + Send>>;
+    fn acquire(&self, cache: &CacheDir, key: &str) -> Result<CrossGuard>;
+
+    /// Takes the lock for `key` if nobody holds it. Errors: `Io`.
+    fn try_acquire(&self, cache: &CacheDir, key: &str) -> Result<Option<CrossGuard>>;
 }
 
 /// `flock` on `locks/<key>.lock`.
@@ -56,16 +62,20 @@ impl Drop for FlockGuard {
     }
 }
 
-impl CrossProcessLock for Flock {
-    fn acquire(&self, cache: &CacheDir, key: &str) -> Result<Box<dyn std::any::Any + Send>> {
+impl Flock {
+    fn take(cache: &CacheDir, key: &str, wait: bool) -> Result<Option<CrossGuard>> {
         let name = format!("{key}.lock");
         let locks = cache.locks().try_clone().map_err(|e| Error::io("locks/", &e))?;
+        let operation = if wait { FlockOperation::LockExclusive } else { FlockOperation::NonBlockingLockExclusive };
         loop {
             let mut options = OpenOptions::new();
             options.read(true).write(true).create(true);
             let file = locks.open_with(&name, &options).map_err(|e| Error::io(format!("locks/{name}"), &e))?.into_std();
-            rustix::fs::flock(&file, FlockOperation::LockExclusive)
-                .map_err(|e| Error::Io(format!("flock locks/{name}: {e}")))?;
+            match rustix::fs::flock(&file, operation) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(e) => return Err(Error::Io(format!("flock locks/{name}: {e}"))),
+            }
             // The previous holder may have unlinked the file we locked.
             let held = file.metadata().map_err(|e| Error::io(format!("locks/{name}"), &e))?;
             match locks.symlink_metadata(&name) {
@@ -73,11 +83,21 @@ impl CrossProcessLock for Flock {
                     if current.ino() == std::os::unix::fs::MetadataExt::ino(&held)
                         && current.dev() == std::os::unix::fs::MetadataExt::dev(&held) =>
                 {
-                    return Ok(Box::new(FlockGuard { file, locks, name }));
+                    return Ok(Some(Box::new(FlockGuard { file, locks, name })));
                 }
                 _ => continue,
             }
         }
+    }
+}
+
+impl CrossProcessLock for Flock {
+    fn acquire(&self, cache: &CacheDir, key: &str) -> Result<CrossGuard> {
+        Ok(Self::take(cache, key, true)?.expect("a blocking flock returns only once held"))
+    }
+
+    fn try_acquire(&self, cache: &CacheDir, key: &str) -> Result<Option<CrossGuard>> {
+        Self::take(cache, key, false)
     }
 }
 
@@ -86,8 +106,12 @@ impl CrossProcessLock for Flock {
 pub struct InProcessOnly;
 
 impl CrossProcessLock for InProcessOnly {
-    fn acquire(&self, _cache: &CacheDir, _key: &str) -> Result<Box<dyn std::any::Any + Send>> {
+    fn acquire(&self, _cache: &CacheDir, _key: &str) -> Result<CrossGuard> {
         Ok(Box::new(()))
+    }
+
+    fn try_acquire(&self, _cache: &CacheDir, _key: &str) -> Result<Option<CrossGuard>> {
+        Ok(Some(Box::new(())))
     }
 }
 
@@ -147,6 +171,36 @@ impl LockService {
         }))
     }
 
+    /// Takes the lock for `key` only if nobody, in this process or another,
+    /// holds it; `None` means a builder is alive.
+    pub async fn try_lock(self: &Arc<Self>, cache: Arc<CacheDir>, key: &str) -> Result<Option<Box<dyn HeldLock>>> {
+        let flight = self.flights.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone();
+        let Ok(turn) = flight.turn.clone().try_lock_owned() else {
+            return Ok(None);
+        };
+        let cross = self.cross.clone();
+        let key_owned = key.to_owned();
+        let guard = tokio::task::spawn_blocking(move || cross.try_acquire(&cache, &key_owned))
+            .await
+            .map_err(|e| Error::Io(format!("trying the lock: {e}")))??;
+        let Some(guard) = guard else {
+            drop(turn);
+            drop(flight);
+            self.forget_if_idle(key);
+            return Ok(None);
+        };
+        let token = format!("{}-{}", std::process::id(), self.counter.fetch_add(1, Ordering::Relaxed));
+        Ok(Some(Box::new(Held {
+            service: self.clone(),
+            key: key.to_owned(),
+            flight: Some(flight),
+            token,
+            failure: None,
+            guard: Some(guard),
+            turn: Some(turn),
+        })))
+    }
+
     fn forget_if_idle(&self, key: &str) {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if flights.get(key).is_some_and(|f| Arc::strong_count(f) == 1) {
@@ -161,7 +215,7 @@ struct Held {
     flight: Option<Arc<Flight>>,
     token: String,
     failure: Option<Error>,
-    guard: Option<Box<dyn std::any::Any + Send>>,
+    guard: Option<CrossGuard>,
     turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 

@@ -42,8 +42,14 @@ pub struct Capabilities {
 impl Capabilities {
     /// The native backends: real converters, loop devices, fsync, flock.
     pub fn native() -> Self {
+        Self::native_with(crate::ext4::Headroom::default())
+    }
+
+    /// The native backends, the exact converter leaving `headroom` free when
+    /// it sizes an image from its content.
+    pub fn native_with(headroom: crate::ext4::Headroom) -> Self {
         Self {
-            converters: Arc::new(NativeConverters::default()),
+            converters: Arc::new(NativeConverters::with_headroom(headroom)),
             mounter: Arc::new(mounter::loop_mount::LoopMounter),
             publisher: Arc::new(DurablePublisher::default()),
             cross_process_lock: Arc::new(lock::Flock),

@@ -37,7 +37,7 @@ pub trait Publisher: Send + Sync {
         manifest_json: &str,
     ) -> Result<()>;
 
-    /// Removes a file; a missing file is not an error.
+    /// Removes a file or an empty directory; a missing one is not an error.
     fn remove(&self, cache: &CacheDir, file: &CacheFile) -> Result<()>;
 
     /// Records a use of the entry whose manifest is `manifest` by setting the
@@ -74,6 +74,7 @@ impl Publisher for DurablePublisher {
             staged_file.sync_all().map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
         }
         drop(staged_file);
+        crate::test_hooks::pause("fsynced");
 
         let manifest_tmp = format!("{}.json.tmp", staged.name);
         let write_manifest = || -> std::io::Result<()> {
@@ -95,6 +96,7 @@ impl Publisher for DurablePublisher {
             let _ = tmp.remove_file(&manifest_tmp);
             return Err(Error::io(format!("renaming {} to {}", staged.relative(), image.relative()), &e));
         }
+        crate::test_hooks::pause("renamed");
         if let Err(e) = tmp.rename(&manifest_tmp, images, &manifest.name) {
             // Without its manifest the image is not an entry; take it back out.
             let _ = images.remove_file(&image.name);
@@ -105,11 +107,17 @@ impl Publisher for DurablePublisher {
             fsync_dir(cache, Area::Images)?;
             fsync_dir(cache, Area::Tmp)?;
         }
+        crate::test_hooks::pause("published");
         Ok(())
     }
 
     fn remove(&self, cache: &CacheDir, file: &CacheFile) -> Result<()> {
-        match cache.dir(file.area).remove_file(&file.name) {
+        let dir = cache.dir(file.area);
+        let result = match dir.symlink_metadata(&file.name) {
+            Ok(meta) if meta.is_dir() => dir.remove_dir(&file.name),
+            _ => dir.remove_file(&file.name),
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(format!("removing {}", file.relative()), &e)),

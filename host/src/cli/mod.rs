@@ -30,6 +30,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     policy: Option<PathBuf>,
 
+    /// Collect garbage after every build so that the cache stays under SIZE.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = size::parse)]
+    max_cache_bytes: Option<u64>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +46,38 @@ enum Command {
     List(JsonArg),
     /// Show an image's ext4 superblock and whether its geometry is sound.
     Inspect(InspectArgs),
+    /// Remove what crashed builders left (never a live builder's files).
+    Sweep(JsonArg),
+    /// Evict entries until the cache fits: broken, then superseded, then least recently used.
+    Gc(GcArgs),
+    /// Check every entry and remove the broken ones.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct GcArgs {
+    /// The size the cache must fit in, e.g. 10G.
+    #[arg(long, value_name = "SIZE", value_parser = size::parse_allow_zero)]
+    max_bytes: u64,
+
+    /// An entry to keep, by key or image path; repeat for more.
+    #[arg(long, value_name = "KEY_OR_IMAGE")]
+    pin: Vec<String>,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// Also run `e2fsck -fn` on every image.
+    #[arg(long)]
+    fsck: bool,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +105,16 @@ struct ConvertArgs {
     /// exact, oci2rootfs, or command:<absolute path>.
     #[arg(long, default_value = "exact", value_name = "CONVERTER", value_parser = parse_converter)]
     converter: ConverterSpec,
+
+    /// Free space the exact converter leaves when it sizes an image from its
+    /// content, in percent of the content (at least 32 MiB).
+    #[arg(long, default_value_t = 20, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    free_space: u32,
+
+    /// Free inodes the exact converter leaves, in percent of those used (at
+    /// least 4096).
+    #[arg(long, default_value_t = 20, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    free_inodes: u32,
 
     /// Platform to pick from an OCI image index.
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
@@ -145,8 +191,19 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
         return Err(Error::Config("the cache directory is empty".into()).into());
     }
     let mut config = Config::new(&cache_dir).policy(policy(cli, &cache_dir)?);
+    if let Command::Convert(args) = &cli.command {
+        let headroom = rootfs_cache::ext4::Headroom {
+            free_space_percent: args.free_space,
+            free_inodes_percent: args.free_inodes,
+            ..Default::default()
+        };
+        config = config.capabilities(rootfs_cache::Capabilities::native_with(headroom));
+    }
     if let Some(observer) = observer {
         config = config.observer(observer);
+    }
+    if let Some(max) = cli.max_cache_bytes {
+        config = config.max_cache_bytes(max);
     }
     Ok(RootfsCache::open(config)?)
 }
@@ -218,6 +275,59 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let sound = info.magic && info.geometry_error.is_none();
             Ok(if sound { ExitCode::SUCCESS } else { ExitCode::from(Error::Corrupt(String::new()).exit_code()) })
+        }
+        Command::Sweep(args) => {
+            let report = open(&cli, None)?.sweep().await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for path in &report.removed {
+                    println!("removed {path}");
+                }
+                for device in &report.detached_loop_devices {
+                    println!("detached {device}");
+                }
+                for path in &report.busy {
+                    println!("kept {path} (its builder is alive)");
+                }
+                println!(
+                    "{} temporary files removed, {} stale locks removed, {} kept",
+                    report.removed.len(),
+                    report.stale_locks,
+                    report.busy.len()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gc(args) => {
+            let report = open(&cli, None)?.gc(args.max_bytes, &args.pin).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for e in &report.removed {
+                    println!("evicted {} ({}, {})", e.key, size::human(e.image_bytes), e.source);
+                }
+                println!(
+                    "{} → {} ({} evicted, {} kept for pins or builds)",
+                    size::human(report.bytes_before),
+                    size::human(report.bytes_after),
+                    report.removed.len(),
+                    report.kept_pinned
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify(args) => {
+            let report = open(&cli, None)?.verify(args.fsck).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                for e in &report.broken {
+                    println!("removed {}: {}", e.key, e.problem.as_deref().unwrap_or("broken"));
+                }
+                println!("{} entries checked, {} broken and removed", report.checked, report.broken.len());
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

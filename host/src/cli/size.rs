@@ -25,6 +25,11 @@ pub fn parse(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Like [`parse`], but 0 is a valid size (`gc --max-bytes 0` empties the cache).
+pub fn parse_allow_zero(text: &str) -> Result<u64, String> {
+    if text.trim() == "0" { Ok(0) } else { parse(text) }
+}
+
 /// A size for people: `512.0 MiB`.
 pub fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -80,8 +80,18 @@ impl Converter for CommandConverter {
             command.arg("--size").arg(size.to_string());
         }
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
-        // Its own process group, so a timeout kills its children too.
+        // Its own process group, so a timeout kills its children too; and
+        // SIGKILL when this process dies, so a crashed builder leaves no
+        // converter running.
         command.as_std_mut().process_group(0);
+        // SAFETY: the closure runs between fork and exec and only makes one
+        // async-signal-safe system call.
+        unsafe {
+            command.as_std_mut().pre_exec(|| {
+                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                    .map_err(std::io::Error::from)
+            });
+        }
         let mut child =
             command.spawn().map_err(|e| self.failed(None, &format!("cannot start {}: {e}", self.path.display())))?;
         let pid = child.id();

@@ -157,3 +157,10 @@ pub fn attached_under(dir: &std::path::Path) -> Vec<(u32, PathBuf)> {
     }
     found
 }
+
+/// Detaches `/dev/loopN` (for the sweep: a device left by a dead builder).
+pub fn detach_number(number: u32) -> Result<()> {
+    let path = format!("/dev/loop{number}");
+    let device = OpenOptions::new().read(true).open(&path).map_err(|e| Error::MountFailed(format!("{path}: {e}")))?;
+    LoopDevice { device, number }.detach()
+}

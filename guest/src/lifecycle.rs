@@ -1,0 +1,168 @@
+//! The cache's lifecycle: sweeping what crashed builders left, evicting
+//! entries to fit a size, and verifying every entry.
+
+use std::path::Path;
+
+use crate::capabilities::Capabilities;
+use crate::evict::{Candidate, eviction_order};
+use crate::flow::Cache;
+use crate::key::CacheKey;
+use crate::source::SourceError;
+use crate::wit::types::{Entry, Error, GcReport, SweepReport, VerifyReport};
+
+/// The key a temporary or lock file belongs to: its name starts with 64
+/// hex digits and a dot.
+pub fn key_of(name: &str) -> Option<CacheKey> {
+    name.get(..64).filter(|_| name.as_bytes().get(64) == Some(&b'.')).and_then(CacheKey::parse)
+}
+
+fn names(dir: &Path) -> Result<Vec<String>, Error> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut out = Vec::new();
+            for e in entries {
+                let e = e.map_err(|e| SourceError::io(dir, &e))?;
+                if let Some(name) = e.file_name().to_str() {
+                    out.push(name.to_owned());
+                }
+            }
+            out.sort();
+            Ok(out)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(SourceError::io(dir, &e).into()),
+    }
+}
+
+impl<H: Capabilities> Cache<'_, H> {
+    /// See `cache.sweep` in the WIT.
+    pub fn sweep(&self) -> Result<SweepReport, Error> {
+        let mut report = SweepReport { removed: Vec::new(), stale_locks: 0, busy: Vec::new() };
+        let temporary = names(&self.root().join("tmp"))?;
+        let mut keys: Vec<CacheKey> = temporary.iter().filter_map(|n| key_of(n)).collect();
+        keys.dedup();
+        for key in &keys {
+            let mine: Vec<&String> = temporary.iter().filter(|n| key_of(n).as_ref() == Some(key)).collect();
+            // Holding the lock proves nobody is building this key.
+            match self.host().try_lock(key.as_str())? {
+                Some(_lock) => {
+                    for name in mine {
+                        let path = format!("tmp/{name}");
+                        self.host().remove(&path)?;
+                        report.removed.push(path);
+                    }
+                }
+                None => report.busy.extend(mine.into_iter().map(|n| format!("tmp/{n}"))),
+            }
+        }
+        for name in names(&self.root().join("locks"))? {
+            let Some(key) = name.strip_suffix(".lock").and_then(CacheKey::parse) else { continue };
+            if keys.contains(&key) {
+                continue;
+            }
+            // Taking and dropping a free lock removes its file.
+            if self.host().try_lock(key.as_str())?.is_some() {
+                report.stale_locks += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Removes an entry's files under its lock: manifest first, so that a
+    /// stop halfway leaves no manifest and so no entry. Returns false when
+    /// someone is building the key right now.
+    fn remove_entry(&self, key: &CacheKey) -> Result<bool, Error> {
+        let Some(_lock) = self.host().try_lock(key.as_str())? else { return Ok(false) };
+        self.host().remove(&key.manifest_path())?;
+        self.host().remove(&key.image_path())?;
+        Ok(true)
+    }
+
+    /// See `cache.gc` in the WIT.
+    pub fn gc(&self, max_bytes: u64, pins: &[String]) -> Result<GcReport, Error> {
+        let entries = self.list()?;
+        let bytes_before: u64 = entries.iter().map(|e| e.image_bytes).sum();
+        // The manifest's times, to the nanosecond: written when the entry was
+        // published, read when it was last served.
+        let nanos = |t: std::io::Result<std::time::SystemTime>| {
+            t.ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64)
+        };
+        let candidates: Vec<Candidate> = entries
+            .iter()
+            .map(|e| {
+                let meta = std::fs::metadata(self.root().join("images").join(format!("{}.json", e.key))).ok();
+                Candidate {
+                    key: e.key.clone(),
+                    source: e.source.clone(),
+                    agent_sha256: e.agent_sha256.clone(),
+                    created: meta
+                        .as_ref()
+                        .and_then(|m| nanos(m.modified()))
+                        .unwrap_or(e.created.saturating_mul(1_000_000_000)),
+                    last_used: meta
+                        .as_ref()
+                        .and_then(|m| nanos(m.accessed()))
+                        .unwrap_or(e.last_used.saturating_mul(1_000_000_000)),
+                    broken: e.problem.is_some(),
+                }
+            })
+            .collect();
+        let order = eviction_order(&candidates, pins);
+        let mut report = GcReport {
+            removed: Vec::new(),
+            bytes_before,
+            bytes_after: bytes_before,
+            kept_pinned: (entries.len() - order.len()) as u32,
+        };
+        for i in order {
+            if report.bytes_after <= max_bytes {
+                break;
+            }
+            let entry: &Entry = &entries[i];
+            let Some(key) = CacheKey::parse(&entry.key) else { continue };
+            if self.remove_entry(&key)? {
+                report.bytes_after -= entry.image_bytes;
+                report.removed.push(entry.clone());
+            } else {
+                report.kept_pinned += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// See `cache.verify` in the WIT.
+    pub fn verify(&self, fsck: bool) -> Result<VerifyReport, Error> {
+        let entries = self.list()?;
+        let mut report = VerifyReport { checked: entries.len() as u32, broken: Vec::new() };
+        for mut entry in entries {
+            if entry.problem.is_none() && fsck {
+                let result = self.host().fsck(&entry.image)?;
+                if !result.clean {
+                    entry.problem = Some(format!("e2fsck -fn exited {}: {}", result.exit_status, result.output_tail));
+                }
+            }
+            if entry.problem.is_some()
+                && let Some(key) = CacheKey::parse(&entry.key)
+                && self.remove_entry(&key)?
+            {
+                report.broken.push(entry);
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_carry_their_key() {
+        let key = "0123456789abcdef".repeat(4);
+        assert_eq!(key_of(&format!("{key}.4242-0.ext4")).unwrap().as_str(), key);
+        assert_eq!(key_of(&format!("{key}.lock")).unwrap().as_str(), key);
+        assert!(key_of(&key).is_none());
+        assert!(key_of("stray-file").is_none());
+        assert!(key_of(&format!("{}.x", "Z".repeat(64))).is_none());
+    }
+}
