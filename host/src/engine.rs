@@ -225,6 +225,7 @@ impl GuestEngine {
             resources: 0,
             request_id: shared.next_request.fetch_add(1, Ordering::Relaxed),
             source_roots,
+            staged: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

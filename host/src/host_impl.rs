@@ -209,6 +209,12 @@ impl host::Host for StoreState {
         self.check_payload(&call, &[job.source.len(), job.output.len(), total])?;
         let checked =
             self.job(&job).and_then(|checked| Ok((checked, self.shared.caps.converters.get(&job.converter)?)));
+        if checked.is_ok()
+            && let Ok(file) = CacheFile::parse(&job.output, &[Area::Tmp])
+        {
+            // Until the guest publishes or removes it, the store owns it.
+            self.staged.push(file);
+        }
         let result = match checked {
             Ok((checked, backend)) => {
                 let shared = self.shared.clone();
@@ -264,6 +270,7 @@ impl host::Host for StoreState {
         let call = self.begin("publish", json!({ "staged": staged, "image": image, "manifest": manifest }));
         self.check_payload(&call, &[staged.len(), image.len(), manifest.len(), manifest_json.len()])?;
         self.phase(Phase::Publishing);
+        let published = staged.clone();
         let checked = (|| {
             let staged = CacheFile::parse(&staged, &[Area::Tmp])?;
             let image = CacheFile::parse(&image, &[Area::Images])?;
@@ -294,6 +301,9 @@ impl host::Host for StoreState {
             }
             Err(e) => Err(e),
         };
+        if result.is_ok() {
+            self.staged.retain(|f| f.relative() != published);
+        }
         self.finish(call, result)
     }
 
@@ -302,6 +312,9 @@ impl host::Host for StoreState {
         self.check_payload(&call, &[path.len()])?;
         let result = CacheFile::parse(&path, &[Area::Tmp, Area::Images])
             .and_then(|file| self.shared.caps.publisher.remove(&self.shared.cache, &file));
+        if result.is_ok() {
+            self.staged.retain(|f| f.relative() != path);
+        }
         self.finish(call, result)
     }
 

@@ -45,6 +45,21 @@ pub struct StoreState {
     pub(crate) request_id: u64,
     /// The source roots preopened for this request.
     pub(crate) source_roots: Vec<PathBuf>,
+    /// Temporary images converters created for this guest and it has not
+    /// yet published or removed: removed when the store is dropped, so a
+    /// trapped guest leaves none behind.
+    pub(crate) staged: Vec<crate::cache_dir::CacheFile>,
+}
+
+impl Drop for StoreState {
+    fn drop(&mut self) {
+        // Unmount and release first, then remove what is left.
+        drop(std::mem::take(&mut self.table));
+        for file in std::mem::take(&mut self.staged) {
+            tracing::debug!(request = self.request_id, file = %file.relative(), "removing what the guest left");
+            let _ = self.shared.caps.publisher.remove(&self.shared.cache, &file);
+        }
+    }
 }
 
 impl WasiView for StoreState {

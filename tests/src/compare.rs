@@ -78,7 +78,9 @@ pub fn walk(root: &Path) -> BTreeMap<Vec<u8>, Entry> {
     let mut stack = vec![Vec::<u8>::new()];
     while let Some(rel) = stack.pop() {
         let path = if rel.is_empty() { root.to_path_buf() } else { root.join(OsStr::from_bytes(&rel)) };
-        let meta = std::fs::symlink_metadata(&path).unwrap();
+        // A name listed but absent on lookup (an overlayfs whiteout in a
+        // directory of one layer) is not there.
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
         let ft = meta.file_type();
         let kind = if ft.is_dir() {
             'd'

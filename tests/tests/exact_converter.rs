@@ -166,7 +166,10 @@ async fn a_single_layer_chain_converts() {
     let w = World::new();
     let mut o = rootfs_cache_tests::Overlay2::new(&w.dir.path().join("overlay2"));
     let top = o.layer(|l| {
-        l.file("/hello", b"one layer\n", 0o644).whiteout("/nothing-below");
+        // Whiteouts at the root (merged with overlayfs's padding layer) and
+        // in a directory only this layer has (listed by overlayfs, absent on
+        // lookup): neither is an entry of the image.
+        l.file("/hello", b"one layer\n", 0o644).whiteout("/nothing-below").whiteout("/only-here/gone");
     });
     let outcome = w.cache.convert(&w.request(&top)).await.unwrap();
     assert_identical(&OverlayMount::new(&top).path, &outcome.image);

@@ -16,8 +16,13 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 const TARGET: &str = "wasm32-wasip2";
-const ARTIFACT: &str = "host/component/rootfs-cache.wasm";
 const TOOLCHAIN_RECORD: &str = "host/component/rootfs-cache.wasm.toolchain";
+
+/// Each component: (package, built file, committed artifact).
+const COMPONENTS: &[(&str, &str, &str)] = &[
+    ("rootfs-cache-guest", "rootfs_cache_guest.wasm", "host/component/rootfs-cache.wasm"),
+    ("rootfs-cache-hostile-guest", "rootfs_cache_hostile_guest.wasm", "tests/components/hostile.wasm"),
+];
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -25,22 +30,24 @@ fn main() -> Result<()> {
     match task.as_str() {
         "build-guest" => {
             let built = build(&root)?;
-            std::fs::copy(&built.wasm, root.join(ARTIFACT)).context("installing the component")?;
+            for ((_, _, artifact), wasm) in COMPONENTS.iter().zip(&built.wasm) {
+                let dest = root.join(artifact);
+                std::fs::create_dir_all(dest.parent().expect("artifacts live in a directory"))?;
+                std::fs::copy(wasm, &dest).with_context(|| format!("installing {artifact}"))?;
+                println!("installed {artifact} ({} bytes)", std::fs::metadata(&dest)?.len());
+            }
             std::fs::write(root.join(TOOLCHAIN_RECORD), &built.toolchain)?;
-            println!(
-                "installed {ARTIFACT} ({} bytes), built with:\n{}",
-                std::fs::metadata(root.join(ARTIFACT))?.len(),
-                built.toolchain.trim_end()
-            );
+            println!("built with:\n{}", built.toolchain.trim_end());
             Ok(())
         }
         "check-guest" => check(&root),
         _ => {
             eprintln!("usage: cargo xtask <build-guest|check-guest>");
-            eprintln!("  build-guest  rebuild guest/ into {ARTIFACT}");
-            eprintln!("  check-guest  rebuild guest/ and compare it with {ARTIFACT};");
-            eprintln!("               writes target/guest-rebuilt.wasm and prints ROOTFS_CACHE_COMPONENT=<path>");
-            eprintln!("               when the toolchain differs from the one that built the artifact");
+            eprintln!("  build-guest  rebuild the components (guest/, tests/hostile/) and install them");
+            eprintln!("  check-guest  rebuild them and compare with the committed artifacts; when the");
+            eprintln!("               toolchain differs from the one that built them, write the rebuilt");
+            eprintln!("               ones to target/ and print ROOTFS_CACHE_COMPONENT=<path> and");
+            eprintln!("               ROOTFS_CACHE_HOSTILE_COMPONENT=<path>");
             std::process::exit(2)
         }
     }
@@ -51,7 +58,8 @@ fn workspace_root() -> PathBuf {
 }
 
 struct Built {
-    wasm: PathBuf,
+    /// One file per entry of [`COMPONENTS`].
+    wasm: Vec<PathBuf>,
     toolchain: String,
 }
 
@@ -124,8 +132,11 @@ fn build(root: &Path) -> Result<Built> {
             (cmd, format!("route: offline (Debian rustc-web, -Zbuild-std)\n{version}wasi-libc {libc}\n"))
         }
     };
-    cmd.current_dir(root)
-        .args(["-p", "rootfs-cache-guest", "--target-dir"])
+    cmd.current_dir(root);
+    for (package, _, _) in COMPONENTS {
+        cmd.args(["-p", package]);
+    }
+    cmd.arg("--target-dir")
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\x1f"))
         .env_remove("RUSTFLAGS");
@@ -134,32 +145,45 @@ fn build(root: &Path) -> Result<Built> {
     if !status.success() {
         bail!("building the guest failed ({status})");
     }
-    Ok(Built { wasm: target_dir.join(TARGET).join("guest/rootfs_cache_guest.wasm"), toolchain })
+    let out = target_dir.join(TARGET).join("guest");
+    Ok(Built { wasm: COMPONENTS.iter().map(|(_, file, _)| out.join(file)).collect(), toolchain })
 }
 
 fn check(root: &Path) -> Result<()> {
     let built = build(root)?;
-    let fresh = std::fs::read(&built.wasm)?;
-    let committed = std::fs::read(root.join(ARTIFACT)).with_context(|| format!("reading {ARTIFACT}"))?;
     let recorded = std::fs::read_to_string(root.join(TOOLCHAIN_RECORD)).unwrap_or_default();
-    if fresh == committed {
-        println!("the committed component matches its source ({} bytes)", fresh.len());
+    let mut differing = Vec::new();
+    for ((_, _, artifact), wasm) in COMPONENTS.iter().zip(&built.wasm) {
+        let fresh = std::fs::read(wasm)?;
+        let committed = std::fs::read(root.join(artifact)).with_context(|| format!("reading {artifact}"))?;
+        if fresh == committed {
+            println!("{artifact} matches its source ({} bytes)", fresh.len());
+        } else {
+            differing.push((*artifact, wasm.clone(), committed.len(), fresh.len()));
+        }
+    }
+    if differing.is_empty() {
         return Ok(());
     }
     if recorded != built.toolchain {
-        let rebuilt = root.join("target/guest-rebuilt.wasm");
-        std::fs::write(&rebuilt, &fresh)?;
-        println!("the toolchain differs from the one that built {ARTIFACT}:");
+        println!("the toolchain differs from the one that built the committed components:");
         println!("  committed with: {}", recorded.trim_end().replace('\n', "; "));
         println!("  this machine:   {}", built.toolchain.trim_end().replace('\n', "; "));
-        println!("so the bytes cannot be compared; test the rebuilt component instead:");
-        println!("ROOTFS_CACHE_COMPONENT={}", rebuilt.display());
+        println!("so the bytes cannot be compared; test the rebuilt components instead:");
+        for (artifact, wasm, _, _) in &differing {
+            let name = Path::new(artifact).file_name().expect("a file name");
+            let rebuilt = root.join("target").join(format!("rebuilt-{}", name.to_string_lossy()));
+            std::fs::copy(wasm, &rebuilt)?;
+            let var =
+                if artifact.contains("hostile") { "ROOTFS_CACHE_HOSTILE_COMPONENT" } else { "ROOTFS_CACHE_COMPONENT" };
+            println!("{var}={}", rebuilt.display());
+        }
         return Ok(());
     }
+    let list: Vec<String> =
+        differing.iter().map(|(a, _, c, f)| format!("{a} ({c} bytes committed, {f} rebuilt)")).collect();
     bail!(
-        "{ARTIFACT} does not match its source ({} bytes committed, {} rebuilt with the same toolchain): \
-         run `cargo xtask build-guest` and commit the result",
-        committed.len(),
-        fresh.len()
+        "{} do not match their source with the same toolchain: run `cargo xtask build-guest` and commit the result",
+        list.join(", ")
     )
 }

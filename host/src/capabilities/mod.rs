@@ -4,7 +4,7 @@
 //! | capability | trait | native | fake |
 //! |---|---|---|---|
 //! | converter | [`converter::Converter`] (via [`converter::ConverterRegistry`]) | `oci2rootfs` in-process, external command | [`converter::fake::FakeConverter`] |
-//! | image mounter | [`mounter::ImageMounter`] | [`mounter::loop_mount::LoopMounter`] | [`mounter::fake::FakeMounter`] |
+//! | image mounter | [`mounter::ImageMounter`] | [`mounter::loop_mount::LoopMounter`]; rootless: [`mounter::debugfs::DebugfsInstaller`] | [`mounter::fake::FakeMounter`] |
 //! | publisher | [`publisher::Publisher`] | [`publisher::DurablePublisher`] | the same, without fsync |
 //! | lock | [`lock::CrossProcessLock`] behind [`lock::LockService`] | [`lock::Flock`] | [`lock::InProcessOnly`] |
 //!
@@ -46,11 +46,17 @@ impl Capabilities {
     }
 
     /// The native backends, the exact converter leaving `headroom` free when
-    /// it sizes an image from its content.
+    /// it sizes an image from its content. Without `CAP_SYS_ADMIN` the agent
+    /// is installed with `debugfs` instead of a loop mount.
     pub fn native_with(headroom: crate::ext4::Headroom) -> Self {
+        let mounter: Arc<dyn ImageMounter> = if mounter::debugfs::can_mount() {
+            Arc::new(mounter::loop_mount::LoopMounter)
+        } else {
+            Arc::new(mounter::debugfs::DebugfsInstaller)
+        };
         Self {
             converters: Arc::new(NativeConverters::with_headroom(headroom)),
-            mounter: Arc::new(mounter::loop_mount::LoopMounter),
+            mounter,
             publisher: Arc::new(DurablePublisher::default()),
             cross_process_lock: Arc::new(lock::Flock),
         }
@@ -67,6 +73,20 @@ impl Capabilities {
             cross_process_lock: Arc::new(lock::InProcessOnly),
         };
         (caps, FakeHandles { converter, mounter })
+    }
+}
+
+impl Capabilities {
+    /// Installs the agent with `debugfs` instead of a loop mount.
+    pub fn with_debugfs_injection(mut self) -> Self {
+        self.mounter = Arc::new(mounter::debugfs::DebugfsInstaller);
+        self
+    }
+
+    /// Installs the agent through a loop mount (needs `CAP_SYS_ADMIN`).
+    pub fn with_mount_injection(mut self) -> Self {
+        self.mounter = Arc::new(mounter::loop_mount::LoopMounter);
+        self
     }
 }
 

@@ -7,8 +7,12 @@
 //!   *detached* (`fsopen`/`fsmount`): it is never attached to any directory,
 //!   so no other process sees it, and if this process dies the kernel
 //!   unmounts it and, through `LO_FLAGS_AUTOCLEAR`, detaches the loop device.
+//! - [`debugfs::DebugfsInstaller`]: no mount at all: e2fsprogs' `debugfs -w`
+//!   edits the image file, so a user without `CAP_SYS_ADMIN` can install the
+//!   agent (the rootless adapter).
 //! - [`fake::FakeMounter`]: records installs and changes nothing.
 
+pub mod debugfs;
 pub mod fake;
 pub mod install;
 pub mod loop_device;

@@ -116,6 +116,12 @@ struct ConvertArgs {
     #[arg(long, default_value_t = 20, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=1000))]
     free_inodes: u32,
 
+    /// How to put the agent into images of converters that do not do it
+    /// themselves: a loop mount, or `debugfs` (no mount, no root needed).
+    /// `auto` mounts when the process has CAP_SYS_ADMIN.
+    #[arg(long, value_enum, default_value_t = Injection::Auto)]
+    inject: Injection,
+
     /// Platform to pick from an OCI image index.
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
     platform: String,
@@ -134,6 +140,17 @@ struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// How the agent is installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Injection {
+    /// A loop mount with CAP_SYS_ADMIN, debugfs without.
+    Auto,
+    /// Always a loop mount.
+    Mount,
+    /// Always debugfs.
+    Debugfs,
 }
 
 fn parse_converter(text: &str) -> Result<ConverterSpec, String> {
@@ -197,7 +214,13 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
             free_inodes_percent: args.free_inodes,
             ..Default::default()
         };
-        config = config.capabilities(rootfs_cache::Capabilities::native_with(headroom));
+        let mut caps = rootfs_cache::Capabilities::native_with(headroom);
+        caps = match args.inject {
+            Injection::Auto => caps,
+            Injection::Mount => caps.with_mount_injection(),
+            Injection::Debugfs => caps.with_debugfs_injection(),
+        };
+        config = config.capabilities(caps);
     }
     if let Some(observer) = observer {
         config = config.observer(observer);

@@ -126,8 +126,13 @@ pub fn scan(root: Arc<OwnedFd>, cancel: &AtomicBool) -> Result<Tree, ScanError> 
             }
             let os_name = OsStr::from_bytes(&name);
             let path = dir_path.join(os_name);
-            let stat = rustix::fs::statx(&dir_fd, os_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS)
-                .map_err(io(&path))?;
+            let stat = match rustix::fs::statx(&dir_fd, os_name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BASIC_STATS) {
+                Ok(stat) => stat,
+                // Overlayfs lists the whiteouts of a directory that exists in
+                // one layer only, but they look up as absent: so they are.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io(&path)(e)),
+            };
             let file_type = FileType::from_raw_mode(u32::from(stat.stx_mode));
             if file_type == FileType::RegularFile && stat.stx_nlink > 1 {
                 let identity = (stat.stx_dev_major, stat.stx_dev_minor, stat.stx_ino);
