@@ -9,7 +9,7 @@ use crate::capabilities::{BuildLock, Capabilities, MountedImage};
 use crate::key::{CacheKey, KeyBuilder};
 use crate::manifest::{AgentRecord, FORMAT, MAX_MANIFEST_BYTES, Manifest};
 use crate::source::{Source, SourceError};
-use crate::validate::{self, Expected, Lookup};
+use crate::validate::{self, Expected, Hit, Lookup};
 use crate::wit::host::{Conversion, FileInstall, Layer};
 use crate::wit::types::{ConvertRequest, Entry, Error, ImageInfo, Outcome, SourceKind, Timings};
 
@@ -23,6 +23,8 @@ pub const DEFAULT_PLATFORM: &str = "linux/amd64";
 pub const MIN_IMAGE_BYTES: u64 = 1 << 20;
 /// Largest image size accepted (16 TiB, ext4's limit with 4 KiB blocks).
 pub const MAX_IMAGE_BYTES: u64 = 16 << 40;
+/// How often a hit records its use, at most.
+pub const RECORD_USE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Longest path accepted (Linux's `PATH_MAX`, including the NUL).
 pub const MAX_PATH_BYTES: usize = 4095;
 
@@ -161,8 +163,8 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         let step = Instant::now();
         let first_look = validate::lookup(&self.root, &expected);
         timings.lookup_us = micros(step);
-        if let Lookup::Hit(manifest) = first_look {
-            return self.serve(&key, &source, manifest, timings, started);
+        if let Lookup::Hit(hit) = first_look {
+            return self.serve(&key, &source, *hit, timings, started);
         }
 
         let step = Instant::now();
@@ -170,8 +172,8 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         timings.lock_us = micros(step);
         // Someone may have built it while this caller waited.
         let rebuilt_because = match validate::lookup(&self.root, &expected) {
-            Lookup::Hit(manifest) => {
-                return self.serve(&key, &source, manifest, timings, started);
+            Lookup::Hit(hit) => {
+                return self.serve(&key, &source, *hit, timings, started);
             }
             Lookup::Miss => None,
             Lookup::Corrupt(why) => {
@@ -211,11 +213,20 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         &self,
         key: &CacheKey,
         source: &Source,
-        manifest: Box<Manifest>,
+        hit: Hit,
         timings: Timings,
         started: Instant,
     ) -> Result<Outcome, Error> {
-        self.host.record_use(&key.manifest_path())?;
+        // Use is recorded to the minute: a hit on an entry served less than a
+        // minute ago costs no host call.
+        let recent = hit
+            .last_used
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age < RECORD_USE_EVERY);
+        if !recent {
+            self.host.record_use(&key.manifest_path())?;
+        }
+        let manifest = hit.manifest;
         let timings = Timings { total_us: micros(started), ..timings };
         Ok(Outcome {
             image: key.image_path(),
@@ -405,7 +416,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             }
         };
         let last_used = std::fs::metadata(&manifest_path)
-            .and_then(|m| m.accessed())
+            .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(manifest.created, |d| d.as_secs());

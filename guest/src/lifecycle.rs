@@ -82,26 +82,26 @@ impl<H: Capabilities> Cache<'_, H> {
     pub fn gc(&self, max_bytes: u64, pins: &[String]) -> Result<GcReport, Error> {
         let entries = self.list()?;
         let bytes_before: u64 = entries.iter().map(|e| e.image_bytes).sum();
-        // The manifest's times, to the nanosecond: written when the entry was
-        // published, read when it was last served.
+        // Times to the nanosecond: the image's modification time is when it
+        // was built (nothing writes it later); the manifest's is when the
+        // entry was last served (reading it, as validation does, changes
+        // neither, where an access time would change under relatime).
         let nanos = |t: std::io::Result<std::time::SystemTime>| {
             t.ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64)
         };
         let candidates: Vec<Candidate> = entries
             .iter()
             .map(|e| {
-                let meta = std::fs::metadata(self.root().join("images").join(format!("{}.json", e.key))).ok();
+                let images = self.root().join("images");
+                let manifest = std::fs::metadata(images.join(format!("{}.json", e.key))).ok();
+                let image = std::fs::metadata(images.join(format!("{}.ext4", e.key))).ok();
                 Candidate {
                     key: e.key.clone(),
                     source: e.source.clone(),
                     agent_sha256: e.agent_sha256.clone(),
-                    created: meta
-                        .as_ref()
+                    created: image.and_then(|m| nanos(m.modified())).unwrap_or(e.created.saturating_mul(1_000_000_000)),
+                    last_used: manifest
                         .and_then(|m| nanos(m.modified()))
-                        .unwrap_or(e.created.saturating_mul(1_000_000_000)),
-                    last_used: meta
-                        .as_ref()
-                        .and_then(|m| nanos(m.accessed()))
                         .unwrap_or(e.last_used.saturating_mul(1_000_000_000)),
                     broken: e.problem.is_some(),
                 }

@@ -106,6 +106,14 @@ pub struct Overlay2Chain {
 impl Overlay2Chain {
     /// Resolves the chain whose top layer directory is `top`.
     pub fn resolve(top: &Path) -> Result<Self, SourceError> {
+        let path = top.join("link");
+        let link = read_small(&path, 256)?;
+        Self::resolve_with_link(top, &link)
+    }
+
+    /// Resolves the chain whose top layer directory is `top`, its `link`
+    /// file already read.
+    pub fn resolve_with_link(top: &Path, link: &[u8]) -> Result<Self, SourceError> {
         let root = top
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -113,12 +121,13 @@ impl Overlay2Chain {
                 SourceError::Unsupported(format!("{}: an overlay2 layer needs a parent directory", top.display()))
             })?
             .to_path_buf();
-        let top_link = read_link_id(top)?;
+        let top_link = link_id(&top.join("link"), link)?;
         let lower_path = top.join("lower");
-        let lower = match fs::symlink_metadata(&lower_path) {
-            Ok(_) => read_small(&lower_path, MAX_LOWER_BYTES)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(SourceError::io(&lower_path, &e)),
+        let lower = match read_small(&lower_path, MAX_LOWER_BYTES) {
+            Ok(bytes) => bytes,
+            // A base layer has no `lower`.
+            Err(SourceError::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(e),
         };
         let lower = String::from_utf8(lower)
             .map_err(|_| SourceError::Unsupported(format!("{} is not UTF-8", lower_path.display())))?;
@@ -130,7 +139,14 @@ impl Overlay2Chain {
             )));
         }
 
-        let mut layers = vec![LayerIdentity::of_layer(top, top_link)?];
+        let top_identity = LayerIdentity::of_layer(top, top_link).map_err(|e| match e {
+            SourceError::NotFound(_) => SourceError::Unsupported(format!(
+                "{} has a link file but no diff/ directory: it is not an overlay2 layer",
+                top.display()
+            )),
+            other => other,
+        })?;
+        let mut layers = vec![top_identity];
         for id in ids {
             let link = root.join("l").join(&id);
             let target = fs::read_link(&link).map_err(|e| match e.kind() {
@@ -170,11 +186,10 @@ impl Overlay2Chain {
     }
 }
 
-fn read_link_id(layer: &Path) -> Result<String, SourceError> {
-    let path = layer.join("link");
-    let raw = read_small(&path, 256)?;
+/// Checks the contents of a `link` file and returns the id.
+fn link_id(path: &Path, raw: &[u8]) -> Result<String, SourceError> {
     let text =
-        String::from_utf8(raw).map_err(|_| SourceError::Unsupported(format!("{} is not UTF-8", path.display())))?;
+        std::str::from_utf8(raw).map_err(|_| SourceError::Unsupported(format!("{} is not UTF-8", path.display())))?;
     let id = text.trim_end_matches('\n');
     if !is_valid_link_id(id) {
         return Err(SourceError::Unsupported(format!("{} holds an invalid layer id {id:?}", path.display())));

@@ -2,7 +2,7 @@
 //! about it must change the cache key.
 
 use std::fs;
-use std::io::Read;
+use std::io::Read as _;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -104,6 +104,11 @@ impl Source {
     /// Detects and resolves the source at `path` (an absolute path), picking
     /// `platform` (`os/arch[/variant]`) from an OCI index.
     pub fn resolve(path: &Path, platform: &str) -> Result<Self, SourceError> {
+        // The common case first, in as few filesystem calls as possible: an
+        // overlay2 layer, recognised by its `link` file.
+        if let Ok(link) = read_small(&path.join("link"), 256) {
+            return Overlay2Chain::resolve_with_link(path, &link).map(Self::Overlay2);
+        }
         let meta = fs::metadata(path).map_err(|e| SourceError::io(path, &e))?;
         if !meta.is_dir() {
             return Err(SourceError::Unsupported(format!(

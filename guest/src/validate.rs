@@ -10,11 +10,20 @@ use crate::ext4::{SUPERBLOCK_LEN, SUPERBLOCK_OFFSET, Superblock};
 use crate::key::CacheKey;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 
+/// A valid entry.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Hit {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// When it was last served (its manifest's modification time), if known.
+    pub last_used: Option<std::time::SystemTime>,
+}
+
 /// What a lookup found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// A valid entry, with its manifest.
-    Hit(Box<Manifest>),
+    /// A valid entry.
+    Hit(Box<Hit>),
     /// No entry at all.
     Miss,
     /// Something is there but must not be served; the reason says what.
@@ -65,13 +74,16 @@ pub fn check_image(path: &Path, expected_len: Option<u64>) -> Result<u64, String
 pub fn lookup(cache_root: &Path, expected: &Expected<'_>) -> Lookup {
     let manifest_path = cache_root.join(expected.key.manifest_path());
     let image_path = cache_root.join(expected.key.image_path());
-    let bytes = match fs::File::open(&manifest_path) {
+    let (bytes, last_used) = match fs::File::open(&manifest_path) {
         Ok(file) => {
-            let mut bytes = Vec::new();
+            let meta = file.metadata();
+            let last_used = meta.as_ref().ok().and_then(|m| m.modified().ok());
+            let capacity = meta.map_or(4096, |m| m.len() as usize).min(MAX_MANIFEST_BYTES as usize) + 1;
+            let mut bytes = Vec::with_capacity(capacity);
             if let Err(e) = file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes) {
                 return Lookup::Corrupt(format!("reading the manifest: {e}"));
             }
-            bytes
+            (bytes, last_used)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return match fs::symlink_metadata(&image_path) {
@@ -92,7 +104,7 @@ pub fn lookup(cache_root: &Path, expected: &Expected<'_>) -> Lookup {
         return Lookup::Corrupt(why);
     }
     match check_image(&image_path, Some(manifest.image_bytes)) {
-        Ok(_) => Lookup::Hit(Box::new(manifest)),
+        Ok(_) => Lookup::Hit(Box::new(Hit { manifest, last_used })),
         Err(why) => Lookup::Corrupt(why),
     }
 }

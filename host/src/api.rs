@@ -356,7 +356,11 @@ impl RootfsCache {
         let cache = CacheDir::open(&config.cache_dir)?;
         config.policy.check_cache_dir(cache.path())?;
         let audit = config.policy.audit_log.as_deref().map(crate::audit::AuditLog::open).transpose()?;
-        let engine = GuestEngine::load(&config.component, config.precompile.then(|| cache.root()))?;
+        let engine = GuestEngine::load(
+            &config.component,
+            config.precompile.then(|| cache.root()),
+            config.policy.limits.guest_memory_bytes,
+        )?;
         let shared = Shared {
             locks: Arc::new(LockService::new(config.capabilities.cross_process_lock.clone())),
             conversions: tokio::sync::Semaphore::new(config.policy.limits.max_parallel_conversions),
@@ -367,6 +371,7 @@ impl RootfsCache {
             observer: config.observer,
             audit,
             next_request: AtomicU64::new(1),
+            peak_guest_memory: Default::default(),
         };
         Ok(Self {
             engine: Arc::new(engine),
@@ -398,7 +403,7 @@ impl RootfsCache {
         let source = existing("source", &request.source)?;
         let agent = existing("agent", &request.agent)?;
         let source_str = utf8("source", &source)?;
-        self.shared.policy.check_source_path("source", source_str)?;
+        self.shared.policy.check_source_real("source", source_str, &source)?;
         let root = source_root(&source);
         let wit_request = wit::ConvertRequest {
             source: source_str.to_owned(),
@@ -550,6 +555,11 @@ impl RootfsCache {
         let instance = self.engine.instantiate(&mut store).await?;
         let r = guest_result(instance.rootfs_cache_cache().call_verify(&mut store, fsck).await)?;
         Ok(VerifyReport { checked: r.checked, broken: r.broken.into_iter().map(|e| self.entry(e)).collect() })
+    }
+
+    /// The largest linear memory, in bytes, any request's guest has used.
+    pub fn peak_guest_memory(&self) -> usize {
+        self.shared.peak_guest_memory.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The convert timeout in force.

@@ -82,11 +82,42 @@ impl Hasher for Sha256Hasher {
     }
 }
 
-fn engine() -> Result<Engine> {
+/// Requests that may run at once with the pooling allocator; more wait for
+/// a slot (instantiation fails over to a clear error past that).
+const POOL_SLOTS: u32 = 128;
+
+fn config() -> wasmtime::Config {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
-    Engine::new(&config).map_err(|e| Error::Component(format!("creating the engine: {e}")))
+    config
+}
+
+/// An engine with the pooling allocator (instances are taken from
+/// preallocated slots instead of mapped per request), or, where the machine
+/// cannot reserve the address space for it, the on-demand allocator.
+fn engine(memory_limit: u64) -> Result<Engine> {
+    let slot = memory_limit.next_multiple_of(64 << 10).max(16 << 20);
+    let mut pooling = wasmtime::PoolingAllocationConfig::default();
+    pooling
+        .total_component_instances(POOL_SLOTS)
+        .total_core_instances(POOL_SLOTS * 8)
+        .total_memories(POOL_SLOTS * 2)
+        .total_tables(POOL_SLOTS * 8)
+        .max_memory_size(usize::try_from(slot).unwrap_or(usize::MAX));
+    let mut pooled = config();
+    pooled
+        .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling))
+        .memory_reservation(slot)
+        .memory_guard_size(64 << 10)
+        .memory_reservation_for_growth(0);
+    match Engine::new(&pooled) {
+        Ok(engine) => Ok(engine),
+        Err(e) => {
+            tracing::info!(error = %e, "the pooling allocator is not available here; allocating per request");
+            Engine::new(&config()).map_err(|e| Error::Component(format!("creating the engine: {e}")))
+        }
+    }
 }
 
 fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
@@ -152,8 +183,8 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> R
 
 impl GuestEngine {
     /// Loads the component, checks its imports and links it.
-    pub(crate) fn load(source: &ComponentSource, cache_root: Option<&Dir>) -> Result<Self> {
-        let engine = engine()?;
+    pub(crate) fn load(source: &ComponentSource, cache_root: Option<&Dir>, memory_limit: u64) -> Result<Self> {
+        let engine = engine(memory_limit)?;
         let owned;
         let bytes: &[u8] = match source {
             ComponentSource::Embedded => EMBEDDED_COMPONENT,
@@ -211,14 +242,17 @@ impl GuestEngine {
         let state = StoreState {
             wasi: wasi.build(),
             table: wasmtime::component::ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(limits.guest_memory_bytes).unwrap_or(usize::MAX))
-                .instances(8)
-                .tables(16)
-                .memories(4)
-                .table_elements(100_000)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: crate::store::GuestLimiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(usize::try_from(limits.guest_memory_bytes).unwrap_or(usize::MAX))
+                    .instances(8)
+                    .tables(16)
+                    .memories(4)
+                    .table_elements(100_000)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                peak_memory: shared.peak_guest_memory.clone(),
+            },
             shared: shared.clone(),
             started: Instant::now(),
             host_time: Duration::ZERO,

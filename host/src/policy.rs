@@ -177,6 +177,13 @@ impl Policy {
     /// every symlink in it. Returns the canonical path.
     pub fn check_source_path(&self, what: &str, path: &str) -> Result<PathBuf> {
         let real = resolve_existing(what, path)?;
+        self.check_source_real(what, path, &real)?;
+        Ok(real)
+    }
+
+    /// Like [`Self::check_source_path`] for a path the caller has already
+    /// resolved to `real`.
+    pub fn check_source_real(&self, what: &str, path: &str, real: &Path) -> Result<()> {
         if let Some(roots) = &self.source_roots
             && !roots.iter().any(|root| real.starts_with(root))
         {
@@ -185,7 +192,7 @@ impl Policy {
                 format!("{what} {path} resolves to {}, which is outside every allowed source root", real.display()),
             ));
         }
-        Ok(real)
+        Ok(())
     }
 
     /// Checks that `path` is an allowed agent. Returns the canonical path.

@@ -23,4 +23,6 @@ pub(crate) struct Shared {
     pub observer: Option<Arc<dyn Observer>>,
     pub audit: Option<AuditLog>,
     pub next_request: AtomicU64,
+    /// The largest linear memory any guest asked for.
+    pub peak_guest_memory: Arc<std::sync::atomic::AtomicUsize>,
 }

@@ -29,11 +29,44 @@ pub struct BuildLockHandle {
     pub(crate) held: Box<dyn HeldLock>,
 }
 
+/// The store's resource limiter: the policy's limits, and the largest
+/// linear memory any guest of this cache has asked for.
+pub(crate) struct GuestLimiter {
+    pub(crate) limits: StoreLimits,
+    pub(crate) peak_memory: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl wasmtime::ResourceLimiter for GuestLimiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak_memory.fetch_max(desired, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
 /// The data of one request's store.
 pub struct StoreState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: GuestLimiter,
     pub(crate) shared: Arc<Shared>,
     /// When the guest call started.
     pub(crate) started: Instant,

@@ -498,3 +498,37 @@ pub fn fsck(image: &Path) -> (i32, String) {
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
     )
 }
+
+/// The `diff/` directories of the chain whose top layer directory is `top`,
+/// bottom first.
+pub fn chain_diffs(top: &Path) -> Vec<PathBuf> {
+    let root = top.parent().unwrap();
+    let mut diffs = vec![top.join("diff")];
+    if let Ok(lower) = std::fs::read_to_string(top.join("lower")) {
+        for link in lower.trim_end().split(':') {
+            diffs.push(root.join(link).canonicalize().unwrap());
+        }
+    }
+    diffs.reverse();
+    diffs
+}
+
+/// "N MB in M entries" for the chain whose top layer directory is `top`.
+pub fn describe_tree(top: &Path) -> String {
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    for diff in chain_diffs(top) {
+        let mut stack = vec![diff];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                entries += 1;
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    stack.push(e.path());
+                } else {
+                    bytes += meta.len();
+                }
+            }
+        }
+    }
+    format!("{} MB in {entries} entries", bytes / 1_000_000)
+}

@@ -33,11 +33,11 @@ impl World {
     }
 }
 
-/// Sets when an entry was last used (its manifest's access time).
+/// Sets when an entry was last used (its manifest's modification time).
 fn used_at(image: &Path, secs: u64) {
     let manifest = image.with_extension("json");
     let file = std::fs::File::open(&manifest).unwrap();
-    file.set_times(std::fs::FileTimes::new().set_accessed(UNIX_EPOCH + Duration::from_secs(secs))).unwrap();
+    file.set_times(std::fs::FileTimes::new().set_modified(UNIX_EPOCH + Duration::from_secs(secs))).unwrap();
 }
 
 #[tokio::test]

@@ -259,7 +259,7 @@ async fn a_source_outside_the_policy_roots_is_denied() {
 #[tokio::test]
 async fn a_converter_outside_the_policy_is_denied_naming_the_rule() {
     let w = World::with_policy(|_| Policy { converters: Some(vec!["exact".into()]), ..Policy::default() });
-    let err = w.cache.convert(&w.request()).await.unwrap_err();
+    let err = w.cache.convert(&w.request().converter(rootfs_cache::ConverterSpec::Oci2rootfs)).await.unwrap_err();
     assert!(matches!(&err, Error::Denied { rule, .. } if rule == "converters"), "{err}");
 }
 

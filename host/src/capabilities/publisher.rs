@@ -41,7 +41,7 @@ pub trait Publisher: Send + Sync {
     fn remove(&self, cache: &CacheDir, file: &CacheFile) -> Result<()>;
 
     /// Records a use of the entry whose manifest is `manifest` by setting the
-    /// manifest's access time to now.
+    /// manifest's modification (and access) time to now; its contents stay.
     fn record_use(&self, cache: &CacheDir, manifest: &CacheFile) -> Result<()>;
 }
 
@@ -127,7 +127,7 @@ impl Publisher for DurablePublisher {
     fn record_use(&self, cache: &CacheDir, manifest: &CacheFile) -> Result<()> {
         let file = cache.dir(manifest.area).open(&manifest.name).map_err(|e| Error::io(manifest.relative(), &e))?;
         let now = SystemTime::now();
-        let times = std::fs::FileTimes::new().set_accessed(now);
+        let times = std::fs::FileTimes::new().set_accessed(now).set_modified(now);
         file.into_std().set_times(times).map_err(|e| Error::io(format!("recording use of {}", manifest.relative()), &e))
     }
 }
