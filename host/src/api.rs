@@ -264,6 +264,10 @@ pub struct Config {
     pub component: ComponentSource,
     /// Keep the compiled component in `<cache>/engine/`.
     pub precompile: bool,
+    /// Preallocate instance slots (wasmtime's pooling allocator): faster
+    /// requests for a long-lived process serving many, a slower start for a
+    /// process serving one. On by default; the CLI turns it off.
+    pub pooling: bool,
     /// Receives progress.
     pub observer: Option<Arc<dyn Observer>>,
     /// When set, every build is followed by a garbage collection down to
@@ -282,6 +286,7 @@ impl Config {
             component: std::env::var_os("ROOTFS_CACHE_COMPONENT")
                 .map_or(ComponentSource::Embedded, |p| ComponentSource::File(p.into())),
             precompile: true,
+            pooling: true,
             observer: None,
             max_cache_bytes: None,
         }
@@ -308,6 +313,12 @@ impl Config {
     /// Sets the progress observer.
     pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Turns the pooling allocator on or off.
+    pub fn pooling(mut self, on: bool) -> Self {
+        self.pooling = on;
         self
     }
 
@@ -360,6 +371,7 @@ impl RootfsCache {
             &config.component,
             config.precompile.then(|| cache.root()),
             config.policy.limits.guest_memory_bytes,
+            config.pooling,
         )?;
         let shared = Shared {
             locks: Arc::new(LockService::new(config.capabilities.cross_process_lock.clone())),

@@ -1,11 +1,11 @@
 //! The wasm engine: one `Engine`, `Linker` and `InstancePre` per cache, and a
 //! fresh, limited `Store` per request.
 //!
-//! Compiling the component takes about a hundred milliseconds; loading a
-//! precompiled one takes well under one. The compiled artifact is kept in
+//! Compiling the component takes hundreds of milliseconds; loading a
+//! precompiled one takes about one. The compiled artifact is kept in
 //! `<cache>/engine/`, named after the engine's compatibility hash and the
-//! component's SHA-256, with the artifact's own SHA-256 beside it. A file that
-//! does not match is ignored and replaced, never loaded.
+//! component's checksum, with the artifact's own checksum beside it. A file
+//! that does not match is ignored and replaced, never loaded.
 
 use std::hash::Hasher;
 use std::path::PathBuf;
@@ -82,6 +82,9 @@ impl Hasher for Sha256Hasher {
     }
 }
 
+/// Bytes of each pooled linear memory kept mapped between requests.
+const KEEP_RESIDENT: usize = 2 << 20;
+
 /// Requests that may run at once with the pooling allocator; more wait for
 /// a slot (instantiation fails over to a clear error past that).
 const POOL_SLOTS: u32 = 128;
@@ -96,7 +99,10 @@ fn config() -> wasmtime::Config {
 /// An engine with the pooling allocator (instances are taken from
 /// preallocated slots instead of mapped per request), or, where the machine
 /// cannot reserve the address space for it, the on-demand allocator.
-fn engine(memory_limit: u64) -> Result<Engine> {
+fn engine(memory_limit: u64, pooling: bool) -> Result<Engine> {
+    if !pooling {
+        return Engine::new(&config()).map_err(|e| Error::Component(format!("creating the engine: {e}")));
+    }
     let slot = memory_limit.next_multiple_of(64 << 10).max(16 << 20);
     let mut pooling = wasmtime::PoolingAllocationConfig::default();
     pooling
@@ -104,7 +110,12 @@ fn engine(memory_limit: u64) -> Result<Engine> {
         .total_core_instances(POOL_SLOTS * 8)
         .total_memories(POOL_SLOTS * 2)
         .total_tables(POOL_SLOTS * 8)
-        .max_memory_size(usize::try_from(slot).unwrap_or(usize::MAX));
+        .max_memory_size(usize::try_from(slot).unwrap_or(usize::MAX))
+        // A hit touches about a megabyte of guest memory: resetting it with
+        // memset on reuse costs less than the page faults after a madvise.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .async_stack_keep_resident(64 << 10);
     let mut pooled = config();
     pooled
         .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pooling))
@@ -129,6 +140,36 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
     Ok(())
 }
 
+/// A fast 128-bit checksum (XXH3): it guards the precompiled artifact
+/// against truncation and corruption, on every start.
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
+}
+
+/// Reads a file through a private read-only mapping: no copy.
+fn mapped_checksum(path: &std::path::Path) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok(checksum(&[]));
+    }
+    // SAFETY: a fresh read-only private mapping of a file this host wrote
+    // and replaces only by rename; it is unmapped before returning.
+    unsafe {
+        let ptr = rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::READ,
+            rustix::mm::MapFlags::PRIVATE,
+            &file,
+            0,
+        )?;
+        let sum = checksum(std::slice::from_raw_parts(ptr.cast::<u8>(), len));
+        rustix::mm::munmap(ptr, len)?;
+        Ok(sum)
+    }
+}
+
 fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> Result<(Component, LoadPath)> {
     let compile =
         || Component::new(engine, bytes).map_err(|e| Error::Component(format!("compiling the component: {e}")));
@@ -137,8 +178,8 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> R
     };
     let mut compat = Sha256Hasher(Sha256::new());
     std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut compat);
-    let name = format!("{}-{}.cwasm", &hex(&compat.0.finalize())[..16], &hex(&Sha256::digest(bytes))[..32]);
-    let sum_name = format!("{name}.sha256");
+    let name = format!("{}-{}.cwasm", &hex(&compat.0.finalize())[..16], checksum(bytes));
+    let sum_name = format!("{name}.xxh3");
     let dir = match root.create_dir_all("engine").and_then(|()| root.open_dir("engine")) {
         Ok(dir) => dir,
         Err(e) => {
@@ -146,13 +187,16 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> R
             return Ok((compile()?, LoadPath::Compiled));
         }
     };
-    if let (Ok(artifact), Ok(sum)) = (dir.read(&name), dir.read_to_string(&sum_name)) {
-        if hex(&Sha256::digest(&artifact)) == sum.trim() {
+    // Through /proc/self/fd, so the path stays inside the cache handle.
+    let artifact_path =
+        std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", std::os::fd::AsRawFd::as_raw_fd(&dir)));
+    if let (Ok(actual), Ok(recorded)) = (mapped_checksum(&artifact_path), dir.read_to_string(&sum_name)) {
+        if actual == recorded.trim() {
             // SAFETY: the artifact is the output of `Component::serialize` by an
             // engine with this compatibility hash (its name says so and
-            // `deserialize` checks it again), and its checksum matches, so it is
-            // the file this host wrote into its own cache directory.
-            match unsafe { Component::deserialize(engine, &artifact) } {
+            // `deserialize_file` checks it again), and its checksum matches, so
+            // it is the file this host wrote into its own cache directory.
+            match unsafe { Component::deserialize_file(engine, &artifact_path) } {
                 Ok(component) => return Ok((component, LoadPath::Precompiled)),
                 Err(e) => {
                     tracing::warn!(error = %e, file = name, "ignoring an unusable precompiled component")
@@ -167,7 +211,7 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> R
         let tmp = format!("{name}.{}.tmp", std::process::id());
         let write = || -> std::io::Result<()> {
             dir.write(&tmp, &artifact)?;
-            dir.write(&sum_name, hex(&Sha256::digest(&artifact)))?;
+            dir.write(&sum_name, checksum(&artifact))?;
             dir.rename(&tmp, &dir, &name)
         };
         write().map_err(|e| {
@@ -183,8 +227,13 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> R
 
 impl GuestEngine {
     /// Loads the component, checks its imports and links it.
-    pub(crate) fn load(source: &ComponentSource, cache_root: Option<&Dir>, memory_limit: u64) -> Result<Self> {
-        let engine = engine(memory_limit)?;
+    pub(crate) fn load(
+        source: &ComponentSource,
+        cache_root: Option<&Dir>,
+        memory_limit: u64,
+        pooling: bool,
+    ) -> Result<Self> {
+        let engine = engine(memory_limit, pooling)?;
         let owned;
         let bytes: &[u8] = match source {
             ComponentSource::Embedded => EMBEDDED_COMPONENT,

@@ -207,7 +207,9 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
     if cache_dir.as_os_str().is_empty() {
         return Err(Error::Config("the cache directory is empty".into()).into());
     }
-    let mut config = Config::new(&cache_dir).policy(policy(cli, &cache_dir)?);
+    // One process, one request: preallocating instance slots would cost more
+    // than it saves.
+    let mut config = Config::new(&cache_dir).policy(policy(cli, &cache_dir)?).pooling(false);
     if let Command::Convert(args) = &cli.command {
         let headroom = rootfs_cache::ext4::Headroom {
             free_space_percent: args.free_space,

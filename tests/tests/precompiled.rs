@@ -1,0 +1,61 @@
+//! The precompiled component in `<cache>/engine/`: made on the first open,
+//! loaded by later ones, and ignored and replaced when it does not match.
+
+use rootfs_cache::{Capabilities, Config, LoadPath, RootfsCache};
+
+fn open(dir: &std::path::Path) -> RootfsCache {
+    RootfsCache::open(Config::new(dir.join("cache")).capabilities(Capabilities::fake().0).pooling(false)).unwrap()
+}
+
+fn artifact(dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("cache/engine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .expect("no precompiled component")
+}
+
+#[test]
+fn the_first_open_compiles_and_later_ones_load_the_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_eq!(open(dir.path()).load_path(), LoadPath::Compiled);
+    assert_eq!(open(dir.path()).load_path(), LoadPath::Precompiled);
+}
+
+#[test]
+fn a_corrupt_or_truncated_artifact_is_ignored_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path());
+    let path = artifact(dir.path());
+    let good = std::fs::read(&path).unwrap();
+
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xFF;
+    std::fs::write(&path, &flipped).unwrap();
+    assert_eq!(open(dir.path()).load_path(), LoadPath::Compiled, "a corrupt artifact was loaded");
+    assert_eq!(std::fs::read(&path).unwrap(), good, "it was not replaced");
+    assert_eq!(open(dir.path()).load_path(), LoadPath::Precompiled);
+
+    std::fs::write(&path, &good[..good.len() / 3]).unwrap();
+    assert_eq!(open(dir.path()).load_path(), LoadPath::Compiled, "a truncated artifact was loaded");
+    assert_eq!(open(dir.path()).load_path(), LoadPath::Precompiled);
+}
+
+#[test]
+fn a_foreign_file_under_the_artifacts_name_is_never_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path());
+    let path = artifact(dir.path());
+    // Not a compiled component at all, with a checksum that matches it.
+    std::fs::write(&path, b"\x7fELF but not wasmtime's").unwrap();
+    let sum = path.with_extension("cwasm.xxh3");
+    std::fs::write(&sum, format!("{:032x}", host_checksum(b"\x7fELF but not wasmtime's"))).unwrap();
+    let cache = open(dir.path());
+    assert_eq!(cache.load_path(), LoadPath::Compiled);
+}
+
+/// The checksum the host uses (XXH3-128), computed here independently.
+fn host_checksum(bytes: &[u8]) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(bytes)
+}
