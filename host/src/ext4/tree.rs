@@ -43,6 +43,9 @@ pub enum FileData {
         root: Arc<OwnedFd>,
         /// The path below it.
         path: PathBuf,
+        /// Every block is allocated (by `st_blocks`): there are no holes to
+        /// look for, so the writer need not open the file to find them.
+        dense: bool,
     },
     /// Bytes in memory.
     Bytes(Arc<Vec<u8>>),
@@ -264,28 +267,21 @@ impl Tree {
 
     /// The chain of directories from the root to `dir`.
     fn path_to(&self, dir: NodeId) -> Vec<NodeId> {
-        if dir == Self::ROOT {
-            return vec![Self::ROOT];
-        }
-        // Trees are small enough that a search from the root is fine for the
-        // rare symlink walk.
-        fn find(tree: &Tree, at: NodeId, want: NodeId, path: &mut Vec<NodeId>) -> bool {
-            path.push(at);
-            if at == want {
-                return true;
-            }
-            let subdirs: Vec<NodeId> =
-                tree.entries(at).map(|(_, id)| id).filter(|&id| tree.nodes[id].is_dir()).collect();
-            for child in subdirs {
-                if find(tree, child, want, path) {
-                    return true;
+        let mut path = vec![dir];
+        let mut at = dir;
+        while at != Self::ROOT {
+            match self.parents.get(&at) {
+                Some(&parent) => {
+                    path.push(parent);
+                    at = parent;
                 }
+                None => break,
             }
-            path.pop();
-            false
         }
-        let mut path = Vec::new();
-        find(self, Self::ROOT, dir, &mut path);
+        if path.last() != Some(&Self::ROOT) {
+            path.push(Self::ROOT);
+        }
+        path.reverse();
         path
     }
 

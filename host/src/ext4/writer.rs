@@ -174,7 +174,7 @@ struct Source {
 
 fn open_source(data: &FileData) -> Result<Source, WriteError> {
     match data {
-        FileData::At { root, path } => {
+        FileData::At { root, path, .. } => {
             let fd: OwnedFd = rustix::fs::openat(
                 root.as_fd(),
                 path,
@@ -198,7 +198,9 @@ fn data_runs(data: &FileData, size: u64) -> Result<Vec<(u64, u64)>, WriteError> 
         return Ok(Vec::new());
     }
     let source = match data {
-        FileData::Bytes(_) => return Ok(vec![(0, size.next_multiple_of(BLOCK_SIZE))]),
+        FileData::Bytes(_) | FileData::At { dense: true, .. } => {
+            return Ok(vec![(0, size.next_multiple_of(BLOCK_SIZE))]);
+        }
         _ => open_source(data)?,
     };
     let (file, base) = (&*source.file, source.base);
@@ -429,6 +431,8 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
 
     let used_inodes = u64::from(max_ino);
     let mut written_since_kick = 0u64;
+    // Whether copy_file_range works from these sources (not across overlayfs).
+    let kernel_copy = std::cell::Cell::new(true);
     let mut itable = vec![0u8; max_ino as usize * INODE_SIZE];
     let mut dirs_per_group = vec![0u16; geometry.groups.len()];
     let ipg = geometry.inodes_per_group;
@@ -467,7 +471,7 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
                 (mode::DIR, plan.data_blocks * BLOCK_SIZE)
             }
             Some(Kind::File { size, data }) => {
-                copy_file(out, data, *size, &plan.runs, &plan.extents)?;
+                copy_file(out, data, *size, &plan.runs, &plan.extents, &kernel_copy)?;
                 written_since_kick += *size;
                 if written_since_kick >= WRITEBACK_KICK {
                     start_writeback(out);
@@ -661,6 +665,7 @@ fn copy_file(
     size: u64,
     runs: &[(u64, u64)],
     extents: &[Extent],
+    kernel_copy: &std::cell::Cell<bool>,
 ) -> Result<(), WriteError> {
     if runs.is_empty() {
         return Ok(());
@@ -697,13 +702,12 @@ fn copy_file(
                 while offset < end {
                     let (phys, blocks_left) = physical(offset / BLOCK_SIZE).expect("every data block was allocated");
                     let n = (blocks_left * BLOCK_SIZE).min(end - offset);
-                    copy_range(&source.file, source.base + offset, out, phys * BLOCK_SIZE, n, &mut buf).map_err(
-                        |e| match e.kind() {
+                    copy_range(&source.file, source.base + offset, out, phys * BLOCK_SIZE, n, &mut buf, kernel_copy)
+                        .map_err(|e| match e.kind() {
                             std::io::ErrorKind::UnexpectedEof => changed(),
                             _ if e.raw_os_error() == Some(libc::ENOSPC) => WriteError::Write(e),
                             _ => WriteError::Source { path: name.clone(), message: e.to_string() },
-                        },
-                    )?;
+                        })?;
                     offset += n;
                 }
             }
@@ -721,8 +725,9 @@ fn copy_range(
     mut to: u64,
     mut len: u64,
     buf: &mut Vec<u8>,
+    kernel_copy: &std::cell::Cell<bool>,
 ) -> std::io::Result<()> {
-    while len > 0 {
+    while len > 0 && kernel_copy.get() {
         let (mut f, mut t) = (from, to);
         match rustix::fs::copy_file_range(src, Some(&mut f), dst, Some(&mut t), len.min(1 << 30) as usize) {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
@@ -731,24 +736,29 @@ fn copy_range(
                 to += n as u64;
                 len -= n as u64;
             }
+            // Not between these files (across overlayfs, say): copy through
+            // a buffer from now on.
             Err(
                 rustix::io::Errno::XDEV
                 | rustix::io::Errno::INVAL
                 | rustix::io::Errno::NOSYS
                 | rustix::io::Errno::OPNOTSUPP,
-            ) => {
-                buf.resize(1 << 20, 0);
-                while len > 0 {
-                    let n = len.min(buf.len() as u64) as usize;
-                    src.read_exact_at(&mut buf[..n], from)?;
-                    dst.write_all_at(&buf[..n], to)?;
-                    from += n as u64;
-                    to += n as u64;
-                    len -= n as u64;
-                }
-            }
+            ) => kernel_copy.set(false),
             Err(e) => return Err(e.into()),
         }
+    }
+    // Grow the buffer only as far as this file needs: most files are small.
+    let want = len.min(1 << 20) as usize;
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    while len > 0 {
+        let n = len.min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], from)?;
+        dst.write_all_at(&buf[..n], to)?;
+        from += n as u64;
+        to += n as u64;
+        len -= n as u64;
     }
     Ok(())
 }

@@ -146,7 +146,11 @@ pub fn scan(root: Arc<OwnedFd>, cancel: &AtomicBool) -> Result<Tree, ScanError> 
             let rdev = || rustix::fs::makedev(stat.stx_rdev_major, stat.stx_rdev_minor);
             let kind = match file_type {
                 FileType::RegularFile => {
-                    Kind::File { size: stat.stx_size, data: FileData::At { root: root.clone(), path: path.clone() } }
+                    let dense = stat.stx_blocks * 512 >= stat.stx_size.next_multiple_of(4096);
+                    Kind::File {
+                        size: stat.stx_size,
+                        data: FileData::At { root: root.clone(), path: path.clone(), dense },
+                    }
                 }
                 FileType::Directory => Kind::Dir(Default::default()),
                 FileType::Symlink => {
