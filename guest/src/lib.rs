@@ -6,6 +6,7 @@
 //! directory and the source roots through read-only WASI preopens and changes
 //! nothing except through the host. The modules below are plain Rust, so
 //! `cargo test -p rootfs-cache-guest` runs them natively.
+#![warn(missing_docs)]
 
 pub mod capabilities;
 #[cfg(target_arch = "wasm32")]
@@ -21,7 +22,8 @@ pub mod overlay2;
 pub mod source;
 pub mod validate;
 
-/// Bindings generated from `wit/`.
+/// Bindings generated from `wit/` (their documentation is the WIT's).
+#[allow(missing_docs)]
 mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

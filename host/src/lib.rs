@@ -39,6 +39,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![warn(missing_docs)]
 
 mod api;
 pub mod audit;
