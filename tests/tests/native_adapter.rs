@@ -218,11 +218,21 @@ async fn a_converter_that_hangs_is_killed_at_the_timeout_and_leaves_nothing() {
     );
     let err = w.cache.convert(&w.request().converter(ConverterSpec::Command(hanging))).await.unwrap_err();
     assert_eq!(err.class(), "timeout", "{err}");
-    // The converter's child was in its process group and was killed too.
+    // The converter's child was in its process group and was killed too. The
+    // signal is delivered asynchronously: wait for its exit on a pidfd (a
+    // `sleep 600` that was not killed keeps it unreadable past the bound).
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
-    let alive = rustix::process::test_kill_process(rustix::process::Pid::from_raw(pid).unwrap()).is_ok()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
-    assert!(!alive, "the converter's child {pid} survived the timeout");
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => {
+            let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
+            let bound = rustix::event::Timespec { tv_sec: 30, tv_nsec: 0 };
+            let ready = rustix::event::poll(&mut fds, Some(&bound)).unwrap();
+            assert_eq!(ready, 1, "the converter's child {pid:?} survived the timeout");
+        }
+        Err(rustix::io::Errno::SRCH) => {} // gone and reaped already
+        Err(e) => panic!("pidfd_open({pid:?}): {e}"),
+    }
     assert_eq!(snapshot(&w.cache_dir()), before);
     w.assert_nothing_left_behind();
 }
