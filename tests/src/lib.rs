@@ -96,9 +96,7 @@ impl LayerDiff {
 
     /// An overlayfs whiteout: a character device 0/0 (needs root).
     pub fn whiteout(&self, path: &str) -> &Self {
-        let p = self.at(path);
-        rustix::fs::mknodat(rustix::fs::CWD, &p, rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0)
-            .unwrap_or_else(|e| panic!("mknod {}: {e}", p.display()));
+        mknod(&self.at(path), rustix::fs::FileType::CharacterDevice, 0, 0);
         self
     }
 
@@ -109,6 +107,12 @@ impl LayerDiff {
         set_xattr(&p, "trusted.overlay.opaque", b"y");
         self
     }
+}
+
+/// Makes a device node or FIFO at `path` (devices need root).
+pub fn mknod(path: &Path, kind: rustix::fs::FileType, mode: u32, dev: rustix::fs::Dev) {
+    rustix::fs::mknodat(rustix::fs::CWD, path, kind, rustix::fs::Mode::from_raw_mode(mode), dev)
+        .unwrap_or_else(|e| panic!("mknod {}: {e}", path.display()));
 }
 
 /// Sets an extended attribute, panicking on failure.
@@ -381,30 +385,10 @@ pub fn feature_chain(root: &Path) -> PathBuf {
         lchown(&l.diff.join("home/user/file"), 1000, 100);
         lchown(&l.diff.join("home/user/link"), 1234, 5678);
         // Devices, a FIFO, xattrs.
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            l.diff.join("dev-null"),
-            rustix::fs::FileType::CharacterDevice,
-            rustix::fs::Mode::from_raw_mode(0o666),
-            rustix::fs::makedev(1, 3),
-        )
-        .unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            l.diff.join("dev-loop"),
-            rustix::fs::FileType::BlockDevice,
-            rustix::fs::Mode::from_raw_mode(0o660),
-            rustix::fs::makedev(7, 300),
-        )
-        .unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            l.diff.join("fifo"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        use rustix::fs::{FileType, makedev};
+        mknod(&l.diff.join("dev-null"), FileType::CharacterDevice, 0o666, makedev(1, 3));
+        mknod(&l.diff.join("dev-loop"), FileType::BlockDevice, 0o660, makedev(7, 300));
+        mknod(&l.diff.join("fifo"), FileType::Fifo, 0o644, 0);
         l.file("/usr/bin/ping", b"\x7fELF not really\n", 0o755);
         // cap_net_raw=ep, VFS_CAP_REVISION_2.
         set_xattr(

@@ -4,7 +4,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rootfs_cache_tests::{Overlay2, agent, cli, require_root, snapshot, standard_chain};
@@ -16,6 +16,44 @@ fn os(s: impl AsRef<OsStr>) -> OsString {
 fn run(args: &[OsString]) -> (i32, String, String) {
     let refs: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
     cli(&refs)
+}
+
+/// The chain's top layer, the agent, the cache directory and its snapshot.
+type OneEntry = (PathBuf, PathBuf, PathBuf, Vec<(String, u64)>);
+
+/// A cache holding one entry (the standard chain, 128 MiB) under `d`.
+fn cache_with_one_entry(d: &Path) -> OneEntry {
+    let top = standard_chain(&d.join("overlay2"));
+    let agent = agent(d, "agent", "cli");
+    let cache = d.join("cache");
+    let (code, _, err) = run(&[
+        os("--cache-dir"),
+        os(&cache),
+        os("convert"),
+        os(&top),
+        os("--agent"),
+        os(&agent),
+        os("--size"),
+        os("128M"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let before = snapshot(&cache);
+    (top, agent, cache, before)
+}
+
+/// Runs each case and checks that it exits with its code, prints one
+/// `error:` line and nothing on stdout, does not panic, and leaves `cache`
+/// as it was (`before`).
+fn assert_each_refused(cases: Vec<(&str, Vec<OsString>, i32)>, cache: &Path, before: &[(String, u64)]) {
+    for (what, args, expected) in cases {
+        let (code, out, err) = run(&args);
+        assert_eq!(code, expected, "{what}: exit {code}, stderr: {err}");
+        assert!(out.is_empty(), "{what}: printed to stdout: {out}");
+        assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
+        assert!(err.starts_with("error: "), "{what}: {err}");
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert_eq!(snapshot(cache), before, "{what} changed the cache");
+    }
 }
 
 #[test]
@@ -84,21 +122,7 @@ fn bad_input_gives_one_line_a_non_zero_exit_and_an_unchanged_cache() {
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let top = standard_chain(&d.join("overlay2"));
-    let agent = agent(d, "agent", "cli");
-    let cache = d.join("cache");
-    let (code, _, err) = run(&[
-        os("--cache-dir"),
-        os(&cache),
-        os("convert"),
-        os(&top),
-        os("--agent"),
-        os(&agent),
-        os("--size"),
-        os("128M"),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let before = snapshot(&cache);
+    let (top, agent, cache, before) = cache_with_one_entry(d);
 
     let file = d.join("file");
     std::fs::write(&file, b"x").unwrap();
@@ -153,15 +177,7 @@ fn bad_input_gives_one_line_a_non_zero_exit_and_an_unchanged_cache() {
         ),
         ("unknown command", vec![os("frobnicate")], 2),
     ];
-    for (what, args, expected) in cases {
-        let (code, out, err) = run(&args);
-        assert_eq!(code, expected, "{what}: exit {code}, stderr: {err}");
-        assert!(out.is_empty(), "{what}: printed to stdout: {out}");
-        assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
-        assert!(err.starts_with("error: "), "{what}: {err}");
-        assert!(!err.contains("panicked"), "{what}: {err}");
-        assert_eq!(snapshot(&cache), before, "{what} changed the cache");
-    }
+    assert_each_refused(cases, &cache, &before);
 }
 
 #[test]
@@ -169,21 +185,7 @@ fn bad_policies_and_hostile_sources_give_one_line_a_non_zero_exit_and_an_unchang
     require_root!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let top = standard_chain(&d.join("overlay2"));
-    let agent = agent(d, "agent", "cli");
-    let cache = d.join("cache");
-    let (code, _, err) = run(&[
-        os("--cache-dir"),
-        os(&cache),
-        os("convert"),
-        os(&top),
-        os("--agent"),
-        os(&agent),
-        os("--size"),
-        os("128M"),
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let before = snapshot(&cache);
+    let (top, agent, cache, before) = cache_with_one_entry(d);
 
     let policy = |name: &str, text: &str| {
         let path = d.join(name);
@@ -219,14 +221,7 @@ fn bad_policies_and_hostile_sources_give_one_line_a_non_zero_exit_and_an_unchang
     index["manifests"][0]["size"] = serde_json::json!(bad_manifest.len());
     std::fs::write(bad_oci.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     let fifo_agent = d.join("agent-fifo");
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo_agent,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    rootfs_cache_tests::mknod(&fifo_agent, rustix::fs::FileType::Fifo, 0o600, 0);
     // A fresh cache directory on a read-only mount.
     let ro = d.join("ro");
     std::fs::create_dir(&ro).unwrap();
@@ -316,12 +311,5 @@ fn bad_policies_and_hostile_sources_give_one_line_a_non_zero_exit_and_an_unchang
         ),
     ];
     assert!(cases.len() + 20 >= 30, "the corpus (with the other test's 20) has fewer than 30 cases");
-    for (what, args, expected) in cases {
-        let (code, out, err) = run(&args);
-        assert_eq!(code, expected, "{what}: exit {code}, stderr: {err}");
-        assert!(out.is_empty(), "{what}: printed to stdout: {out}");
-        assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
-        assert!(err.starts_with("error: ") && !err.contains("panicked"), "{what}: {err}");
-        assert_eq!(snapshot(&cache), before, "{what} changed the cache");
-    }
+    assert_each_refused(cases, &cache, &before);
 }

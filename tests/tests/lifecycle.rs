@@ -15,8 +15,7 @@ use rootfs_cache_tests::{
 };
 
 fn mkfifo(path: &Path) {
-    rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
-        .unwrap();
+    rootfs_cache_tests::mknod(path, rustix::fs::FileType::Fifo, 0o600, 0);
 }
 
 /// Waits until `child` writes a line to `fifo` (it reached its pause point)

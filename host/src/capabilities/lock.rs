@@ -145,7 +145,7 @@ impl LockService {
     /// Waits for the lock for `key` (a validated cache key). Returns the
     /// error of the build this caller waited on, if that build failed.
     pub async fn lock(self: &Arc<Self>, cache: Arc<CacheDir>, key: &str) -> Result<Box<dyn HeldLock>> {
-        let flight = self.flights.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone();
+        let flight = self.flight(key);
         let arrived = flight.state.lock().unwrap_or_else(|p| p.into_inner()).generation;
         let turn = flight.turn.clone().lock_owned();
         let turn = turn.await;
@@ -159,22 +159,13 @@ impl LockService {
         let guard = tokio::task::spawn_blocking(move || cross.acquire(&cache, &key_owned))
             .await
             .map_err(|e| Error::Io(format!("waiting for the lock: {e}")))??;
-        let token = format!("{}-{}", std::process::id(), self.counter.fetch_add(1, Ordering::Relaxed));
-        Ok(Box::new(Held {
-            service: self.clone(),
-            key: key.to_owned(),
-            flight: Some(flight),
-            token,
-            failure: None,
-            guard: Some(guard),
-            turn: Some(turn),
-        }))
+        Ok(self.held(key, flight, guard, turn))
     }
 
     /// Takes the lock for `key` only if nobody, in this process or another,
     /// holds it; `None` means a builder is alive.
     pub async fn try_lock(self: &Arc<Self>, cache: Arc<CacheDir>, key: &str) -> Result<Option<Box<dyn HeldLock>>> {
-        let flight = self.flights.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone();
+        let flight = self.flight(key);
         let Ok(turn) = flight.turn.clone().try_lock_owned() else {
             return Ok(None);
         };
@@ -189,8 +180,24 @@ impl LockService {
             self.forget_if_idle(key);
             return Ok(None);
         };
+        Ok(Some(self.held(key, flight, guard, turn)))
+    }
+
+    /// The in-process flight for `key`, created on first use.
+    fn flight(&self, key: &str) -> Arc<Flight> {
+        self.flights.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone()
+    }
+
+    /// A held lock with a token unique in this process: `<pid>-<n>`.
+    fn held(
+        self: &Arc<Self>,
+        key: &str,
+        flight: Arc<Flight>,
+        guard: CrossGuard,
+        turn: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Box<dyn HeldLock> {
         let token = format!("{}-{}", std::process::id(), self.counter.fetch_add(1, Ordering::Relaxed));
-        Ok(Some(Box::new(Held {
+        Box::new(Held {
             service: self.clone(),
             key: key.to_owned(),
             flight: Some(flight),
@@ -198,7 +205,7 @@ impl LockService {
             failure: None,
             guard: Some(guard),
             turn: Some(turn),
-        })))
+        })
     }
 
     fn forget_if_idle(&self, key: &str) {
