@@ -1,11 +1,12 @@
 // A host adapter for the rootfs-cache component, written in JavaScript.
 //
-// It implements `rootfs:cache/host@0.1.0` for Node.js: publishing, removal,
+// It implements `rootfs:cache/host@0.2.0` for Node.js: publishing, removal,
 // use records and fsck are real (fs, child_process); the converter writes a
 // synthetic ext4 superblock and the "mount" records the agent install, like
 // the Rust fake adapter, so no root is needed. Every path the guest names is
 // checked the way the Rust host's policy checks it: a plain file name
-// directly under tmp/ or images/ of the cache.
+// directly under tmp/ or images/ of the cache for changes, and for `probe`
+// (read-only) a path under the cache or one of `sourceRoots`.
 import { createHash, randomUUID } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -17,7 +18,11 @@ const err = (tag, val) => ({ tag, val });
 const NAME = /^(tmp|images)\/[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$/;
 const KEY = /^[0-9a-f]{64}$/;
 
-export function createHost({ cacheDir, agents = null, log = () => {} }) {
+/** Most paths one `probe` call may name, and most bytes one path may read. */
+const MAX_PROBE_PATHS = 256;
+const MAX_READ_BYTES = 65536;
+
+export function createHost({ cacheDir, sourceRoots = [], agents = null, log = () => {} }) {
   const locks = new Map(); // key -> token
   const installs = [];
   let counter = 0;
@@ -30,6 +35,62 @@ export function createHost({ cacheDir, agents = null, log = () => {} }) {
   };
   const sha256 = (file) => createHash('sha256').update(fs.readFileSync(file)).digest('hex');
   const io = (what, e) => (e.code === 'ENOENT' ? err('not-found', `${what}: ${e.message}`) : err('io', `${what}: ${e.message}`));
+
+  /**
+   * Where `probe` looks for `p`: an absolute path under one of the source
+   * roots, or a cache-relative one. Like the Rust host, it refuses `..` and
+   * any parent that resolves (through symlinks) outside its root.
+   */
+  const probeTarget = (p) => {
+    let root = cacheDir;
+    let rel = p;
+    if (p.startsWith('/')) {
+      root = sourceRoots.filter((r) => p === r || p.startsWith(`${r}/`)).sort((a, b) => b.length - a.length)[0];
+      if (root === undefined) throw err('denied', { rule: 'source_roots', detail: `${p} is outside the source of this request` });
+      rel = p.slice(root.length + 1);
+    }
+    const parts = rel === '' ? [] : rel.split('/');
+    if (parts.some((part) => part === '' || part === '.' || part === '..')) {
+      throw err('invalid-request', `${p} is not a normalised path`);
+    }
+    const full = path.join(root, ...parts);
+    if (parts.length > 1) {
+      const parent = fs.realpathSync(path.dirname(full));
+      const realRoot = fs.realpathSync(root);
+      if (parent !== realRoot && !parent.startsWith(`${realRoot}/`)) {
+        throw err('denied', { rule: 'source_roots', detail: `${p} leads outside the directories of this request` });
+      }
+    }
+    return full;
+  };
+
+  const probeOne = ({ path: p, readBytes }) => {
+    if (readBytes > MAX_READ_BYTES) throw err('invalid-request', `probe asked for ${readBytes} bytes of ${p}; the limit is ${MAX_READ_BYTES}`);
+    const full = probeTarget(p);
+    const st = fs.lstatSync(full, { bigint: true });
+    const kind = st.isFile() ? 'file' : st.isDirectory() ? 'directory' : st.isSymbolicLink() ? 'symlink' : 'other';
+    let head = new Uint8Array(0);
+    if (kind === 'file' && readBytes > 0) {
+      const want = Number(st.size < BigInt(readBytes) ? st.size : BigInt(readBytes));
+      const fd = fs.openSync(full, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK);
+      try {
+        const buf = Buffer.alloc(want);
+        let got = 0;
+        for (let n; got < want && (n = fs.readSync(fd, buf, got, want - got, got)) > 0; ) got += n;
+        head = new Uint8Array(buf.subarray(0, got));
+      } finally {
+        fs.closeSync(fd);
+      }
+    }
+    return {
+      kind,
+      size: st.size,
+      modifiedNs: st.mtimeNs,
+      createdNs: st.birthtimeNs,
+      linkTarget: kind === 'symlink' ? new Uint8Array(fs.readlinkSync(full, { encoding: 'buffer' })) : undefined,
+      head,
+    };
+  };
 
   class BuildLock {
     constructor(key) {
@@ -99,6 +160,18 @@ export function createHost({ cacheDir, agents = null, log = () => {} }) {
       }
       if (!st.isFile()) throw err('invalid-request', `agent ${p} is not a regular file`);
       return { sha256: sha256(p), size: BigInt(st.size) };
+    },
+    probe(requests) {
+      if (requests.length > MAX_PROBE_PATHS) {
+        throw err('invalid-request', `probe was given ${requests.length} paths; the limit is ${MAX_PROBE_PATHS}`);
+      }
+      return requests.map((request) => {
+        try {
+          return { tag: 'ok', val: probeOne(request) };
+        } catch (e) {
+          return { tag: 'err', val: e.tag ? e : io(request.path, e) };
+        }
+      });
     },
     describeConverter(name) {
       if (name !== 'exact' && name !== 'oci2rootfs') throw err('invalid-request', `converter ${name} is not available here`);

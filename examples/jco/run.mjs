@@ -14,7 +14,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 /** Instantiates the component with the cache and `sourceRoot` preopened. */
 export async function open({ cacheDir, sourceRoot, agents }) {
   for (const sub of ['images', 'tmp', 'locks']) fs.mkdirSync(path.join(cacheDir, sub), { recursive: true });
-  const host = createHost({ cacheDir, agents });
+  const host = createHost({ cacheDir, sourceRoots: [sourceRoot], agents });
   // The same preopens as the Rust host: the cache at /cache, the source root at its own path.
   shim.filesystem._setPreopens({ '/cache': cacheDir, [sourceRoot]: sourceRoot });
   const camel = (s) => s.replace(/-([a-z])/g, (_, c) => c.toUpperCase());

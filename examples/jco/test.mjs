@@ -33,7 +33,21 @@ assert.equal(entries.length, 1);
 assert.equal(entries[0].problem, undefined);
 
 assert.throws(() => cache.convert({ ...request, agent: '/etc/hostname' }), (e) => (e.payload ?? e).tag === 'denied');
-assert.throws(() => cache.convert({ ...request, source: '/nonexistent' }), (e) => ['not-found', 'io'].includes((e.payload ?? e).tag));
+// A source outside the host's roots: the guest's first probe is refused.
+assert.throws(() => cache.convert({ ...request, source: '/nonexistent' }), (e) => (e.payload ?? e).tag === 'denied');
+
+// The probe shows only what the preopens show.
+const [outside, dotdot, link] = host.probe([
+  { path: '/etc/hostname', readBytes: 0 },
+  { path: `${path.dirname(source)}/../x`, readBytes: 0 },
+  { path: `${source}/link`, readBytes: 256 },
+]);
+assert.equal(outside.tag, 'err');
+assert.equal(outside.val.tag, 'denied');
+assert.equal(dotdot.val.tag, 'invalid-request');
+assert.equal(link.tag, 'ok');
+assert.equal(link.val.kind, 'file');
+assert.equal(Buffer.from(link.val.head).toString().trim(), fs.readFileSync(`${source}/link`, 'utf8').trim());
 
 fs.rmSync(cacheDir, { recursive: true, force: true });
 console.log('jco: converted, hit on the second call, denied what the host does not allow');

@@ -4,6 +4,7 @@
 //! tests a fake implements them, so the orchestration in [`crate::flow`] is
 //! tested without a wasm runtime.
 
+use crate::probe::Probe;
 use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult};
 use crate::wit::types::Error;
 
@@ -23,8 +24,9 @@ pub trait MountedImage {
     fn unmount(self) -> Result<(), Error>;
 }
 
-/// The privileged operations of the `host` interface.
-pub trait Capabilities {
+/// The privileged operations of the `host` interface (and its read-only
+/// `probe`).
+pub trait Capabilities: Probe {
     /// The build lock type.
     type Lock: BuildLock;
     /// The mounted image type.

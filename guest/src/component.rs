@@ -62,6 +62,12 @@ impl MountedImage for host::MountedImage {
     }
 }
 
+impl crate::probe::Probe for WitHost {
+    fn probe(&self, requests: &[host::ProbeRequest]) -> Result<Vec<Result<host::PathInfo, Error>>, Error> {
+        host::probe(requests)
+    }
+}
+
 impl Capabilities for WitHost {
     type Lock = host::BuildLock;
     type Mounted = host::MountedImage;

@@ -41,6 +41,7 @@ impl From<SourceError> for Error {
             SourceError::NotFound(m) => Error::NotFound(m),
             SourceError::Unsupported(m) => Error::UnsupportedSource(m),
             SourceError::Io(m) => Error::Io(m),
+            SourceError::Host(e) => e,
         }
     }
 }
@@ -137,7 +138,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
     pub fn convert(&self, request: &ConvertRequest) -> Result<Outcome, Error> {
         let started = Instant::now();
         let platform = check_request(request)?;
-        let source = Source::resolve(Path::new(&request.source), &platform)?;
+        let source = Source::resolve(Path::new(&request.source), &platform, self.host)?;
         let agent = self.host.digest_file(&request.agent)?;
         let converter = self.host.describe_converter(&request.converter)?;
         let mut key = KeyBuilder::new();
@@ -161,7 +162,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             source: &request.source,
         };
         let step = Instant::now();
-        let first_look = validate::lookup(&self.root, &expected);
+        let first_look = validate::lookup(self.host, &expected)?;
         timings.lookup_us = micros(step);
         if let Lookup::Hit(hit) = first_look {
             return self.serve(&key, &source, *hit, timings, started);
@@ -171,7 +172,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         let lock = self.host.lock(key.as_str())?;
         timings.lock_us = micros(step);
         // Someone may have built it while this caller waited.
-        let rebuilt_because = match validate::lookup(&self.root, &expected) {
+        let rebuilt_because = match validate::lookup(self.host, &expected)? {
             Lookup::Hit(hit) => {
                 return self.serve(&key, &source, *hit, timings, started);
             }

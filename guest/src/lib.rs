@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod manifest;
 pub mod oci;
 pub mod overlay2;
+pub mod probe;
 pub mod source;
 pub mod validate;
 

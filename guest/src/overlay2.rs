@@ -9,24 +9,20 @@
 //! checked, every link must stay inside the overlay2 root, and a chain can
 //! neither repeat a layer nor grow past [`MAX_LAYERS`].
 
-use std::fs;
 use std::path::{Component, Path, PathBuf};
 
-use crate::source::{LayerIdentity, SourceError, read_small};
+use crate::probe::{self, Probe};
+use crate::source::{LayerIdentity, SourceError};
+use crate::wit::host::{PathInfo, PathKind};
+use crate::wit::types::Error;
 
 /// Overlayfs stacks at most 500 lower layers; Docker stops at 125. A longer
 /// chain is broken or hostile.
 pub const MAX_LAYERS: usize = 128;
 
-/// The longest `lower` file accepted: 128 entries of `l/` and a 26-byte id.
-const MAX_LOWER_BYTES: u64 = 64 * 1024;
-
-/// Whether `dir` has the two markers of an overlay2 layer directory.
-pub fn looks_like_layer(dir: &Path) -> bool {
-    let diff = fs::symlink_metadata(dir.join("diff"));
-    let link = fs::symlink_metadata(dir.join("link"));
-    matches!((diff, link), (Ok(d), Ok(l)) if d.is_dir() && l.is_file())
-}
+/// The longest `lower` file accepted: 128 entries of `l/` and a 26-byte id
+/// need 3.6 KiB; this allows ids of up to 64 bytes and more.
+pub const MAX_LOWER_BYTES: u64 = 64 * 1024;
 
 /// Checks a short layer id: Docker writes 26 characters of `A-Z0-9`; this
 /// accepts 1 to 64 ASCII letters, digits, `_` and `-`, which rules out every
@@ -104,16 +100,17 @@ pub struct Overlay2Chain {
 }
 
 impl Overlay2Chain {
-    /// Resolves the chain whose top layer directory is `top`.
-    pub fn resolve(top: &Path) -> Result<Self, SourceError> {
-        let path = top.join("link");
-        let link = read_small(&path, 256)?;
-        Self::resolve_with_link(top, &link)
-    }
-
-    /// Resolves the chain whose top layer directory is `top`, its `link`
-    /// file already read.
-    pub fn resolve_with_link(top: &Path, link: &[u8]) -> Result<Self, SourceError> {
+    /// Resolves the chain whose top layer directory is `top`, from the
+    /// first probe's answers: its `link` (already read), `lower` and
+    /// `diff/`. The layers below take two more probes: where each `l/<id>`
+    /// points, then each layer directory and its `diff/`.
+    pub fn resolve(
+        top: &Path,
+        link: &[u8],
+        lower: Result<PathInfo, Error>,
+        diff: Result<PathInfo, Error>,
+        fs: &impl Probe,
+    ) -> Result<Self, SourceError> {
         let root = top
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -123,11 +120,11 @@ impl Overlay2Chain {
             .to_path_buf();
         let top_link = link_id(&top.join("link"), link)?;
         let lower_path = top.join("lower");
-        let lower = match read_small(&lower_path, MAX_LOWER_BYTES) {
-            Ok(bytes) => bytes,
+        let lower = match &lower {
+            Ok(info) => probe::small_file(&lower_path, info, MAX_LOWER_BYTES)?,
             // A base layer has no `lower`.
-            Err(SourceError::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(e),
+            Err(Error::NotFound(_)) => Vec::new(),
+            Err(e) => return Err(probe::source_error(e)),
         };
         let lower = String::from_utf8(lower)
             .map_err(|_| SourceError::Unsupported(format!("{} is not UTF-8", lower_path.display())))?;
@@ -139,7 +136,7 @@ impl Overlay2Chain {
             )));
         }
 
-        let top_identity = LayerIdentity::of_layer(top, top_link).map_err(|e| match e {
+        let top_identity = LayerIdentity::from_diff(top, top_link, diff).map_err(|e| match e {
             SourceError::NotFound(_) => SourceError::Unsupported(format!(
                 "{} has a link file but no diff/ directory: it is not an overlay2 layer",
                 top.display()
@@ -147,34 +144,62 @@ impl Overlay2Chain {
             other => other,
         })?;
         let mut layers = vec![top_identity];
-        for id in ids {
-            let link = root.join("l").join(&id);
-            let target = fs::read_link(&link).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    SourceError::Unsupported(format!("lower names layer l/{id}, but {} does not exist", link.display()))
+        if ids.is_empty() {
+            return Ok(Self { root, layers });
+        }
+
+        // Where each `l/<id>` points.
+        let links: Vec<PathBuf> = ids.iter().map(|id| root.join("l").join(id)).collect();
+        let answers = probe::ask(fs, &links.iter().map(|p| (p.as_path(), 0)).collect::<Vec<_>>())?;
+        let mut dirs = Vec::with_capacity(ids.len());
+        for ((id, link), answer) in ids.iter().zip(&links).zip(answers) {
+            let info = match answer {
+                Ok(info) => info,
+                Err(Error::NotFound(_)) => {
+                    return Err(SourceError::Unsupported(format!(
+                        "lower names layer l/{id}, but {} does not exist",
+                        link.display()
+                    )));
                 }
-                std::io::ErrorKind::InvalidInput => {
-                    SourceError::Unsupported(format!("{} is not a symlink", link.display()))
-                }
-                _ => SourceError::io(&link, &e),
-            })?;
-            let chain = chain_of_link_target(&target)
+                Err(e) => return Err(probe::source_error(&e)),
+            };
+            let target = match (info.kind, info.link_target) {
+                (PathKind::Symlink, Some(target)) => target,
+                _ => return Err(SourceError::Unsupported(format!("{} is not a symlink", link.display()))),
+            };
+            let target = String::from_utf8(target)
+                .map_err(|_| SourceError::Unsupported(format!("lower entry l/{id}: its target is not UTF-8")))?;
+            let chain = chain_of_link_target(Path::new(&target))
                 .map_err(|why| SourceError::Unsupported(format!("lower entry l/{id}: {why}")))?;
-            let layer_dir = root.join(&chain);
-            let meta = fs::symlink_metadata(&layer_dir).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => SourceError::Unsupported(format!(
-                    "lower entry l/{id} points at {}, which does not exist",
-                    layer_dir.display()
-                )),
-                _ => SourceError::io(&layer_dir, &e),
-            })?;
-            if !meta.is_dir() {
-                return Err(SourceError::Unsupported(format!(
-                    "lower entry l/{id}: {} is not a directory inside the overlay2 root",
-                    layer_dir.display()
-                )));
+            dirs.push(root.join(chain));
+        }
+
+        // Each layer directory, and its `diff/`.
+        let diffs: Vec<PathBuf> = dirs.iter().map(|d| d.join("diff")).collect();
+        let paths: Vec<(&Path, u32)> =
+            dirs.iter().zip(&diffs).flat_map(|(dir, diff)| [(dir.as_path(), 0), (diff.as_path(), 0)]).collect();
+        let mut answers = probe::ask(fs, &paths)?.into_iter();
+        for (id, layer_dir) in ids.into_iter().zip(&dirs) {
+            let (Some(dir_answer), Some(diff_answer)) = (answers.next(), answers.next()) else {
+                return Err(SourceError::Io("probe answered too few paths".into()));
+            };
+            match dir_answer {
+                Ok(info) if info.kind == PathKind::Directory => {}
+                Ok(_) => {
+                    return Err(SourceError::Unsupported(format!(
+                        "lower entry l/{id}: {} is not a directory inside the overlay2 root",
+                        layer_dir.display()
+                    )));
+                }
+                Err(Error::NotFound(_)) => {
+                    return Err(SourceError::Unsupported(format!(
+                        "lower entry l/{id} points at {}, which does not exist",
+                        layer_dir.display()
+                    )));
+                }
+                Err(e) => return Err(probe::source_error(&e)),
             }
-            layers.push(LayerIdentity::of_layer(&layer_dir, id)?);
+            layers.push(LayerIdentity::from_diff(layer_dir, id, diff_answer)?);
         }
         Ok(Self { root, layers })
     }
@@ -200,6 +225,66 @@ fn link_id(path: &Path, raw: &[u8]) -> Result<String, SourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::StdProbe;
+    use crate::source::Source;
+
+    /// A Docker-shaped chain under `root`: layers `a` (base), `b`, `c` (top).
+    fn chain(root: &Path) -> PathBuf {
+        std::fs::create_dir_all(root.join("l")).unwrap();
+        let mut lower = Vec::new();
+        for (dir, id) in [("a", "AAA"), ("b", "BBB"), ("c", "CCC")] {
+            std::fs::create_dir_all(root.join(dir).join("diff")).unwrap();
+            std::fs::write(root.join(dir).join("link"), id).unwrap();
+            if !lower.is_empty() {
+                std::fs::write(root.join(dir).join("lower"), lower.join(":")).unwrap();
+            }
+            std::os::unix::fs::symlink(format!("../{dir}/diff"), root.join("l").join(id)).unwrap();
+            lower.insert(0, format!("l/{id}"));
+        }
+        root.join("c")
+    }
+
+    fn resolve(top: &Path) -> Result<Source, SourceError> {
+        Source::resolve(top, "linux/amd64", &StdProbe { cache_root: "/nonexistent".into() })
+    }
+
+    #[test]
+    fn a_chain_resolves_top_first_through_its_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = chain(tmp.path());
+        let Source::Overlay2(chain) = resolve(&top).unwrap() else { panic!("not overlay2") };
+        let links: Vec<_> = chain.layers.iter().map(|l| l.link.as_str()).collect();
+        assert_eq!(links, ["CCC", "BBB", "AAA"]);
+        assert_eq!(chain.root, tmp.path());
+        assert!(chain.layers.iter().all(|l| l.modified_ns > 0));
+        assert_eq!(chain.diffs_bottom_up()[0], format!("{}/a/diff", tmp.path().display()));
+    }
+
+    #[test]
+    fn a_broken_chain_is_refused_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = chain(tmp.path());
+        let l = tmp.path().join("l");
+        std::fs::remove_file(l.join("AAA")).unwrap();
+        std::os::unix::fs::symlink("../../etc/diff", l.join("AAA")).unwrap();
+        assert!(resolve(&top).unwrap_err().to_string().contains("escapes the overlay2 root"));
+        std::fs::remove_file(l.join("AAA")).unwrap();
+        assert!(resolve(&top).unwrap_err().to_string().contains("does not exist"));
+        std::fs::write(l.join("AAA"), "not a link").unwrap();
+        assert!(resolve(&top).unwrap_err().to_string().contains("is not a symlink"));
+        std::fs::remove_file(l.join("AAA")).unwrap();
+        std::os::unix::fs::symlink("../gone/diff", l.join("AAA")).unwrap();
+        assert!(resolve(&top).unwrap_err().to_string().contains("which does not exist"));
+    }
+
+    #[test]
+    fn neither_kind_and_missing_sources_are_told_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(resolve(&tmp.path().join("missing")), Err(SourceError::NotFound(_))));
+        std::fs::write(tmp.path().join("file"), "x").unwrap();
+        assert!(resolve(&tmp.path().join("file")).unwrap_err().to_string().contains("is a file"));
+        assert!(resolve(tmp.path()).unwrap_err().to_string().contains("neither an overlay2 layer"));
+    }
 
     #[test]
     fn lower_lists_nearest_first_and_tolerates_a_newline() {

@@ -4,11 +4,13 @@
 use std::fs;
 use std::io::Read as _;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::key::KeyBuilder;
 use crate::oci::OciImage;
 use crate::overlay2::{self, Overlay2Chain};
+use crate::probe::{self, Probe};
+use crate::wit::host::{PathInfo, PathKind};
+use crate::wit::types::Error;
 
 /// Why a source could not be used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +21,9 @@ pub enum SourceError {
     Unsupported(String),
     /// Reading the source failed.
     Io(String),
+    /// A host call failed (a probe the host refused, say); its error
+    /// passes through unchanged.
+    Host(Error),
 }
 
 impl SourceError {
@@ -36,6 +41,7 @@ impl std::fmt::Display for SourceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NotFound(m) | Self::Unsupported(m) | Self::Io(m) => f.write_str(m),
+            Self::Host(e) => f.write_str(&probe::describe(e)),
         }
     }
 }
@@ -51,13 +57,6 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
     Ok(bytes)
 }
 
-/// Nanoseconds since the epoch, or 0 where the platform keeps no such time.
-fn nanos(time: std::io::Result<SystemTime>) -> u64 {
-    time.ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs().saturating_mul(1_000_000_000).saturating_add(u64::from(d.subsec_nanos())))
-}
-
 /// What identifies one overlay2 layer at one point in time.
 ///
 /// Docker never changes a committed layer, so the path, the short id and the
@@ -70,25 +69,36 @@ pub struct LayerIdentity {
     pub dir: String,
     /// The layer's short id (`link`).
     pub link: String,
-    /// Birth time of `diff/` in ns (the status-change time where the host
-    /// reports no birth time).
+    /// Birth time of `diff/` in ns (0 where the host records none).
     pub created_ns: u64,
     /// Modification time of `diff/` in ns.
     pub modified_ns: u64,
 }
 
 impl LayerIdentity {
-    /// Reads the identity of the layer directory `dir` whose short id is `link`.
-    pub fn of_layer(dir: &Path, link: String) -> Result<Self, SourceError> {
-        let diff = dir.join("diff");
-        let meta = fs::symlink_metadata(&diff).map_err(|e| SourceError::io(&diff, &e))?;
-        if !meta.is_dir() {
-            return Err(SourceError::Unsupported(format!("{} is not a directory", diff.display())));
+    /// The identity of the layer directory `dir` whose short id is `link`,
+    /// from the probe's answer for its `diff/`.
+    pub fn from_diff(dir: &Path, link: String, diff: Result<PathInfo, Error>) -> Result<Self, SourceError> {
+        let diff_path = dir.join("diff");
+        let info = diff.map_err(|e| match e {
+            Error::NotFound(_) => SourceError::NotFound(format!("{}: no such file or directory", diff_path.display())),
+            other => probe::source_error(&other),
+        })?;
+        if info.kind != PathKind::Directory {
+            return Err(SourceError::Unsupported(format!("{} is not a directory", diff_path.display())));
         }
         let dir =
             dir.to_str().ok_or_else(|| SourceError::Unsupported(format!("{} is not UTF-8", dir.display())))?.to_owned();
-        Ok(Self { dir, link, created_ns: nanos(meta.created()), modified_ns: nanos(meta.modified()) })
+        Ok(Self { dir, link, created_ns: info.created_ns, modified_ns: info.modified_ns })
     }
+}
+
+/// The longest `link` file accepted (Docker writes 26 bytes).
+const MAX_LINK_BYTES: u64 = 256;
+
+/// The five answers of the first probe, by position.
+fn five(answers: Vec<Result<PathInfo, Error>>) -> Result<[Result<PathInfo, Error>; 5], SourceError> {
+    <[_; 5]>::try_from(answers).map_err(|a| SourceError::Io(format!("probe answered {} of 5 paths", a.len())))
 }
 
 /// A detected, resolved source.
@@ -103,24 +113,52 @@ pub enum Source {
 impl Source {
     /// Detects and resolves the source at `path` (an absolute path), picking
     /// `platform` (`os/arch[/variant]`) from an OCI index.
-    pub fn resolve(path: &Path, platform: &str) -> Result<Self, SourceError> {
-        // The common case first, in as few filesystem calls as possible: an
-        // overlay2 layer, recognised by its `link` file.
-        if let Ok(link) = read_small(&path.join("link"), 256) {
-            return Overlay2Chain::resolve_with_link(path, &link).map(Self::Overlay2);
+    ///
+    /// One probe tells the kinds apart and holds everything the top layer of
+    /// an overlay2 chain needs (`link`, `lower`, `diff/`); the chain below it
+    /// takes two more, however many layers it has.
+    pub fn resolve(path: &Path, platform: &str, fs: &impl Probe) -> Result<Self, SourceError> {
+        let (link, lower, diff, marker) =
+            (path.join("link"), path.join("lower"), path.join("diff"), path.join("oci-layout"));
+        let answers = probe::ask(
+            fs,
+            &[
+                (path, 0),
+                (&link, MAX_LINK_BYTES as u32),
+                (&lower, overlay2::MAX_LOWER_BYTES as u32),
+                (&diff, 0),
+                (&marker, 0),
+            ],
+        )?;
+        let [top, link_info, lower_info, diff_info, marker_info] = five(answers)?;
+        match top {
+            Err(Error::NotFound(_)) => {
+                return Err(SourceError::NotFound(format!("{}: no such file or directory", path.display())));
+            }
+            Err(e) => return Err(probe::source_error(&e)),
+            Ok(info) if info.kind == PathKind::Directory => {}
+            Ok(info) if info.kind == PathKind::Symlink => {
+                return Err(SourceError::Unsupported(format!(
+                    "{} is a symlink; name the directory it points to",
+                    path.display()
+                )));
+            }
+            Ok(_) => {
+                return Err(SourceError::Unsupported(format!(
+                    "{} is a file; a source is an overlay2 layer directory or an OCI image layout directory",
+                    path.display()
+                )));
+            }
         }
-        let meta = fs::metadata(path).map_err(|e| SourceError::io(path, &e))?;
-        if !meta.is_dir() {
-            return Err(SourceError::Unsupported(format!(
-                "{} is a file; a source is an overlay2 layer directory or an OCI image layout directory",
-                path.display()
-            )));
+        // The common case first: an overlay2 layer, recognised by its `link`.
+        if let Ok(info) = &link_info
+            && info.kind == PathKind::File
+        {
+            let link = probe::small_file(&link, info, MAX_LINK_BYTES)?;
+            return Overlay2Chain::resolve(path, &link, lower_info, diff_info, fs).map(Self::Overlay2);
         }
-        if fs::symlink_metadata(path.join("oci-layout")).is_ok() {
+        if marker_info.is_ok() {
             return OciImage::resolve(path, platform).map(Self::Oci);
-        }
-        if overlay2::looks_like_layer(path) {
-            return Overlay2Chain::resolve(path).map(Self::Overlay2);
         }
         Err(SourceError::Unsupported(format!(
             "{} is neither an overlay2 layer directory (diff/ and link) nor an OCI image layout (oci-layout and index.json)",

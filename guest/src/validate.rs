@@ -5,10 +5,15 @@
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::ext4::{SUPERBLOCK_LEN, SUPERBLOCK_OFFSET, Superblock};
 use crate::key::CacheKey;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::probe::{self, Probe};
+use crate::source::SourceError;
+use crate::wit::host::{PathInfo, PathKind};
+use crate::wit::types::Error;
 
 /// A valid entry.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,6 +65,12 @@ pub fn read_superblock(path: &Path) -> std::io::Result<(Option<Superblock>, u64)
 /// `expected_len` bytes (when given).
 pub fn check_image(path: &Path, expected_len: Option<u64>) -> Result<u64, String> {
     let (sb, len) = read_superblock(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    judge(sb, len, expected_len)
+}
+
+/// Whether an image of `len` bytes with superblock `sb` is sound and as long
+/// as its manifest says.
+fn judge(sb: Option<Superblock>, len: u64, expected_len: Option<u64>) -> Result<u64, String> {
     if let Some(want) = expected_len
         && want != len
     {
@@ -70,40 +81,56 @@ pub fn check_image(path: &Path, expected_len: Option<u64>) -> Result<u64, String
     Ok(len)
 }
 
-/// Looks up and validates the entry for `expected.key` under `cache_root`.
-pub fn lookup(cache_root: &Path, expected: &Expected<'_>) -> Lookup {
-    let manifest_path = cache_root.join(expected.key.manifest_path());
-    let image_path = cache_root.join(expected.key.image_path());
-    let (bytes, last_used) = match fs::File::open(&manifest_path) {
-        Ok(file) => {
-            let meta = file.metadata();
-            let last_used = meta.as_ref().ok().and_then(|m| m.modified().ok());
-            let capacity = meta.map_or(4096, |m| m.len() as usize).min(MAX_MANIFEST_BYTES as usize) + 1;
-            let mut bytes = Vec::with_capacity(capacity);
-            if let Err(e) = file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut bytes) {
-                return Lookup::Corrupt(format!("reading the manifest: {e}"));
-            }
-            (bytes, last_used)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return match fs::symlink_metadata(&image_path) {
+/// Bytes of an image a lookup reads: everything up to the superblock's end.
+const IMAGE_HEAD_BYTES: u32 = SUPERBLOCK_OFFSET as u32 + SUPERBLOCK_LEN as u32;
+
+/// Looks up and validates the entry for `expected.key`, with one probe of
+/// the manifest and the image's head. A failed probe (the host refusing or
+/// failing the call) is an error, never a reason to drop the entry.
+pub fn lookup(fs: &impl Probe, expected: &Expected<'_>) -> Result<Lookup, SourceError> {
+    let (manifest_path, image_path) = (expected.key.manifest_path(), expected.key.image_path());
+    let answers = probe::ask(
+        fs,
+        &[(Path::new(&manifest_path), MAX_MANIFEST_BYTES as u32), (Path::new(&image_path), IMAGE_HEAD_BYTES)],
+    )?;
+    let mut answers = answers.into_iter();
+    let (Some(manifest), Some(image)) = (answers.next(), answers.next()) else {
+        return Err(SourceError::Io("probe answered too few paths".into()));
+    };
+    Ok(judge_entry(manifest, image, expected))
+}
+
+fn judge_entry(manifest: Result<PathInfo, Error>, image: Result<PathInfo, Error>, expected: &Expected<'_>) -> Lookup {
+    let manifest_info = match manifest {
+        Ok(info) if info.kind == PathKind::File => info,
+        Ok(_) => return Lookup::Corrupt("the manifest is not a regular file".into()),
+        Err(Error::NotFound(_)) => {
+            return match image {
                 Ok(_) => Lookup::Corrupt("the image has no manifest: its build never finished".into()),
                 Err(_) => Lookup::Miss,
             };
         }
-        Err(e) => return Lookup::Corrupt(format!("opening the manifest: {e}")),
+        Err(e) => return Lookup::Corrupt(format!("opening the manifest: {}", probe::describe(&e))),
     };
-    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+    if manifest_info.size > MAX_MANIFEST_BYTES {
         return Lookup::Corrupt(format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"));
     }
-    let manifest = match Manifest::parse(&bytes) {
+    let last_used = Some(UNIX_EPOCH + Duration::from_nanos(manifest_info.modified_ns));
+    let manifest = match Manifest::parse(&manifest_info.head) {
         Ok(m) => m,
         Err(why) => return Lookup::Corrupt(why),
     };
     if let Err(why) = check_manifest(&manifest, expected) {
         return Lookup::Corrupt(why);
     }
-    match check_image(&image_path, Some(manifest.image_bytes)) {
+    let image = match image {
+        Ok(info) if info.kind == PathKind::File => info,
+        Ok(_) => return Lookup::Corrupt("the image is not a regular file".into()),
+        Err(e) => return Lookup::Corrupt(format!("the image: {}", probe::describe(&e))),
+    };
+    let start = SUPERBLOCK_OFFSET as usize;
+    let sb = image.head.get(start..start + SUPERBLOCK_LEN).and_then(Superblock::parse);
+    match judge(sb, image.size, Some(manifest.image_bytes)) {
         Ok(_) => Lookup::Hit(Box::new(Hit { manifest, last_used })),
         Err(why) => Lookup::Corrupt(why),
     }
@@ -172,6 +199,10 @@ mod tests {
         Fixture { dir, key }
     }
 
+    fn probe(f: &Fixture) -> crate::probe::StdProbe {
+        crate::probe::StdProbe { cache_root: f.dir.path().to_path_buf() }
+    }
+
     fn expected(key: &CacheKey) -> Expected<'_> {
         Expected {
             key,
@@ -184,14 +215,14 @@ mod tests {
     #[test]
     fn a_complete_entry_is_a_hit() {
         let f = fixture();
-        assert!(matches!(lookup(f.dir.path(), &expected(&f.key)), Lookup::Hit(_)));
+        assert!(matches!(lookup(&probe(&f), &expected(&f.key)).unwrap(), Lookup::Hit(_)));
     }
 
     #[test]
     fn nothing_is_a_miss() {
         let f = fixture();
         let other = CacheKey::parse(&"2".repeat(64)).unwrap();
-        assert_eq!(lookup(f.dir.path(), &expected(&other)), Lookup::Miss);
+        assert_eq!(lookup(&probe(&f), &expected(&other)).unwrap(), Lookup::Miss);
     }
 
     #[test]
@@ -200,7 +231,9 @@ mod tests {
         let path = f.dir.path().join(f.key.image_path());
         let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(4096 * 100).unwrap();
-        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&f.key)) else { panic!("served a truncated image") };
+        let Lookup::Corrupt(why) = lookup(&probe(&f), &expected(&f.key)).unwrap() else {
+            panic!("served a truncated image")
+        };
         assert!(why.contains("manifest records"), "{why}");
     }
 
@@ -209,7 +242,9 @@ mod tests {
         let f = fixture();
         let path = f.dir.path().join(f.key.image_path());
         fs::write(&path, vec![0u8; 256 * 4096]).unwrap();
-        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&f.key)) else { panic!("served a zeroed image") };
+        let Lookup::Corrupt(why) = lookup(&probe(&f), &expected(&f.key)).unwrap() else {
+            panic!("served a zeroed image")
+        };
         assert!(why.contains("no ext4 magic"), "{why}");
     }
 
@@ -217,7 +252,7 @@ mod tests {
     fn an_image_without_manifest_is_corrupt() {
         let f = fixture();
         fs::remove_file(f.dir.path().join(f.key.manifest_path())).unwrap();
-        assert!(matches!(lookup(f.dir.path(), &expected(&f.key)), Lookup::Corrupt(_)));
+        assert!(matches!(lookup(&probe(&f), &expected(&f.key)).unwrap(), Lookup::Corrupt(_)));
     }
 
     #[test]
@@ -225,7 +260,7 @@ mod tests {
         let f = fixture();
         let mut e = expected(&f.key);
         e.agent_sha256 = "bbbb";
-        let Lookup::Corrupt(why) = lookup(f.dir.path(), &e) else { panic!("matched another agent") };
+        let Lookup::Corrupt(why) = lookup(&probe(&f), &e).unwrap() else { panic!("matched another agent") };
         assert!(why.contains("agent digest"), "{why}");
     }
 
@@ -235,7 +270,9 @@ mod tests {
         let other = CacheKey::parse(&"3".repeat(64)).unwrap();
         fs::copy(f.dir.path().join(f.key.manifest_path()), f.dir.path().join(other.manifest_path())).unwrap();
         fs::copy(f.dir.path().join(f.key.image_path()), f.dir.path().join(other.image_path())).unwrap();
-        let Lookup::Corrupt(why) = lookup(f.dir.path(), &expected(&other)) else { panic!("matched a copied manifest") };
+        let Lookup::Corrupt(why) = lookup(&probe(&f), &expected(&other)).unwrap() else {
+            panic!("matched a copied manifest")
+        };
         assert!(why.contains("key"), "{why}");
     }
 }

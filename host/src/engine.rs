@@ -17,11 +17,11 @@ use cap_std::fs::Dir;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, WasiCtx};
 
 use crate::bindings::RootfsCachePre;
 use crate::digest::hex;
 use crate::error::{Error, Result};
+use crate::preopens::Preopens;
 use crate::shared::Shared;
 use crate::store::StoreState;
 
@@ -61,6 +61,7 @@ pub(crate) struct GuestEngine {
     engine: Engine,
     pre: RootfsCachePre<StoreState>,
     ticker_stop: Arc<AtomicBool>,
+    preopens: Preopens,
     pub(crate) load_path: LoadPath,
 }
 
@@ -114,6 +115,9 @@ fn engine(memory_limit: u64, pooling: bool) -> Result<Engine> {
         // A hit touches about a megabyte of guest memory: resetting it with
         // memset on reuse costs less than the page faults after a madvise.
         .linear_memory_keep_resident(KEEP_RESIDENT)
+        // Where the kernel can say which pages a request dirtied (Linux 6.7+),
+        // reset only those.
+        .pagemap_scan(wasmtime::Enabled::Auto)
         .table_keep_resident(64 << 10)
         .async_stack_keep_resident(64 << 10);
     let mut pooled = config();
@@ -219,10 +223,28 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> R
             e.to_string()
         })
     });
-    if let Err(e) = saved {
-        tracing::warn!(error = %e, "cannot save the precompiled component");
+    match saved {
+        Ok(()) => remove_superseded(&dir, &name),
+        Err(e) => tracing::warn!(error = %e, "cannot save the precompiled component"),
     }
     Ok((component, LoadPath::Compiled))
+}
+
+/// Removes the artifacts this engine compiled from other components (an
+/// upgraded host's old guest), keeping `current`. Artifacts of other engines
+/// (another wasmtime version sharing the cache) stay: they are theirs.
+fn remove_superseded(dir: &Dir, current: &str) {
+    let Some((engine_prefix, _)) = current.split_once('-') else { return };
+    let Ok(entries) = dir.entries() else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name.strip_prefix(engine_prefix).is_some_and(|rest| rest.starts_with('-'));
+        if ours && name != current && name.strip_suffix(".xxh3") != Some(current) {
+            tracing::debug!(file = name, "removing a superseded precompiled component");
+            let _ = dir.remove_file(name);
+        }
+    }
 }
 
 impl GuestEngine {
@@ -270,26 +292,18 @@ impl GuestEngine {
                 }
             })
             .map_err(|e| Error::Component(format!("starting the epoch thread: {e}")))?;
-        Ok(Self { engine, pre, ticker_stop, load_path })
+        Ok(Self { engine, pre, ticker_stop, preopens: Preopens::default(), load_path })
     }
 
     /// A store for one request, with the cache and `source_roots` preopened
-    /// read-only, and the policy's memory and time limits.
+    /// read-only (handles shared between requests, see [`Preopens`]), and
+    /// the policy's memory and time limits.
     pub(crate) fn store(&self, shared: &Arc<Shared>, source_roots: Vec<PathBuf>) -> Result<Store<StoreState>> {
         let limits = &shared.policy.limits;
-        let mut wasi = WasiCtx::builder();
-        wasi.allow_blocking_current_thread(true);
-        wasi.preopened_dir(shared.cache.path(), "/cache", FsPerms::ReadOnly)
-            .map_err(|e| Error::Io(format!("preopening the cache: {e}")))?;
-        for root in &source_roots {
-            let guest =
-                root.to_str().ok_or_else(|| Error::InvalidRequest(format!("{} is not valid UTF-8", root.display())))?;
-            wasi.preopened_dir(root, guest, FsPerms::ReadOnly).map_err(|e| {
-                Error::io(format!("preopening {}", root.display()), &std::io::Error::other(e.to_string()))
-            })?;
-        }
+        let (wasi, root_dirs) = self.preopens.context(shared.cache.path(), &source_roots)?;
         let state = StoreState {
-            wasi: wasi.build(),
+            wasi,
+            root_dirs,
             table: wasmtime::component::ResourceTable::new(),
             limits: crate::store::GuestLimiter {
                 limits: StoreLimitsBuilder::new()

@@ -8,7 +8,9 @@ use serde_json::json;
 use wasmtime::component::Resource;
 
 use crate::audit::Verdict;
-use crate::bindings::rootfs::cache::host::{self, Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult};
+use crate::bindings::rootfs::cache::host::{
+    self, Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult, PathInfo, ProbeRequest,
+};
 use crate::bindings::rootfs::cache::types::{self, Error as WitError, SourceKind};
 use crate::cache_dir::{Area, CacheFile};
 use crate::capabilities::converter::{AgentInstall, ConversionJob, LayerBlob, SourceLayers};
@@ -174,6 +176,27 @@ impl types::Host for StoreState {
 }
 
 impl host::Host for StoreState {
+    async fn probe(&mut self, requests: Vec<ProbeRequest>) -> HostResult<Vec<Result<PathInfo, WitError>>> {
+        let call = self.begin("probe", json!({ "paths": requests.iter().map(|r| &r.path).collect::<Vec<_>>() }));
+        self.check_payload(&call, &[requests.iter().map(|r| r.path.len()).sum()])?;
+        let result = crate::probe::check(&requests).map(|()| {
+            let cache = self.shared.cache.root();
+            let mut prober = crate::probe::Prober::default();
+            requests
+                .iter()
+                .map(|request| {
+                    crate::probe::check_read(request)
+                        .and_then(|()| crate::probe::locate(&request.path, &self.root_dirs, cache))
+                        .and_then(|at| {
+                            prober.probe(&at, request.read_bytes).map_err(|e| crate::probe::error(&request.path, &e))
+                        })
+                        .map_err(|e| e.to_wit())
+                })
+                .collect()
+        });
+        self.finish(call, result)
+    }
+
     async fn digest_file(&mut self, path: String) -> HostResult<FileDigest> {
         let call = self.begin("digest-file", json!({ "path": path }));
         self.check_payload(&call, &[path.len()])?;

@@ -54,6 +54,8 @@ pub mod fsck;
 mod host_impl;
 pub mod observer;
 pub mod policy;
+mod preopens;
+mod probe;
 mod shared;
 mod store;
 mod test_hooks;

@@ -78,6 +78,8 @@ pub struct StoreState {
     pub(crate) request_id: u64,
     /// The source roots preopened for this request.
     pub(crate) source_roots: Vec<PathBuf>,
+    /// The host's handles of the same roots, for `host.probe`.
+    pub(crate) root_dirs: crate::preopens::RootDirs,
     /// Temporary images converters created for this guest and it has not
     /// yet published or removed: removed when the store is dropped, so a
     /// trapped guest leaves none behind.

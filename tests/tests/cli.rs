@@ -103,6 +103,24 @@ fn convert_prints_the_image_then_serves_it_from_the_cache() {
     let (code, out, _) = run(&[os("--cache-dir"), os(&cache), os("inspect"), os(image)]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ext4 magic:  yes") && out.contains("geometry:    sound"), "{out}");
+
+    // Without --cache-dir, the policy's cache_dir is the cache.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, format!("cache_dir = \"{}\"\n", cache.display())).unwrap();
+    let (code, out, err) = run(&[
+        os("--policy"),
+        os(&policy),
+        os("convert"),
+        os(&top),
+        os("--agent"),
+        os(&agent),
+        os("--size"),
+        os("128M"),
+        os("--json"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((json["cached"].as_bool(), json["image"].as_str()), (Some(true), image.to_str()), "{out}");
 }
 
 #[test]

@@ -51,6 +51,7 @@ impl World {
         let cache = RootfsCache::open(Config::new(&cache_dir).policy(policy).component(hostile_component())).unwrap();
         // A symlink in tmp/ pointing out of the cache.
         std::os::unix::fs::symlink(outside.join("precious"), cache.cache_dir().join("tmp/escape")).unwrap();
+        std::os::unix::fs::symlink(&outside, cache.cache_dir().join("tmp/escapedir")).unwrap();
         Self { dir, cache, top, agent, outside }
     }
 
@@ -104,11 +105,22 @@ async fn every_attack_is_refused_or_stopped_and_the_host_keeps_serving() {
         ("remove-outside", "cache_dir"),
         ("agent-outside", "agents"),
         ("converter-outside", "converters"),
+        ("probe-outside", "source_roots"),
+        ("probe-through-symlinked-dir", "source_roots"),
     ] {
         denied(w.attack(attack).await, rule, attack);
         w.outside_is_untouched(attack);
         assert_eq!(w.attack("noop").await.unwrap().key, "noop", "the host stopped serving after {attack}");
     }
+
+    // The read-only probe: no `..`, no flood, no huge reads, and a symlink
+    // is reported, never followed out of the cache.
+    for attack in ["probe-dotdot", "probe-many", "probe-huge-read"] {
+        let err = w.attack(attack).await.unwrap_err();
+        assert_eq!(err.class(), "invalid-request", "{attack}: {err}");
+    }
+    assert_eq!(w.attack("probe-symlink").await.unwrap().key, "not followed");
+    std::fs::remove_file(w.cache.cache_dir().join("tmp/escapedir")).unwrap();
 
     // Through a symlink in tmp/ that points out of the cache: no mount of it,
     // and removing it removes the link, not what it points at.

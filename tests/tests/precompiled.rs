@@ -59,3 +59,25 @@ fn a_foreign_file_under_the_artifacts_name_is_never_loaded() {
 fn host_checksum(bytes: &[u8]) -> u128 {
     xxhash_rust::xxh3::xxh3_128(bytes)
 }
+
+#[test]
+fn a_superseded_artifact_is_removed_and_another_engines_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path());
+    let path = artifact(dir.path());
+    let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+    let (engine, _) = name.split_once('-').unwrap();
+    let engine_dir = dir.path().join("cache/engine");
+    // What an older guest left under this engine, and another engine's artifact.
+    let superseded = engine_dir.join(format!("{engine}-{}.cwasm", "0".repeat(32)));
+    let other_engine = engine_dir.join(format!("{}-{}.cwasm", "f".repeat(16), "0".repeat(32)));
+    for file in [&superseded, &other_engine] {
+        std::fs::write(file, b"old").unwrap();
+        std::fs::write(file.with_extension("cwasm.xxh3"), b"0").unwrap();
+    }
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(open(dir.path()).load_path(), LoadPath::Compiled);
+    assert!(path.exists(), "the new artifact was not saved");
+    assert!(!superseded.exists() && !superseded.with_extension("cwasm.xxh3").exists(), "the old one stayed");
+    assert!(other_engine.exists() && other_engine.with_extension("cwasm.xxh3").exists(), "another engine's went");
+}

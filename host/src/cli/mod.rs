@@ -20,8 +20,8 @@ use rootfs_cache::{Config, ConverterSpec, Error, Policy, Request, RootfsCache};
 #[derive(Debug, Parser)]
 #[command(name = "rootfs-cache", version, about, long_about)]
 pub struct Cli {
-    /// The cache directory [default: /var/lib/rootfs-cache for root,
-    /// $XDG_CACHE_HOME/rootfs-cache otherwise].
+    /// The cache directory [default: the policy's `cache_dir`, else
+    /// /var/lib/rootfs-cache for root, $XDG_CACHE_HOME/rootfs-cache otherwise].
     #[arg(long, global = true, env = "ROOTFS_CACHE_DIR", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
 
@@ -177,11 +177,9 @@ fn default_cache_dir() -> PathBuf {
     base.join("rootfs-cache")
 }
 
-/// The policy: the file's, or one allowing exactly what the arguments name.
-fn policy(cli: &Cli, cache_dir: &Path) -> Result<Policy> {
-    if let Some(file) = &cli.policy {
-        return Ok(Policy::load(file)?);
-    }
+/// The policy without a policy file: one allowing exactly what the
+/// arguments name.
+fn implicit_policy(cli: &Cli, cache_dir: &Path) -> Policy {
     let mut policy = Policy { cache_dir: Some(cache_dir.to_path_buf()), ..Policy::default() };
     if let Command::Convert(args) = &cli.command {
         let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
@@ -199,17 +197,24 @@ fn policy(cli: &Cli, cache_dir: &Path) -> Result<Policy> {
             other => other.to_string(),
         }]);
     }
-    Ok(policy)
+    policy
 }
 
 fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<RootfsCache> {
-    let cache_dir = cli.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let file_policy = cli.policy.as_deref().map(Policy::load).transpose()?;
+    // `--cache-dir`, else the policy's `cache_dir`, else the default.
+    let cache_dir = cli
+        .cache_dir
+        .clone()
+        .or_else(|| file_policy.as_ref().and_then(|p| p.cache_dir.clone()))
+        .unwrap_or_else(default_cache_dir);
     if cache_dir.as_os_str().is_empty() {
         return Err(Error::Config("the cache directory is empty".into()).into());
     }
+    let policy = file_policy.unwrap_or_else(|| implicit_policy(cli, &cache_dir));
     // One process, one request: preallocating instance slots would cost more
     // than it saves.
-    let mut config = Config::new(&cache_dir).policy(policy(cli, &cache_dir)?).pooling(false);
+    let mut config = Config::new(&cache_dir).policy(policy).pooling(false);
     if let Command::Convert(args) = &cli.command {
         let headroom = rootfs_cache::ext4::Headroom {
             free_space_percent: args.free_space,

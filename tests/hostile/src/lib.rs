@@ -11,7 +11,7 @@ mod hostile {
     }
 
     use bindings::exports::rootfs::cache::cache::Guest;
-    use bindings::rootfs::cache::host::{self, Conversion, FileInstall, Layer};
+    use bindings::rootfs::cache::host::{self, Conversion, FileInstall, Layer, PathInfo, PathKind, ProbeRequest};
     use bindings::rootfs::cache::types::{
         ConvertRequest, Entry, Error, GcReport, ImageInfo, Outcome, SourceKind, SweepReport, Timings, VerifyReport,
     };
@@ -50,6 +50,12 @@ mod hostile {
             Err(e) => Err(e),
             Ok(_) => Ok(refused(&format!("ALLOWED: {what}"))),
         }
+    }
+
+    /// `host.probe` of one path.
+    fn probe_one(path: &str, read_bytes: u32) -> Result<PathInfo, Error> {
+        let mut answers = host::probe(&[ProbeRequest { path: path.into(), read_bytes }])?;
+        answers.pop().unwrap_or_else(|| Err(Error::Io("probe gave no answer".into())))
     }
 
     fn job(request: &ConvertRequest, output: &str, layers: Vec<Layer>) -> Conversion {
@@ -148,6 +154,19 @@ mod hostile {
                 "remove-symlink" => host::remove("tmp/escape").map(|_| refused("removed the link")),
                 "agent-outside" => expect_refusal(attack, host::digest_file("/etc/shadow")),
                 "converter-outside" => expect_refusal(attack, host::describe_converter("command:/bin/sh")),
+                "probe-outside" => expect_refusal(attack, probe_one("/etc/shadow", 4096)),
+                "probe-dotdot" => expect_refusal(attack, probe_one("images/../../outside/precious", 4096)),
+                "probe-through-symlinked-dir" => expect_refusal(attack, probe_one("tmp/escapedir/precious", 4096)),
+                "probe-symlink" => match probe_one("tmp/escape", 4096) {
+                    Ok(info) if info.kind == PathKind::Symlink && info.head.is_empty() => Ok(refused("not followed")),
+                    Ok(_) => Ok(refused("ALLOWED: read through tmp/escape")),
+                    Err(e) => Err(e),
+                },
+                "probe-many" => expect_refusal(
+                    attack,
+                    host::probe(&vec![ProbeRequest { path: "images".into(), read_bytes: 0 }; 10_000]),
+                ),
+                "probe-huge-read" => expect_refusal(attack, probe_one(&format!("images/{KEY}.json"), u32::MAX)),
                 "read-outside" => match std::fs::read("/etc/hostname") {
                     Ok(_) => Ok(refused("ALLOWED: read /etc/hostname")),
                     Err(e) => Err(Error::Io(format!("read /etc/hostname: {e}"))),

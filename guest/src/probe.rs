@@ -1,0 +1,134 @@
+//! The hot path's reads, batched: source resolution and entry validation ask
+//! the host's `probe` for many paths at once instead of making one WASI call
+//! per fact (each of which costs microseconds through the component
+//! boundary).
+
+use std::path::Path;
+
+use crate::source::SourceError;
+use crate::wit::host::{PathInfo, PathKind, ProbeRequest};
+use crate::wit::types::Error;
+
+/// The `host.probe` capability: stat, readlink and the first bytes of
+/// several paths in one call.
+pub trait Probe {
+    /// `host.probe`: one result per request, in order.
+    fn probe(&self, requests: &[ProbeRequest]) -> Result<Vec<Result<PathInfo, Error>>, Error>;
+}
+
+/// Asks about `paths` (each with how many bytes to read) in one call.
+pub fn ask(fs: &impl Probe, paths: &[(&Path, u32)]) -> Result<Vec<Result<PathInfo, Error>>, SourceError> {
+    let mut requests = Vec::with_capacity(paths.len());
+    for (path, read_bytes) in paths {
+        let path = path.to_str().ok_or_else(|| SourceError::Unsupported(format!("{} is not UTF-8", path.display())))?;
+        requests.push(ProbeRequest { path: path.to_owned(), read_bytes: *read_bytes });
+    }
+    let answers = fs.probe(&requests).map_err(SourceError::Host)?;
+    if answers.len() != requests.len() {
+        return Err(SourceError::Io(format!("probe answered {} of {} paths", answers.len(), requests.len())));
+    }
+    Ok(answers)
+}
+
+/// The message of a probe error, as the source errors carry it.
+pub fn describe(error: &Error) -> String {
+    match error {
+        Error::Denied(d) => format!("denied by {}: {}", d.rule, d.detail),
+        Error::ConverterFailed(f) => f.stderr_tail.clone(),
+        Error::InvalidRequest(m)
+        | Error::NotFound(m)
+        | Error::UnsupportedSource(m)
+        | Error::Timeout(m)
+        | Error::MountFailed(m)
+        | Error::InjectFailed(m)
+        | Error::Corrupt(m)
+        | Error::NoSpace(m)
+        | Error::Io(m) => m.clone(),
+    }
+}
+
+/// A probe's answer for one path as a source error: not-found stays
+/// not-found, and every other error keeps its class (a denial stays a
+/// denial).
+pub fn source_error(error: &Error) -> SourceError {
+    match error {
+        Error::NotFound(m) => SourceError::NotFound(m.clone()),
+        other => SourceError::Host(other.clone()),
+    }
+}
+
+/// Whether an answer is "there is nothing at this path".
+pub fn is_missing(answer: &Result<PathInfo, Error>) -> bool {
+    matches!(answer, Err(Error::NotFound(_)))
+}
+
+/// A small regular file's contents, refusing one longer than `limit` bytes
+/// (the probe must have read at least `limit` bytes).
+pub fn small_file(path: &Path, info: &PathInfo, limit: u64) -> Result<Vec<u8>, SourceError> {
+    if info.kind != PathKind::File {
+        return Err(SourceError::Unsupported(format!("{} is not a regular file", path.display())));
+    }
+    if info.size > limit {
+        return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
+    }
+    Ok(info.head.clone())
+}
+
+/// [`Probe`] through `std::fs`, for native tests: cache-relative paths are
+/// looked up under `cache_root`.
+#[cfg(test)]
+pub struct StdProbe {
+    /// Where relative paths are looked up.
+    pub cache_root: std::path::PathBuf,
+}
+
+#[cfg(test)]
+impl Probe for StdProbe {
+    fn probe(&self, requests: &[ProbeRequest]) -> Result<Vec<Result<PathInfo, Error>>, Error> {
+        use std::io::Read as _;
+        use std::os::unix::ffi::OsStrExt as _;
+
+        let nanos = |t: std::io::Result<std::time::SystemTime>| {
+            t.ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64)
+        };
+        let one = |request: &ProbeRequest| -> std::io::Result<PathInfo> {
+            let path = self.cache_root.join(&request.path);
+            let meta = std::fs::symlink_metadata(&path)?;
+            let t = meta.file_type();
+            let kind = if t.is_file() {
+                PathKind::File
+            } else if t.is_dir() {
+                PathKind::Directory
+            } else if t.is_symlink() {
+                PathKind::Symlink
+            } else {
+                PathKind::Other
+            };
+            let link_target = t
+                .is_symlink()
+                .then(|| std::fs::read_link(&path).map(|p| p.as_os_str().as_bytes().to_vec()))
+                .transpose()?;
+            let mut head = Vec::new();
+            if t.is_file() {
+                std::fs::File::open(&path)?.take(u64::from(request.read_bytes)).read_to_end(&mut head)?;
+            }
+            Ok(PathInfo {
+                kind,
+                size: meta.len(),
+                modified_ns: nanos(meta.modified()),
+                created_ns: nanos(meta.created()),
+                link_target,
+                head,
+            })
+        };
+        Ok(requests
+            .iter()
+            .map(|r| {
+                one(r).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Error::NotFound(format!("{}: {e}", r.path)),
+                    _ => Error::Io(format!("{}: {e}", r.path)),
+                })
+            })
+            .collect())
+    }
+}
