@@ -18,9 +18,10 @@ const err = (tag, val) => ({ tag, val });
 const NAME = /^(tmp|images)\/[A-Za-z0-9_-][A-Za-z0-9._-]{0,254}$/;
 const KEY = /^[0-9a-f]{64}$/;
 
-/** Most paths one `probe` call may name, and most bytes one path may read. */
+/** Most paths one `probe` call may name, most bytes one path may read, most bytes in all. */
 const MAX_PROBE_PATHS = 256;
 const MAX_READ_BYTES = 65536;
+const MAX_TOTAL_READ_BYTES = 1 << 20;
 
 export function createHost({ cacheDir, sourceRoots = [], agents = null, log = () => {} }) {
   const locks = new Map(); // key -> token
@@ -164,6 +165,10 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
     probe(requests) {
       if (requests.length > MAX_PROBE_PATHS) {
         throw err('invalid-request', `probe was given ${requests.length} paths; the limit is ${MAX_PROBE_PATHS}`);
+      }
+      const total = requests.reduce((sum, r) => sum + r.readBytes, 0);
+      if (total > MAX_TOTAL_READ_BYTES) {
+        throw err('invalid-request', `probe asked for ${total} bytes in all; the limit is ${MAX_TOTAL_READ_BYTES}`);
       }
       return requests.map((request) => {
         try {

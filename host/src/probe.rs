@@ -1,7 +1,7 @@
 //! `host.probe`: the facts a request's hot path needs, for many paths in
 //! one call.
 //!
-//! Every fact comes through a cap-std handle of one of the directories the
+//! Every path is resolved beneath a handle of one of the directories the
 //! guest already sees read-only (the request's source roots, the cache), so
 //! the probe shows nothing the guest could not read through WASI: it only
 //! replaces one WASI call per fact with one host call per batch.
@@ -21,14 +21,18 @@ pub(crate) const MAX_PATHS: usize = 256;
 /// Most bytes one path may ask to read.
 pub(crate) const MAX_READ_BYTES: u32 = 64 << 10;
 
+/// Most bytes one call may ask to read, over all its paths.
+pub(crate) const MAX_TOTAL_READ_BYTES: u64 = 1 << 20;
+
 /// Where one probed path lives: the directory handle and the path inside it.
 pub(crate) struct Located<'a> {
     dir: &'a Dir,
     inside: &'a Path,
 }
 
-/// Finds the directory an absolute `path` lies in among `roots` (host paths
-/// and their handles), or, for a relative path, the cache.
+/// Finds the directory `path` lies in: for an absolute path, the deepest of
+/// `roots` (host paths and their handles) that holds it; for a relative
+/// path, the cache.
 pub(crate) fn locate<'a>(
     path: &'a str,
     roots: &'a [(std::path::PathBuf, Dir)],
@@ -177,6 +181,12 @@ pub(crate) fn check(requests: &[ProbeRequest]) -> Result<(), Error> {
         return Err(Error::InvalidRequest(format!(
             "probe was given {} paths; the limit is {MAX_PATHS}",
             requests.len()
+        )));
+    }
+    let total: u64 = requests.iter().map(|r| u64::from(r.read_bytes)).sum();
+    if total > MAX_TOTAL_READ_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "probe asked for {total} bytes in all; the limit is {MAX_TOTAL_READ_BYTES}"
         )));
     }
     Ok(())

@@ -115,7 +115,7 @@ async fn every_attack_is_refused_or_stopped_and_the_host_keeps_serving() {
 
     // The read-only probe: no `..`, no flood, no huge reads, and a symlink
     // is reported, never followed out of the cache.
-    for attack in ["probe-dotdot", "probe-many", "probe-huge-read"] {
+    for attack in ["probe-dotdot", "probe-many", "probe-huge-read", "probe-many-reads"] {
         let err = w.attack(attack).await.unwrap_err();
         assert_eq!(err.class(), "invalid-request", "{attack}: {err}");
     }

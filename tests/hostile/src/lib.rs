@@ -167,6 +167,10 @@ mod hostile {
                     host::probe(&vec![ProbeRequest { path: "images".into(), read_bytes: 0 }; 10_000]),
                 ),
                 "probe-huge-read" => expect_refusal(attack, probe_one(&format!("images/{KEY}.json"), u32::MAX)),
+                "probe-many-reads" => expect_refusal(
+                    attack,
+                    host::probe(&vec![ProbeRequest { path: format!("images/{KEY}.json"), read_bytes: 65_536 }; 200]),
+                ),
                 "read-outside" => match std::fs::read("/etc/hostname") {
                     Ok(_) => Ok(refused("ALLOWED: read /etc/hostname")),
                     Err(e) => Err(Error::Io(format!("read /etc/hostname: {e}"))),
