@@ -57,11 +57,6 @@ pub fn source_error(error: &Error) -> SourceError {
     }
 }
 
-/// Whether an answer is "there is nothing at this path".
-pub fn is_missing(answer: &Result<PathInfo, Error>) -> bool {
-    matches!(answer, Err(Error::NotFound(_)))
-}
-
 /// A small regular file's contents, refusing one longer than `limit` bytes
 /// (the probe must have read at least `limit` bytes).
 pub fn small_file(path: &Path, info: &PathInfo, limit: u64) -> Result<Vec<u8>, SourceError> {

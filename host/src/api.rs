@@ -424,7 +424,7 @@ impl RootfsCache {
             converter: request.converter.to_string(),
             platform: request.platform.clone(),
         };
-        let mut store = self.engine.store(&self.shared, vec![root])?;
+        let mut store = self.engine.store(&self.shared, std::slice::from_ref(&root))?;
         let instance = self.engine.instantiate(&mut store).await?;
         let result = instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await;
         drop(store);
@@ -463,7 +463,7 @@ impl RootfsCache {
         } else {
             (utf8("image", image)?.to_owned(), Vec::new())
         };
-        let mut store = self.engine.store(&self.shared, preopen)?;
+        let mut store = self.engine.store(&self.shared, &preopen)?;
         let instance = self.engine.instantiate(&mut store).await?;
         let info = guest_result(instance.rootfs_cache_cache().call_inspect(&mut store, &guest_path).await)?;
         Ok(ImageInfo {
@@ -482,7 +482,7 @@ impl RootfsCache {
 
     /// Lists every entry with its manifest and whether it validates.
     pub async fn list(&self) -> Result<Vec<Entry>> {
-        let mut store = self.engine.store(&self.shared, Vec::new())?;
+        let mut store = self.engine.store(&self.shared, &[])?;
         let instance = self.engine.instantiate(&mut store).await?;
         let entries = guest_result(instance.rootfs_cache_cache().call_list_entries(&mut store).await)?;
         Ok(entries.into_iter().map(|e| self.entry(e)).collect())
@@ -507,7 +507,7 @@ impl RootfsCache {
     /// whose key nobody holds (never a live builder's), and loop devices
     /// still attached to such images. See the WIT's `cache.sweep`.
     pub async fn sweep(&self) -> Result<SweepReport> {
-        let mut store = self.engine.store(&self.shared, Vec::new())?;
+        let mut store = self.engine.store(&self.shared, &[])?;
         let instance = self.engine.instantiate(&mut store).await?;
         let report = guest_result(instance.rootfs_cache_cache().call_sweep(&mut store).await)?;
         drop(store);
@@ -549,7 +549,7 @@ impl RootfsCache {
     /// Evicts entries until they take at most `max_bytes`; `pins` are keys
     /// or image paths that stay. See the WIT's `cache.gc`.
     pub async fn gc(&self, max_bytes: u64, pins: &[String]) -> Result<GcReport> {
-        let mut store = self.engine.store(&self.shared, Vec::new())?;
+        let mut store = self.engine.store(&self.shared, &[])?;
         let instance = self.engine.instantiate(&mut store).await?;
         let r = guest_result(instance.rootfs_cache_cache().call_gc(&mut store, max_bytes, pins).await)?;
         Ok(GcReport {
@@ -563,7 +563,7 @@ impl RootfsCache {
     /// Checks every entry (with `fsck`, also `e2fsck -fn`) and removes the
     /// broken ones. See the WIT's `cache.verify`.
     pub async fn verify(&self, fsck: bool) -> Result<VerifyReport> {
-        let mut store = self.engine.store(&self.shared, Vec::new())?;
+        let mut store = self.engine.store(&self.shared, &[])?;
         let instance = self.engine.instantiate(&mut store).await?;
         let r = guest_result(instance.rootfs_cache_cache().call_verify(&mut store, fsck).await)?;
         Ok(VerifyReport { checked: r.checked, broken: r.broken.into_iter().map(|e| self.entry(e)).collect() })

@@ -298,12 +298,11 @@ impl GuestEngine {
     /// A store for one request, with the cache and `source_roots` preopened
     /// read-only (handles shared between requests, see [`Preopens`]), and
     /// the policy's memory and time limits.
-    pub(crate) fn store(&self, shared: &Arc<Shared>, source_roots: Vec<PathBuf>) -> Result<Store<StoreState>> {
+    pub(crate) fn store(&self, shared: &Arc<Shared>, source_roots: &[PathBuf]) -> Result<Store<StoreState>> {
         let limits = &shared.policy.limits;
-        let (wasi, root_dirs) = self.preopens.context(shared.cache.path(), &source_roots)?;
+        let (wasi, source_roots) = self.preopens.context(shared.cache.path(), source_roots)?;
         let state = StoreState {
             wasi,
-            root_dirs,
             table: wasmtime::component::ResourceTable::new(),
             limits: crate::store::GuestLimiter {
                 limits: StoreLimitsBuilder::new()

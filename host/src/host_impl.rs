@@ -97,7 +97,7 @@ impl StoreState {
     /// source roots of the policy and of this request.
     fn check_readable(&self, what: &str, path: &str) -> Result<PathBuf, Error> {
         let real = self.shared.policy.check_source_path(what, path)?;
-        if !self.source_roots.iter().any(|root| real.starts_with(root)) {
+        if !self.source_roots.iter().any(|(root, _)| real.starts_with(root)) {
             return Err(Error::denied("source_roots", format!("{what} {path} is outside the source of this request")));
         }
         Ok(real)
@@ -184,14 +184,7 @@ impl host::Host for StoreState {
             let mut prober = crate::probe::Prober::default();
             requests
                 .iter()
-                .map(|request| {
-                    crate::probe::check_read(request)
-                        .and_then(|()| crate::probe::locate(&request.path, &self.root_dirs, cache))
-                        .and_then(|at| {
-                            prober.probe(&at, request.read_bytes).map_err(|e| crate::probe::error(&request.path, &e))
-                        })
-                        .map_err(|e| e.to_wit())
-                })
+                .map(|request| prober.answer(request, &self.source_roots, cache).map_err(|e| e.to_wit()))
                 .collect()
         });
         self.finish(call, result)

@@ -7,7 +7,7 @@
 //! replaces one WASI call per fact with one host call per batch.
 
 use std::os::fd::{AsFd as _, BorrowedFd, OwnedFd};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use cap_std::fs::Dir;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
@@ -33,11 +33,7 @@ pub(crate) struct Located<'a> {
 /// Finds the directory `path` lies in: for an absolute path, the deepest of
 /// `roots` (host paths and their handles) that holds it; for a relative
 /// path, the cache.
-pub(crate) fn locate<'a>(
-    path: &'a str,
-    roots: &'a [(std::path::PathBuf, Dir)],
-    cache: &'a Dir,
-) -> Result<Located<'a>, Error> {
+fn locate<'a>(path: &'a str, roots: &'a [(PathBuf, Dir)], cache: &'a Dir) -> Result<Located<'a>, Error> {
     let path = Path::new(path);
     let (dir, inside) = if path.is_absolute() {
         roots
@@ -81,7 +77,7 @@ fn kind(mode: u16) -> PathKind {
 /// resolution needs the kernel's containment, and it gets it.
 #[derive(Default)]
 pub(crate) struct Prober {
-    parents: Vec<(usize, std::path::PathBuf, OwnedFd)>,
+    parents: Vec<(usize, PathBuf, OwnedFd)>,
 }
 
 impl Prober {
@@ -106,8 +102,21 @@ impl Prober {
         Ok(self.parents.last().map(|(_, _, fd)| fd.as_fd()).expect("just pushed"))
     }
 
+    /// Answers one request of a probe call: its read size checked, its
+    /// path located among `roots` (or in the cache) and looked at.
+    pub(crate) fn answer(
+        &mut self,
+        request: &ProbeRequest,
+        roots: &[(PathBuf, Dir)],
+        cache: &Dir,
+    ) -> Result<PathInfo, Error> {
+        check_read(request)?;
+        let at = locate(&request.path, roots, cache)?;
+        self.probe(&at, request.read_bytes).map_err(|e| error(&request.path, &e))
+    }
+
     /// Looks at one located path.
-    pub(crate) fn probe(&mut self, at: &Located<'_>, read_bytes: u32) -> std::io::Result<PathInfo> {
+    fn probe(&mut self, at: &Located<'_>, read_bytes: u32) -> std::io::Result<PathInfo> {
         let Located { dir, inside } = at;
         let (parent, name) = match (inside.parent(), inside.file_name()) {
             (Some(parent), Some(name)) if parent.as_os_str().is_empty() => (dir.as_fd(), name),
@@ -165,7 +174,7 @@ impl Prober {
 /// The error for a failed probe of `path`: the kernel's (`EXDEV`) or
 /// cap-std's refusal to resolve a path out of the directory is a denial,
 /// like any other escape.
-pub(crate) fn error(path: &str, err: &std::io::Error) -> Error {
+fn error(path: &str, err: &std::io::Error) -> Error {
     let escape = err.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error())
         || (err.kind() == std::io::ErrorKind::PermissionDenied
             && err.to_string().contains("outside of the filesystem"));
@@ -193,7 +202,7 @@ pub(crate) fn check(requests: &[ProbeRequest]) -> Result<(), Error> {
 }
 
 /// Checks one probe request's read size.
-pub(crate) fn check_read(request: &ProbeRequest) -> Result<(), Error> {
+fn check_read(request: &ProbeRequest) -> Result<(), Error> {
     if request.read_bytes > MAX_READ_BYTES {
         return Err(Error::InvalidRequest(format!(
             "probe asked for {} bytes of {}; the limit is {MAX_READ_BYTES}",

@@ -6,7 +6,6 @@
 //! detached) and lock (released) the guest still held: a trapped or
 //! misbehaving guest leaves nothing behind.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,10 +75,9 @@ pub struct StoreState {
     pub(crate) resources: usize,
     /// A number for this request in logs and the audit log.
     pub(crate) request_id: u64,
-    /// The source roots preopened for this request.
-    pub(crate) source_roots: Vec<PathBuf>,
-    /// The host's handles of the same roots, for `host.probe`.
-    pub(crate) root_dirs: crate::preopens::RootDirs,
+    /// The source roots preopened for this request, each with the host's
+    /// own handle of it (for `host.probe`).
+    pub(crate) source_roots: crate::preopens::RootDirs,
     /// Temporary images converters created for this guest and it has not
     /// yet published or removed: removed when the store is dropped, so a
     /// trapped guest leaves none behind.

@@ -21,21 +21,17 @@ fn run(args: &[OsString]) -> (i32, String, String) {
 /// The chain's top layer, the agent, the cache directory and its snapshot.
 type OneEntry = (PathBuf, PathBuf, PathBuf, Vec<(String, u64)>);
 
+/// `convert TOP --agent AGENT --size 128M`.
+fn convert_args(top: &Path, agent: &Path) -> Vec<OsString> {
+    vec![os("convert"), os(top), os("--agent"), os(agent), os("--size"), os("128M")]
+}
+
 /// A cache holding one entry (the standard chain, 128 MiB) under `d`.
 fn cache_with_one_entry(d: &Path) -> OneEntry {
     let top = standard_chain(&d.join("overlay2"));
     let agent = agent(d, "agent", "cli");
     let cache = d.join("cache");
-    let (code, _, err) = run(&[
-        os("--cache-dir"),
-        os(&cache),
-        os("convert"),
-        os(&top),
-        os("--agent"),
-        os(&agent),
-        os("--size"),
-        os("128M"),
-    ]);
+    let (code, _, err) = run(&[vec![os("--cache-dir"), os(&cache)], convert_args(&top, &agent)].concat());
     assert_eq!(code, 0, "{err}");
     let before = snapshot(&cache);
     (top, agent, cache, before)
@@ -77,8 +73,7 @@ fn convert_prints_the_image_then_serves_it_from_the_cache() {
     let top = standard_chain(&dir.path().join("overlay2"));
     let agent = agent(dir.path(), "agent", "cli");
     let cache = dir.path().join("cache");
-    let base =
-        [os("--cache-dir"), os(&cache), os("convert"), os(&top), os("--agent"), os(&agent), os("--size"), os("128M")];
+    let base = [vec![os("--cache-dir"), os(&cache)], convert_args(&top, &agent)].concat();
 
     let (code, out, err) = run(&base);
     assert_eq!(code, 0, "{err}");
@@ -107,17 +102,8 @@ fn convert_prints_the_image_then_serves_it_from_the_cache() {
     // Without --cache-dir, the policy's cache_dir is the cache.
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, format!("cache_dir = \"{}\"\n", cache.display())).unwrap();
-    let (code, out, err) = run(&[
-        os("--policy"),
-        os(&policy),
-        os("convert"),
-        os(&top),
-        os("--agent"),
-        os(&agent),
-        os("--size"),
-        os("128M"),
-        os("--json"),
-    ]);
+    let (code, out, err) =
+        run(&[vec![os("--policy"), os(&policy)], convert_args(&top, &agent), vec![os("--json")]].concat());
     assert_eq!(code, 0, "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!((json["cached"].as_bool(), json["image"].as_str()), (Some(true), image.to_str()), "{out}");
