@@ -24,10 +24,15 @@ struct Result {
     note: &'static str,
 }
 
+/// Whether a manifest of the layout names a zstd layer. Manifests are small
+/// JSON blobs; layer blobs (up to gigabytes) are not read.
 fn is_zstd(layout: &Path) -> bool {
     std::fs::read_dir(layout.join("blobs/sha256"))
         .map(|d| {
-            d.flatten().any(|e| std::fs::read(e.path()).is_ok_and(|b| String::from_utf8_lossy(&b).contains("tar+zstd")))
+            d.flatten().any(|e| {
+                e.metadata().is_ok_and(|m| m.len() <= 64 << 10)
+                    && std::fs::read(e.path()).is_ok_and(|b| String::from_utf8_lossy(&b).contains("tar+zstd"))
+            })
         })
         .unwrap_or(false)
 }
