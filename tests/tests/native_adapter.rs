@@ -294,3 +294,60 @@ async fn an_image_whose_superblock_overstates_its_size_is_never_mounted() {
     assert_eq!(snapshot(&w.cache_dir()), before);
     w.assert_nothing_left_behind();
 }
+
+/// A child forked by any thread of the process holds copies of every
+/// descriptor until it execs, the mount's among them, which keeps the
+/// superblock, and so the loop device, alive after the unmount's close. The
+/// unmount must not report success (and let the image be published) while
+/// the kernel may still write it.
+#[test]
+fn an_unmount_waits_for_a_forked_copy_of_the_mount_and_says_so_when_it_outlives_the_timeout() {
+    use rootfs_cache::capabilities::mounter::ImageMounter;
+    use rootfs_cache::capabilities::mounter::loop_mount::LoopMounter;
+    use std::os::fd::AsRawFd;
+
+    require_root!();
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.ext4");
+    let made =
+        std::process::Command::new("mke2fs").args(["-q", "-F", "-t", "ext4"]).arg(&image).arg("8M").status().unwrap();
+    assert!(made.success());
+    let open = || std::fs::OpenOptions::new().read(true).write(true).open(&image).unwrap();
+    let mounter = LoopMounter::with_release_timeout(Duration::from_millis(300));
+    let mounted = mounter.mount(open()).unwrap();
+
+    let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+    // SAFETY: the child calls only async-signal-safe functions (close, read,
+    // _exit) before it exits.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+    if child == 0 {
+        // SAFETY: see above; the child holds its copies until the parent
+        // closes the pipe.
+        unsafe {
+            libc::close(write_end.as_raw_fd());
+            let mut byte = 0u8;
+            libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    drop(read_end);
+
+    let err = mounted.unmount().expect_err("the unmount reported success while a copy of the mount was alive");
+    assert!(err.to_string().contains("still serves"), "{err}");
+    assert_eq!(loop_devices_under(dir.path()).len(), 1, "the device should still serve the image");
+
+    // The copy goes away with the child: the kernel then unmounts, and
+    // autoclear detaches the device, before the child is reaped.
+    drop(write_end);
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert_eq!(loop_devices_under(dir.path()), Vec::<String>::new());
+    let (code, output) = rootfs_cache_tests::fsck(&image);
+    assert_eq!(code, 0, "{output}");
+
+    // Without a holder, a mount and unmount of the same image succeeds.
+    mounter.mount(open()).unwrap().unmount().unwrap();
+    assert_eq!(loop_devices_under(dir.path()), Vec::<String>::new());
+}

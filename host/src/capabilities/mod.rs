@@ -50,7 +50,7 @@ impl Capabilities {
     /// is installed with `debugfs` instead of a loop mount.
     pub fn native_with(headroom: crate::ext4::Headroom) -> Self {
         let mounter: Arc<dyn ImageMounter> = if mounter::debugfs::can_mount() {
-            Arc::new(mounter::loop_mount::LoopMounter)
+            Arc::new(mounter::loop_mount::LoopMounter::default())
         } else {
             Arc::new(mounter::debugfs::DebugfsInstaller)
         };
@@ -85,7 +85,7 @@ impl Capabilities {
 
     /// Installs the agent through a loop mount (needs `CAP_SYS_ADMIN`).
     pub fn with_mount_injection(mut self) -> Self {
-        self.mounter = Arc::new(mounter::loop_mount::LoopMounter);
+        self.mounter = Arc::new(mounter::loop_mount::LoopMounter::default());
         self
     }
 }

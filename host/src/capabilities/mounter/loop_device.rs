@@ -1,8 +1,11 @@
 //! Loop devices through `/dev/loop-control` and `LOOP_CONFIGURE`.
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
@@ -38,12 +41,18 @@ struct LoopConfig {
     reserved: [u64; 8],
 }
 
+/// How long [`LoopDevice::detach`] waits, by default, for the kernel to
+/// release the device.
+pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// An attached loop device. It detaches itself (autoclear) when its last
 /// user, this handle or a mount, goes away.
 #[derive(Debug)]
 pub struct LoopDevice {
     device: File,
     number: u32,
+    /// The backing file as sysfs named it when the device was attached.
+    backing: Option<PathBuf>,
 }
 
 /// How often to retry when another process takes the free device first.
@@ -94,7 +103,8 @@ impl LoopDevice {
             // SAFETY: `config` is a valid `struct loop_config` that outlives the call.
             let rc = unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config as *const LoopConfig) };
             if rc == 0 {
-                return Ok(Self { device, number: number as u32 });
+                let number = number as u32;
+                return Ok(Self { device, number, backing: backing_file(number) });
             }
             let err = std::io::Error::last_os_error();
             if err.raw_os_error() != Some(libc::EBUSY) {
@@ -116,9 +126,18 @@ impl LoopDevice {
         self.number
     }
 
-    /// Detaches now (rather than when the last user closes it) and reports
-    /// an error if the kernel refuses.
-    pub fn detach(self) -> Result<()> {
+    /// Detaches the device and waits, up to `timeout`, until the kernel has
+    /// released it.
+    ///
+    /// `LOOP_CLR_FD` only marks a device that someone else still has open;
+    /// the kernel detaches it at the last close. Until then the image may
+    /// still be written: by a mount whose superblock outlived its unmount
+    /// because a child process, forked by any thread of this process, holds
+    /// a copy of the mount's descriptor until it execs, or by another
+    /// process that opened the device (udev's probe, `blkid`). So this
+    /// returns only once the device no longer serves the image, and fails
+    /// with `MountFailed` if that takes longer than `timeout`.
+    pub fn detach(self, timeout: Duration) -> Result<()> {
         // SAFETY: LOOP_CLR_FD takes no argument.
         let rc = unsafe { libc::ioctl(self.device.as_raw_fd(), LOOP_CLR_FD, 0) };
         if rc != 0 {
@@ -128,8 +147,41 @@ impl LoopDevice {
                 return Err(Error::MountFailed(format!("detaching {}: {err}", self.path().display())));
             }
         }
-        Ok(())
+        let Self { device, number, backing } = self;
+        // Our own descriptor counts as a user: close it first.
+        drop(device);
+        match backing {
+            Some(backing) => wait_released(number, &backing, timeout),
+            None => Ok(()),
+        }
     }
+}
+
+/// Waits until `/dev/loopN` no longer serves `backing`: it was detached,
+/// or detached and attached again to another file.
+fn wait_released(number: u32, backing: &Path, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_micros(20);
+    while backing_file(number).is_some_and(|current| same_file_name(&current, backing)) {
+        if start.elapsed() >= timeout {
+            return Err(Error::MountFailed(format!(
+                "/dev/loop{number} still serves {} {timeout:?} after its unmount: another process has the device \
+                 open, or holds a copy of the mount (a child forked before its exec)",
+                backing.display()
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// Whether sysfs's `current` names `attached`, allowing for the
+/// ` (deleted)` the kernel appends once the file is unlinked.
+fn same_file_name(current: &Path, attached: &Path) -> bool {
+    let current = current.as_os_str().as_bytes();
+    let current = current.strip_suffix(b" (deleted)").unwrap_or(current);
+    OsStr::from_bytes(current) == attached.as_os_str()
 }
 
 /// The backing file of `/dev/loopN`, if it is attached.
@@ -162,5 +214,6 @@ pub fn attached_under(dir: &std::path::Path) -> Vec<(u32, PathBuf)> {
 pub fn detach_number(number: u32) -> Result<()> {
     let path = format!("/dev/loop{number}");
     let device = OpenOptions::new().read(true).open(&path).map_err(|e| Error::MountFailed(format!("{path}: {e}")))?;
-    LoopDevice { device, number }.detach()
+    // A sweep does not wait: it reports what it asked to detach.
+    LoopDevice { device, number, backing: None }.detach(Duration::ZERO)
 }

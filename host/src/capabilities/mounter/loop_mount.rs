@@ -3,23 +3,41 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
 
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
 
 use super::install::install_file;
-use super::loop_device::LoopDevice;
+use super::loop_device::{LoopDevice, RELEASE_TIMEOUT};
 use super::{ImageMounter, Install, MountedImage};
 use crate::error::{Error, Result};
 
 /// Mounts images through a loop device and a detached ext4 mount.
-#[derive(Debug, Default)]
-pub struct LoopMounter;
+#[derive(Clone, Copy, Debug)]
+pub struct LoopMounter {
+    release_timeout: Duration,
+}
+
+impl Default for LoopMounter {
+    fn default() -> Self {
+        Self { release_timeout: RELEASE_TIMEOUT }
+    }
+}
+
+impl LoopMounter {
+    /// A mounter whose unmount waits up to `timeout` for the kernel to
+    /// release the loop device (see [`LoopDevice::detach`]).
+    pub fn with_release_timeout(timeout: Duration) -> Self {
+        Self { release_timeout: timeout }
+    }
+}
 
 /// A mounted image: the mount's root directory handle and its loop device.
 #[derive(Debug)]
 pub struct LoopMount {
     mount: Option<OwnedFd>,
     device: Option<LoopDevice>,
+    release_timeout: Duration,
 }
 
 fn mount_failed(what: &str, err: rustix::io::Errno, fs: Option<&OwnedFd>) -> Error {
@@ -59,9 +77,13 @@ impl ImageMounter for LoopMounter {
         // The loop device holds its own reference to the file.
         drop(image);
         match mount_detached(&device) {
-            Ok(mount) => Ok(Box::new(LoopMount { mount: Some(mount), device: Some(device) })),
+            Ok(mount) => Ok(Box::new(LoopMount {
+                mount: Some(mount),
+                device: Some(device),
+                release_timeout: self.release_timeout,
+            })),
             Err(e) => {
-                let _ = device.detach();
+                let _ = device.detach(self.release_timeout);
                 Err(e)
             }
         }
@@ -89,11 +111,12 @@ impl LoopMount {
                 });
             }
             // Closing the last reference to a detached mount unmounts it
-            // before close returns.
+            // before close returns; a copy in a forked child delays that,
+            // which the device's detach waits out.
             drop(mount);
         }
         if let Some(device) = self.device.take() {
-            let detached = device.detach();
+            let detached = device.detach(self.release_timeout);
             if result.is_ok() {
                 result = detached;
             }
