@@ -5,16 +5,20 @@
 //! a list of verified-by-name layer blobs. Layer blobs are large; the
 //! converter checks their digests while it reads them.
 
-use std::fs;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::key::sha256_hex;
-use crate::source::{SourceError, read_small};
+use crate::probe::{self, Probe};
+use crate::source::SourceError;
+use crate::wit::host::PathInfo;
+use crate::wit::types::Error;
 
 /// Largest index or manifest read (the OCI spec suggests 4 MiB for manifests).
-const MAX_DOCUMENT_BYTES: u64 = 4 * 1024 * 1024;
+pub const MAX_DOCUMENT_BYTES: u64 = 4 * 1024 * 1024;
+/// Largest `oci-layout` marker read.
+pub const MAX_MARKER_BYTES: u64 = 4096;
 /// How deep image indexes may nest.
 const MAX_INDEX_DEPTH: usize = 4;
 /// Most layers an image may have; matches the overlay2 limit.
@@ -182,7 +186,7 @@ fn blob_path(layout: &Path, digest: &str) -> Result<std::path::PathBuf, SourceEr
 }
 
 /// Reads a small blob and checks it against its descriptor.
-fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, SourceError> {
+fn read_blob(layout: &Path, desc: &Descriptor, fs: &impl Probe) -> Result<Vec<u8>, SourceError> {
     let path = blob_path(layout, &desc.digest)?;
     if desc.size > MAX_DOCUMENT_BYTES {
         return Err(SourceError::Unsupported(format!(
@@ -190,7 +194,7 @@ fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, SourceError> {
             desc.digest, desc.size
         )));
     }
-    let bytes = read_small(&path, MAX_DOCUMENT_BYTES)?;
+    let bytes = probe::read(fs, &path, desc.size, MAX_DOCUMENT_BYTES)?;
     if bytes.len() as u64 != desc.size {
         return Err(SourceError::Unsupported(format!(
             "blob {} has {} bytes, its descriptor says {}",
@@ -261,11 +265,19 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<(Descriptor, Vec<Descriptor>), Sou
 }
 
 impl OciImage {
-    /// Resolves the image for `platform` in the layout at `layout`.
-    pub fn resolve(layout: &Path, platform: &str) -> Result<Self, SourceError> {
+    /// Resolves the image for `platform` in the layout at `layout`, given the
+    /// first probe's answers for `oci-layout` and `index.json` (read up to
+    /// [`MAX_MARKER_BYTES`] and [`probe::MAX_HEAD_BYTES`]).
+    pub fn resolve(
+        layout: &Path,
+        platform: &str,
+        marker: Result<PathInfo, Error>,
+        index: Result<PathInfo, Error>,
+        fs: &impl Probe,
+    ) -> Result<Self, SourceError> {
         let wanted = Platform::parse(platform)
             .ok_or_else(|| SourceError::Unsupported(format!("platform {platform:?} is not os/arch[/variant]")))?;
-        let marker = read_small(&layout.join("oci-layout"), 4096)?;
+        let marker = probe::contents(&layout.join("oci-layout"), marker, MAX_MARKER_BYTES)?;
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Marker {
@@ -279,9 +291,9 @@ impl OciImage {
             )));
         }
         let index_path = layout.join("index.json");
-        let index_meta = fs::metadata(&index_path).map_err(|e| SourceError::io(&index_path, &e))?;
-        let manifests = parse_index(&read_small(&index_path, MAX_DOCUMENT_BYTES)?)?;
-        let (manifest_digest, manifest) = select(layout, &manifests, &wanted, 0)?;
+        let (created_ns, modified_ns) = index_times(&index_path, &index)?;
+        let manifests = parse_index(&probe::contents(&index_path, index, MAX_DOCUMENT_BYTES)?)?;
+        let (manifest_digest, manifest) = select(layout, &manifests, &wanted, 0, fs)?;
         let (_config, layers) = manifest;
         let layers = layers
             .into_iter()
@@ -290,19 +302,33 @@ impl OciImage {
                 Ok(LayerBlob { path: path.to_string_lossy().into_owned(), media_type: d.media_type, digest: d.digest })
             })
             .collect::<Result<Vec<_>, SourceError>>()?;
-        let nanos = |t: std::io::Result<std::time::SystemTime>| {
-            t.ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos()))
-        };
         Ok(Self {
             layout: layout.to_string_lossy().into_owned(),
             platform: wanted.to_string(),
             manifest_digest,
             layers,
-            index_created_ns: nanos(index_meta.created()),
-            index_modified_ns: nanos(index_meta.modified()),
+            index_created_ns: created_ns,
+            index_modified_ns: modified_ns,
         })
+    }
+}
+
+/// The birth and modification times of `index.json`, in ns: the probe's for
+/// a regular file, WASI's (which follows the link) for a symlink.
+fn index_times(path: &Path, answer: &Result<PathInfo, Error>) -> Result<(u64, u64), SourceError> {
+    match answer {
+        Ok(info) if info.kind == crate::wit::host::PathKind::File => Ok((info.created_ns, info.modified_ns)),
+        Err(Error::NotFound(_)) => Err(SourceError::NotFound(format!("{}: no such file or directory", path.display()))),
+        Err(e) => Err(probe::source_error(e)),
+        Ok(_) => {
+            let meta = std::fs::metadata(path).map_err(|e| SourceError::io(path, &e))?;
+            let nanos = |t: std::io::Result<std::time::SystemTime>| {
+                t.ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos()))
+            };
+            Ok((nanos(meta.created()), nanos(meta.modified())))
+        }
     }
 }
 
@@ -310,7 +336,13 @@ type Selected = (String, (Descriptor, Vec<Descriptor>));
 
 /// Picks the manifest for `wanted` among `candidates`, descending into nested
 /// indexes. A descriptor without a platform is checked against its config.
-fn select(layout: &Path, candidates: &[Descriptor], wanted: &Platform, depth: usize) -> Result<Selected, SourceError> {
+fn select(
+    layout: &Path,
+    candidates: &[Descriptor],
+    wanted: &Platform,
+    depth: usize,
+    fs: &impl Probe,
+) -> Result<Selected, SourceError> {
     if depth > MAX_INDEX_DEPTH {
         return Err(SourceError::Unsupported(format!("image indexes nest deeper than {MAX_INDEX_DEPTH}")));
     }
@@ -323,16 +355,16 @@ fn select(layout: &Path, candidates: &[Descriptor], wanted: &Platform, depth: us
             continue;
         }
         if INDEX_TYPES.contains(&desc.media_type.as_str()) {
-            let nested = parse_index(&read_blob(layout, desc)?)?;
-            match select(layout, &nested, wanted, depth + 1) {
+            let nested = parse_index(&read_blob(layout, desc, fs)?)?;
+            match select(layout, &nested, wanted, depth + 1, fs) {
                 Ok(found) => return Ok(found),
                 Err(_) => continue,
             }
         }
-        let bytes = read_blob(layout, desc)?;
+        let bytes = read_blob(layout, desc, fs)?;
         let (config, layers) = parse_manifest(&bytes)?;
         if desc.platform.is_none() {
-            let cfg: ImageConfig = parse_json("the image config", &read_blob(layout, &config)?)?;
+            let cfg: ImageConfig = parse_json("the image config", &read_blob(layout, &config, fs)?)?;
             if !wanted.matches(&cfg.os, &cfg.architecture, cfg.variant.as_deref()) {
                 seen.push(format!("{}/{}", cfg.os, cfg.architecture));
                 continue;
@@ -347,6 +379,88 @@ fn select(layout: &Path, candidates: &[Descriptor], wanted: &Platform, depth: us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::StdProbe;
+    use crate::source::Source;
+
+    /// Writes `bytes` as a blob of `layout` and returns its descriptor JSON.
+    fn blob(layout: &Path, media_type: &str, bytes: &[u8], extra: &str) -> String {
+        let hex = sha256_hex(bytes);
+        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+        format!(r#"{{"mediaType":"{media_type}","digest":"sha256:{hex}","size":{}{extra}}}"#, bytes.len())
+    }
+
+    /// A layout with one linux/amd64 image of two layers; `pad` spaces make
+    /// its manifest longer than one probe reads.
+    fn layout(root: &Path, pad: usize) -> (String, Vec<String>) {
+        std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+        std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let layer_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let layers = [blob(root, layer_type, b"layer one", ""), blob(root, layer_type, b"layer two", "")];
+        let config = blob(root, "application/vnd.oci.image.config.v1+json", br#"{"os":"linux"}"#, "");
+        let manifest =
+            format!(r#"{{"schemaVersion":2,"config":{config},"layers":[{}]}}{}"#, layers.join(","), " ".repeat(pad));
+        let manifest = blob(
+            root,
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.as_bytes(),
+            r#","platform":{"os":"linux","architecture":"amd64"}"#,
+        );
+        let digest = manifest.split('"').nth(7).unwrap().to_owned();
+        std::fs::write(root.join("index.json"), format!(r#"{{"schemaVersion":2,"manifests":[{manifest}]}}"#)).unwrap();
+        let layer_digests = layers.iter().map(|l| l.split('"').nth(7).unwrap().to_owned()).collect();
+        (digest, layer_digests)
+    }
+
+    fn resolve(path: &Path) -> Result<OciImage, SourceError> {
+        match Source::resolve(path, "linux/amd64", &StdProbe { cache_root: "/nonexistent".into() })? {
+            Source::Oci(image) => Ok(image),
+            other => panic!("not an OCI image: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_layout_resolves_through_probes_to_its_manifest_and_layers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (manifest, layers) = layout(tmp.path(), 0);
+        let image = resolve(tmp.path()).unwrap();
+        assert_eq!(image.manifest_digest, manifest);
+        assert_eq!(image.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>(), layers);
+        assert_eq!(image.platform, "linux/amd64");
+        let meta = std::fs::metadata(tmp.path().join("index.json")).unwrap();
+        let modified = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(image.index_modified_ns, modified.as_nanos() as u64);
+    }
+
+    #[test]
+    fn what_one_probe_cannot_hold_is_read_whole_with_the_same_result() {
+        // A manifest longer than a probe reads, and an index.json that is a
+        // symlink (the probe does not follow it): both read through WASI.
+        let tmp = tempfile::tempdir().unwrap();
+        let (manifest, _) = layout(tmp.path(), probe::MAX_HEAD_BYTES as usize);
+        std::fs::rename(tmp.path().join("index.json"), tmp.path().join("index.real")).unwrap();
+        std::os::unix::fs::symlink("index.real", tmp.path().join("index.json")).unwrap();
+        let image = resolve(tmp.path()).unwrap();
+        assert_eq!(image.manifest_digest, manifest);
+        let meta = std::fs::metadata(tmp.path().join("index.real")).unwrap();
+        let modified = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(image.index_modified_ns, modified.as_nanos() as u64, "the times are the link target's");
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_its_digest_or_is_missing_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (manifest, _) = layout(tmp.path(), 0);
+        let path = tmp.path().join("blobs/sha256").join(manifest.strip_prefix("sha256:").unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(resolve(tmp.path()).unwrap_err().to_string().contains("the layout is corrupt"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(resolve(tmp.path()), Err(SourceError::NotFound(_))));
+        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
+        let err = resolve(tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("index.json: no such file"), "{err}");
+    }
 
     #[test]
     fn platforms_parse_with_and_without_variant() {

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::source::SourceError;
+use crate::source::{SourceError, read_small};
 use crate::wit::host::{PathInfo, PathKind, ProbeRequest};
 use crate::wit::types::Error;
 
@@ -67,6 +67,42 @@ pub fn small_file(path: &Path, info: &PathInfo, limit: u64) -> Result<Vec<u8>, S
         return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
     }
     Ok(info.head.clone())
+}
+
+/// The most a probe reads of one path (the WIT contract's limit).
+pub const MAX_HEAD_BYTES: u64 = 64 * 1024;
+
+/// The contents of the file at `path`, at most `limit` bytes, from the
+/// probe's `answer` for it when that holds the whole file. A symlink (which
+/// the probe does not follow), or a file longer than the probe read, is read
+/// through WASI instead.
+pub fn contents(path: &Path, answer: Result<PathInfo, Error>, limit: u64) -> Result<Vec<u8>, SourceError> {
+    match answer {
+        Ok(info) if info.kind == PathKind::File => {
+            if info.size > limit {
+                return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
+            }
+            if info.head.len() as u64 == info.size {
+                return Ok(info.head);
+            }
+            read_small(path, limit)
+        }
+        Ok(_) => read_small(path, limit),
+        Err(Error::NotFound(_)) => Err(SourceError::NotFound(format!("{}: no such file or directory", path.display()))),
+        Err(e) => Err(source_error(&e)),
+    }
+}
+
+/// Reads the file at `path`, expected to hold `expected` bytes and refused
+/// beyond `limit`: through one probe when it is small enough for one, through
+/// WASI otherwise.
+pub fn read(fs: &impl Probe, path: &Path, expected: u64, limit: u64) -> Result<Vec<u8>, SourceError> {
+    if expected > MAX_HEAD_BYTES {
+        return read_small(path, limit);
+    }
+    let answer =
+        ask(fs, &[(path, expected as u32)])?.pop().ok_or_else(|| SourceError::Io("the probe gave no answer".into()))?;
+    contents(path, answer, limit)
 }
 
 /// [`Probe`] through `std::fs`, for native tests: cache-relative paths are

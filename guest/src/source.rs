@@ -96,9 +96,9 @@ impl LayerIdentity {
 /// The longest `link` file accepted (Docker writes 26 bytes).
 const MAX_LINK_BYTES: u64 = 256;
 
-/// The five answers of the first probe, by position.
-fn five(answers: Vec<Result<PathInfo, Error>>) -> Result<[Result<PathInfo, Error>; 5], SourceError> {
-    <[_; 5]>::try_from(answers).map_err(|a| SourceError::Io(format!("probe answered {} of 5 paths", a.len())))
+/// The six answers of the first probe, by position.
+fn six(answers: Vec<Result<PathInfo, Error>>) -> Result<[Result<PathInfo, Error>; 6], SourceError> {
+    <[_; 6]>::try_from(answers).map_err(|a| SourceError::Io(format!("probe answered {} of 6 paths", a.len())))
 }
 
 /// A detected, resolved source.
@@ -115,11 +115,18 @@ impl Source {
     /// `platform` (`os/arch[/variant]`) from an OCI index.
     ///
     /// One probe tells the kinds apart and holds everything the top layer of
-    /// an overlay2 chain needs (`link`, `lower`, `diff/`); the chain below it
-    /// takes two more, however many layers it has.
+    /// an overlay2 chain needs (`link`, `lower`, `diff/`) and an OCI layout's
+    /// `oci-layout` and `index.json`; the chain below the top layer takes two
+    /// more, however many layers it has, and an OCI image one more per
+    /// manifest, nested index or config it reads.
     pub fn resolve(path: &Path, platform: &str, fs: &impl Probe) -> Result<Self, SourceError> {
-        let (link, lower, diff, marker) =
-            (path.join("link"), path.join("lower"), path.join("diff"), path.join("oci-layout"));
+        let (link, lower, diff, marker, index) = (
+            path.join("link"),
+            path.join("lower"),
+            path.join("diff"),
+            path.join("oci-layout"),
+            path.join("index.json"),
+        );
         let answers = probe::ask(
             fs,
             &[
@@ -127,10 +134,11 @@ impl Source {
                 (&link, MAX_LINK_BYTES as u32),
                 (&lower, overlay2::MAX_LOWER_BYTES as u32),
                 (&diff, 0),
-                (&marker, 0),
+                (&marker, crate::oci::MAX_MARKER_BYTES as u32),
+                (&index, probe::MAX_HEAD_BYTES as u32),
             ],
         )?;
-        let [top, link_info, lower_info, diff_info, marker_info] = five(answers)?;
+        let [top, link_info, lower_info, diff_info, marker_info, index_info] = six(answers)?;
         match top {
             Err(Error::NotFound(_)) => {
                 return Err(SourceError::NotFound(format!("{}: no such file or directory", path.display())));
@@ -158,7 +166,7 @@ impl Source {
             return Overlay2Chain::resolve(path, &link, lower_info, diff_info, fs).map(Self::Overlay2);
         }
         if marker_info.is_ok() {
-            return OciImage::resolve(path, platform).map(Self::Oci);
+            return OciImage::resolve(path, platform, marker_info, index_info, fs).map(Self::Oci);
         }
         Err(SourceError::Unsupported(format!(
             "{} is neither an overlay2 layer directory (diff/ and link) nor an OCI image layout (oci-layout and index.json)",
