@@ -16,6 +16,58 @@ use sha2::{Digest, Sha256};
 pub mod compare;
 pub mod oci;
 
+/// A child forked from this process that holds copies of every descriptor
+/// the process had at the fork, as a child forked by any thread of an
+/// embedding process holds them until it execs, until it is released.
+pub struct ForkedCopies {
+    pid: libc::pid_t,
+    release: Option<std::os::fd::OwnedFd>,
+}
+
+impl ForkedCopies {
+    /// Forks the child.
+    pub fn hold() -> Self {
+        use std::os::fd::AsRawFd;
+
+        let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+        // SAFETY: the child calls only async-signal-safe functions (close,
+        // read, _exit) before it exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: as above; the child waits for the parent to close the
+            // pipe's write end.
+            unsafe {
+                libc::close(write_end.as_raw_fd());
+                let mut byte = 0u8;
+                libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        Self { pid, release: Some(write_end) }
+    }
+
+    /// Lets the child exit and reaps it: its copies are closed when this
+    /// returns.
+    pub fn release(mut self) {
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        if self.release.take().is_some() {
+            let mut status = 0;
+            // SAFETY: waits for our own child.
+            unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        }
+    }
+}
+
+impl Drop for ForkedCopies {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}
+
 /// Whether this process may use loop devices, mknod and `trusted.*` xattrs.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -187,6 +187,33 @@ async fn callers_waiting_on_a_failed_build_get_its_error_without_repeating_it() 
 /// converter; the others are the host's pause points.
 const PHASES: &[&str] = &["converting", "mounted", "installed", "fsynced", "renamed", "published"];
 
+/// A child forked by any thread shares the lock's open file description
+/// until it execs or exits; releasing the lock must not wait for that, or a
+/// waiter blocked on the lock file would stay blocked.
+#[test]
+fn a_released_lock_is_free_even_while_a_forked_child_holds_a_copy_of_it() {
+    use rootfs_cache::cache_dir::CacheDir;
+    use rootfs_cache::capabilities::lock::{CrossProcessLock, Flock};
+    use rustix::fs::{FlockOperation, flock};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cache = CacheDir::open(&dir.path().join("cache")).unwrap();
+    let key = "ab".repeat(32);
+    let held = Flock.acquire(&cache, &key).unwrap();
+    // A waiter has the lock file open, as a blocked one has.
+    let waiter = std::fs::File::open(cache.path().join("locks").join(format!("{key}.lock"))).unwrap();
+    assert_eq!(flock(&waiter, FlockOperation::NonBlockingLockExclusive), Err(rustix::io::Errno::WOULDBLOCK));
+    let copies = rootfs_cache_tests::ForkedCopies::hold();
+    drop(held);
+    assert_eq!(
+        flock(&waiter, FlockOperation::NonBlockingLockExclusive),
+        Ok(()),
+        "the released lock is still held through the child's copy of its descriptor"
+    );
+    assert!(Flock.try_acquire(&cache, &key).unwrap().is_some(), "a new taker did not get the released lock");
+    copies.release();
+}
+
 #[test]
 fn a_process_killed_at_any_phase_leaves_nothing_a_later_request_trusts() {
     require_root!();

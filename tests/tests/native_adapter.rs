@@ -304,7 +304,6 @@ async fn an_image_whose_superblock_overstates_its_size_is_never_mounted() {
 fn an_unmount_waits_for_a_forked_copy_of_the_mount_and_says_so_when_it_outlives_the_timeout() {
     use rootfs_cache::capabilities::mounter::ImageMounter;
     use rootfs_cache::capabilities::mounter::loop_mount::LoopMounter;
-    use std::os::fd::AsRawFd;
 
     require_root!();
     let dir = tempfile::tempdir().unwrap();
@@ -316,33 +315,14 @@ fn an_unmount_waits_for_a_forked_copy_of_the_mount_and_says_so_when_it_outlives_
     let mounter = LoopMounter::with_release_timeout(Duration::from_millis(300));
     let mounted = mounter.mount(open()).unwrap();
 
-    let (read_end, write_end) = rustix::pipe::pipe().unwrap();
-    // SAFETY: the child calls only async-signal-safe functions (close, read,
-    // _exit) before it exits.
-    let child = unsafe { libc::fork() };
-    assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
-    if child == 0 {
-        // SAFETY: see above; the child holds its copies until the parent
-        // closes the pipe.
-        unsafe {
-            libc::close(write_end.as_raw_fd());
-            let mut byte = 0u8;
-            libc::read(read_end.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
-            libc::_exit(0);
-        }
-    }
-    drop(read_end);
-
+    let copies = rootfs_cache_tests::ForkedCopies::hold();
     let err = mounted.unmount().expect_err("the unmount reported success while a copy of the mount was alive");
     assert!(err.to_string().contains("still serves"), "{err}");
     assert_eq!(loop_devices_under(dir.path()).len(), 1, "the device should still serve the image");
 
     // The copy goes away with the child: the kernel then unmounts, and
     // autoclear detaches the device, before the child is reaped.
-    drop(write_end);
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    copies.release();
     assert_eq!(loop_devices_under(dir.path()), Vec::<String>::new());
     let (code, output) = rootfs_cache_tests::fsck(&image);
     assert_eq!(code, 0, "{output}");

@@ -56,9 +56,11 @@ struct FlockGuard {
 
 impl Drop for FlockGuard {
     fn drop(&mut self) {
-        // Unlink while still holding the lock, then close (which releases it).
+        // Unlink while still holding the lock, then unlock. Closing alone
+        // would not do: the lock belongs to the open file description, which
+        // a child forked by any thread shares until it execs or exits.
         let _ = self.locks.remove_file(&self.name);
-        let _ = &self.file;
+        let _ = rustix::fs::flock(&self.file, FlockOperation::Unlock);
     }
 }
 
