@@ -318,8 +318,7 @@ impl OciImage {
 fn index_times(path: &Path, answer: &Result<PathInfo, Error>) -> Result<(u64, u64), SourceError> {
     match answer {
         Ok(info) if info.kind == crate::wit::host::PathKind::File => Ok((info.created_ns, info.modified_ns)),
-        Err(Error::NotFound(_)) => Err(SourceError::NotFound(format!("{}: no such file or directory", path.display()))),
-        Err(e) => Err(probe::source_error(e)),
+        Err(e) => Err(probe::source_error(path, e)),
         Ok(_) => {
             let meta = std::fs::metadata(path).map_err(|e| SourceError::io(path, &e))?;
             let nanos = |t: std::io::Result<std::time::SystemTime>| {

@@ -124,7 +124,7 @@ impl Overlay2Chain {
             Ok(info) => probe::small_file(&lower_path, info, MAX_LOWER_BYTES)?,
             // A base layer has no `lower`.
             Err(Error::NotFound(_)) => Vec::new(),
-            Err(e) => return Err(probe::source_error(e)),
+            Err(e) => return Err(probe::source_error(&lower_path, e)),
         };
         let lower = String::from_utf8(lower)
             .map_err(|_| SourceError::Unsupported(format!("{} is not UTF-8", lower_path.display())))?;
@@ -161,7 +161,7 @@ impl Overlay2Chain {
                         link.display()
                     )));
                 }
-                Err(e) => return Err(probe::source_error(&e)),
+                Err(e) => return Err(probe::source_error(link, &e)),
             };
             let target = match (info.kind, info.link_target) {
                 (PathKind::Symlink, Some(target)) => target,
@@ -197,7 +197,7 @@ impl Overlay2Chain {
                         layer_dir.display()
                     )));
                 }
-                Err(e) => return Err(probe::source_error(&e)),
+                Err(e) => return Err(probe::source_error(layer_dir, &e)),
             }
             layers.push(LayerIdentity::from_diff(layer_dir, id, diff_answer)?);
         }

@@ -47,12 +47,12 @@ pub fn describe(error: &Error) -> String {
     }
 }
 
-/// A probe's answer for one path as a source error: not-found stays
-/// not-found, and every other error keeps its class (a denial stays a
-/// denial).
-pub fn source_error(error: &Error) -> SourceError {
+/// A probe's failed answer for `path` as a source error: not-found says so
+/// in the words of [`SourceError::io`], and every other error keeps its
+/// class (a denial stays a denial).
+pub fn source_error(path: &Path, error: &Error) -> SourceError {
     match error {
-        Error::NotFound(m) => SourceError::NotFound(m.clone()),
+        Error::NotFound(_) => SourceError::not_found(path),
         other => SourceError::Host(other.clone()),
     }
 }
@@ -88,8 +88,7 @@ pub fn contents(path: &Path, answer: Result<PathInfo, Error>, limit: u64) -> Res
             read_small(path, limit)
         }
         Ok(_) => read_small(path, limit),
-        Err(Error::NotFound(_)) => Err(SourceError::NotFound(format!("{}: no such file or directory", path.display()))),
-        Err(e) => Err(source_error(&e)),
+        Err(e) => Err(source_error(path, &e)),
     }
 }
 

@@ -27,10 +27,15 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// `path` does not exist.
+    pub fn not_found(path: &Path) -> Self {
+        Self::NotFound(format!("{}: no such file or directory", path.display()))
+    }
+
     /// An I/O error on `path`, kept as one line.
     pub fn io(path: &Path, err: &std::io::Error) -> Self {
         if err.kind() == std::io::ErrorKind::NotFound {
-            Self::NotFound(format!("{}: no such file or directory", path.display()))
+            Self::not_found(path)
         } else {
             Self::Io(format!("{}: {err}", path.display()))
         }
@@ -80,10 +85,7 @@ impl LayerIdentity {
     /// from the probe's answer for its `diff/`.
     pub fn from_diff(dir: &Path, link: String, diff: Result<PathInfo, Error>) -> Result<Self, SourceError> {
         let diff_path = dir.join("diff");
-        let info = diff.map_err(|e| match e {
-            Error::NotFound(_) => SourceError::NotFound(format!("{}: no such file or directory", diff_path.display())),
-            other => probe::source_error(&other),
-        })?;
+        let info = diff.map_err(|e| probe::source_error(&diff_path, &e))?;
         if info.kind != PathKind::Directory {
             return Err(SourceError::Unsupported(format!("{} is not a directory", diff_path.display())));
         }
@@ -140,10 +142,7 @@ impl Source {
         )?;
         let [top, link_info, lower_info, diff_info, marker_info, index_info] = six(answers)?;
         match top {
-            Err(Error::NotFound(_)) => {
-                return Err(SourceError::NotFound(format!("{}: no such file or directory", path.display())));
-            }
-            Err(e) => return Err(probe::source_error(&e)),
+            Err(e) => return Err(probe::source_error(path, &e)),
             Ok(info) if info.kind == PathKind::Directory => {}
             Ok(info) if info.kind == PathKind::Symlink => {
                 return Err(SourceError::Unsupported(format!(

@@ -355,7 +355,7 @@ fn existing(what: &str, path: &Path) -> Result<PathBuf> {
             path.as_os_str().len()
         )));
     }
-    path.canonicalize().map_err(|e| Error::io(format!("{what} {}", path.display()), &e))
+    crate::real_path::real_path(path).map_err(|e| Error::io(format!("{what} {}", path.display()), &e))
 }
 
 impl RootfsCache {
@@ -425,9 +425,10 @@ impl RootfsCache {
             platform: request.platform.clone(),
         };
         let mut store = self.engine.store(&self.shared, std::slice::from_ref(&root))?;
+        store.data_mut().resolved.push((wit_request.agent.clone(), agent));
         let instance = self.engine.instantiate(&mut store).await?;
         let result = instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await;
-        drop(store);
+        crate::store::release(store).await;
         let outcome = guest_result(result)?;
         if let (false, Some(max)) = (outcome.cached, self.max_cache_bytes)
             && let Err(e) = self.gc(max, std::slice::from_ref(&outcome.key)).await

@@ -193,7 +193,12 @@ impl host::Host for StoreState {
     async fn digest_file(&mut self, path: String) -> HostResult<FileDigest> {
         let call = self.begin("digest-file", json!({ "path": path }));
         self.check_payload(&call, &[path.len()])?;
-        let result = self.shared.policy.check_agent(&path).and_then(|real| {
+        let policy = &self.shared.policy;
+        let result = match self.resolved.iter().find(|(given, _)| *given == path) {
+            Some((_, real)) => policy.check_agent_real(&path, real).map(|()| real.clone()),
+            None => policy.check_agent(&path),
+        };
+        let result = result.and_then(|real| {
             self.shared.digests.digest(&real).map_err(|e| {
                 if e.kind() == std::io::ErrorKind::InvalidInput {
                     Error::InvalidRequest(format!("agent {path} is not a regular file"))

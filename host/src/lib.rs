@@ -56,6 +56,7 @@ pub mod observer;
 pub mod policy;
 mod preopens;
 mod probe;
+mod real_path;
 mod shared;
 mod store;
 mod test_hooks;

@@ -198,12 +198,19 @@ impl Policy {
     /// Checks that `path` is an allowed agent. Returns the canonical path.
     pub fn check_agent(&self, path: &str) -> Result<PathBuf> {
         let real = resolve_existing("agent", path)?;
-        if let Some(agents) = &self.agents
-            && !agents.contains(&real)
-        {
-            return Err(Error::denied("agents", format!("agent {path} is not an allowed agent")));
-        }
+        self.check_agent_real(path, &real)?;
         Ok(real)
+    }
+
+    /// Like [`Self::check_agent`] for a path the caller has already resolved
+    /// to `real`.
+    pub fn check_agent_real(&self, path: &str, real: &Path) -> Result<()> {
+        match &self.agents {
+            Some(agents) if !agents.iter().any(|a| a == real) => {
+                Err(Error::denied("agents", format!("agent {path} is not an allowed agent")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Checks that the converter may run.
@@ -256,7 +263,7 @@ fn resolve_existing(what: &str, path: &str) -> Result<PathBuf> {
     if !path.starts_with('/') {
         return Err(Error::denied("paths", format!("{what} {path:?} is not an absolute path")));
     }
-    Path::new(path).canonicalize().map_err(|e| Error::io(format!("{what} {path}"), &e))
+    crate::real_path::real_path(Path::new(path)).map_err(|e| Error::io(format!("{what} {path}"), &e))
 }
 
 #[cfg(test)]

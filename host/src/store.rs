@@ -6,6 +6,7 @@
 //! detached) and lock (released) the guest still held: a trapped or
 //! misbehaving guest leaves nothing behind.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,24 @@ pub struct StoreState {
     /// yet published or removed: removed when the store is dropped, so a
     /// trapped guest leaves none behind.
     pub(crate) staged: Vec<crate::cache_dir::CacheFile>,
+    /// Paths the host resolved for this request before the guest ran (the
+    /// agent, to its canonical path): a host call naming one again is not
+    /// resolved a second time.
+    pub(crate) resolved: Vec<(String, PathBuf)>,
+}
+
+/// Drops a request's store, off the async runtime's threads when the guest
+/// left mounts, locks or temporary images behind (a failed or trapped
+/// request): unmounting waits for the kernel to release the loop device,
+/// which can take as long as the mounter's release timeout.
+pub(crate) async fn release(store: wasmtime::Store<StoreState>) {
+    let state = store.data();
+    if state.resources == 0 && state.staged.is_empty() {
+        return drop(store);
+    }
+    if let Err(e) = tokio::task::spawn_blocking(move || drop(store)).await {
+        tracing::warn!(error = %e, "releasing what a request held failed");
+    }
 }
 
 impl Drop for StoreState {
