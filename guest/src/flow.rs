@@ -2,8 +2,8 @@
 //! again, convert, inject, check, publish; and on any failure after the build
 //! starts, remove the temporary image and report a typed error.
 
+use crate::sys::{self, Instant};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::capabilities::{BuildLock, Capabilities, MountedImage};
 use crate::key::{CacheKey, KeyBuilder};
@@ -47,11 +47,11 @@ impl From<SourceError> for Error {
 }
 
 fn micros(since: Instant) -> u64 {
-    u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX)
+    since.micros()
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    sys::now_ns() / 1_000_000_000
 }
 
 /// Checks that `path` is an absolute, normalised host path of sane length.
@@ -222,8 +222,8 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         // minute ago costs no host call.
         let recent = hit
             .last_used
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age < RECORD_USE_EVERY);
+            .and_then(|t| sys::now_ns().checked_sub(t))
+            .is_some_and(|age| u128::from(age) < RECORD_USE_EVERY.as_nanos());
         if !recent {
             self.host.record_use(&key.manifest_path())?;
         }
@@ -370,16 +370,13 @@ impl<'h, H: Capabilities> Cache<'h, H> {
     /// Lists every entry. See `cache.list` in the WIT.
     pub fn list(&self) -> Result<Vec<Entry>, Error> {
         let images = self.root.join("images");
-        let dir = match std::fs::read_dir(&images) {
-            Ok(dir) => dir,
+        let names = match sys::read_dir(&images) {
+            Ok(names) => names,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(SourceError::io(&images, &e).into()),
         };
         let mut keys = Vec::new();
-        for item in dir {
-            let item = item.map_err(|e| SourceError::io(&images, &e))?;
-            let name = item.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for name in &names {
             let stem = name.strip_suffix(".json").or_else(|| name.strip_suffix(".ext4"));
             if let Some(key) = stem.and_then(CacheKey::parse)
                 && !keys.contains(&key)
@@ -401,7 +398,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             kind: SourceKind::Overlay2,
             agent_sha256: String::new(),
             converter: String::new(),
-            image_bytes: std::fs::metadata(&image_path).map_or(0, |m| m.len()),
+            image_bytes: sys::metadata(&image_path).map_or(0, |m| m.len),
             created: 0,
             last_used: 0,
             problem: None,
@@ -416,11 +413,10 @@ impl<'h, H: Capabilities> Cache<'h, H> {
                 return Entry { problem: Some(problem), ..blank() };
             }
         };
-        let last_used = std::fs::metadata(&manifest_path)
-            .and_then(|m| m.modified())
+        let last_used = sys::metadata(&manifest_path)
             .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(manifest.created, |d| d.as_secs());
+            .and_then(|m| m.modified_ns)
+            .map_or(manifest.created, |ns| ns / 1_000_000_000);
         let problem = if manifest.key != key.as_str() {
             Some(format!("the manifest records key {}", manifest.key))
         } else {

@@ -21,6 +21,7 @@ pub mod oci;
 pub mod overlay2;
 pub mod probe;
 pub mod source;
+pub mod sys;
 pub mod validate;
 
 /// Bindings generated from `wit/` (their documentation is the WIT's).

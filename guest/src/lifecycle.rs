@@ -17,17 +17,10 @@ pub fn key_of(name: &str) -> Option<CacheKey> {
 }
 
 fn names(dir: &Path) -> Result<Vec<String>, Error> {
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            let mut out = Vec::new();
-            for e in entries {
-                let e = e.map_err(|e| SourceError::io(dir, &e))?;
-                if let Some(name) = e.file_name().to_str() {
-                    out.push(name.to_owned());
-                }
-            }
-            out.sort();
-            Ok(out)
+    match crate::sys::read_dir(dir) {
+        Ok(mut names) => {
+            names.sort();
+            Ok(names)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(SourceError::io(dir, &e).into()),
@@ -86,22 +79,19 @@ impl<H: Capabilities> Cache<'_, H> {
         // was built (nothing writes it later); the manifest's is when the
         // entry was last served (reading it, as validation does, changes
         // neither, where an access time would change under relatime).
-        let nanos = |t: std::io::Result<std::time::SystemTime>| {
-            t.ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos() as u64)
-        };
         let candidates: Vec<Candidate> = entries
             .iter()
             .map(|e| {
                 let images = self.root().join("images");
-                let manifest = std::fs::metadata(images.join(format!("{}.json", e.key))).ok();
-                let image = std::fs::metadata(images.join(format!("{}.ext4", e.key))).ok();
+                let manifest = crate::sys::metadata(&images.join(format!("{}.json", e.key))).ok();
+                let image = crate::sys::metadata(&images.join(format!("{}.ext4", e.key))).ok();
                 Candidate {
                     key: e.key.clone(),
                     source: e.source.clone(),
                     agent_sha256: e.agent_sha256.clone(),
-                    created: image.and_then(|m| nanos(m.modified())).unwrap_or(e.created.saturating_mul(1_000_000_000)),
+                    created: image.and_then(|m| m.modified_ns).unwrap_or(e.created.saturating_mul(1_000_000_000)),
                     last_used: manifest
-                        .and_then(|m| nanos(m.modified()))
+                        .and_then(|m| m.modified_ns)
                         .unwrap_or(e.last_used.saturating_mul(1_000_000_000)),
                     broken: e.problem.is_some(),
                 }

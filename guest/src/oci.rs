@@ -320,13 +320,8 @@ fn index_times(path: &Path, answer: &Result<PathInfo, Error>) -> Result<(u64, u6
         Ok(info) if info.kind == crate::wit::host::PathKind::File => Ok((info.created_ns, info.modified_ns)),
         Err(e) => Err(probe::source_error(path, e)),
         Ok(_) => {
-            let meta = std::fs::metadata(path).map_err(|e| SourceError::io(path, &e))?;
-            let nanos = |t: std::io::Result<std::time::SystemTime>| {
-                t.ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos()))
-            };
-            Ok((nanos(meta.created()), nanos(meta.modified())))
+            let meta = crate::sys::metadata(path).map_err(|e| SourceError::io(path, &e))?;
+            Ok((meta.created_ns.unwrap_or(0), meta.modified_ns.unwrap_or(0)))
         }
     }
 }

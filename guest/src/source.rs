@@ -1,8 +1,6 @@
 //! Source detection and identity: what kind of source a path is, and what
 //! about it must change the cache key.
 
-use std::fs;
-use std::io::Read as _;
 use std::path::Path;
 
 use crate::key::KeyBuilder;
@@ -53,9 +51,7 @@ impl std::fmt::Display for SourceError {
 
 /// Reads a small file whole, refusing one longer than `limit` bytes.
 pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
-    let file = fs::File::open(path).map_err(|e| SourceError::io(path, &e))?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| SourceError::io(path, &e))?;
+    let (bytes, _) = crate::sys::read(path, 0, limit + 1).map_err(|e| SourceError::io(path, &e))?;
     if bytes.len() as u64 > limit {
         return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
     }

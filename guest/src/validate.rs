@@ -2,10 +2,7 @@
 //! present and matches, the image has the recorded length, and its superblock
 //! has the ext4 magic and a geometry that fits the file.
 
-use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
 
 use crate::ext4::{SUPERBLOCK_LEN, SUPERBLOCK_OFFSET, Superblock};
 use crate::key::CacheKey;
@@ -20,8 +17,9 @@ use crate::wit::types::Error;
 pub struct Hit {
     /// Its manifest.
     pub manifest: Manifest,
-    /// When it was last served (its manifest's modification time), if known.
-    pub last_used: Option<std::time::SystemTime>,
+    /// When it was last served (its manifest's modification time, in ns
+    /// since the Unix epoch), if known.
+    pub last_used: Option<u64>,
 }
 
 /// What a lookup found.
@@ -50,14 +48,13 @@ pub struct Expected<'a> {
 /// Reads the superblock of the image at `path` and returns it with the
 /// file's length.
 pub fn read_superblock(path: &Path) -> std::io::Result<(Option<Superblock>, u64)> {
-    let mut file = fs::File::open(path)?;
-    let len = file.metadata()?.len();
+    let (buf, len) = crate::sys::read(path, SUPERBLOCK_OFFSET, SUPERBLOCK_LEN as u64)?;
     if len < SUPERBLOCK_OFFSET + SUPERBLOCK_LEN as u64 {
         return Ok((None, len));
     }
-    let mut buf = vec![0u8; SUPERBLOCK_LEN];
-    file.seek(SeekFrom::Start(SUPERBLOCK_OFFSET))?;
-    file.read_exact(&mut buf)?;
+    if buf.len() < SUPERBLOCK_LEN {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
     Ok((Superblock::parse(&buf), len))
 }
 
@@ -115,7 +112,7 @@ fn judge_entry(manifest: Result<PathInfo, Error>, image: Result<PathInfo, Error>
     if manifest_info.size > MAX_MANIFEST_BYTES {
         return Lookup::Corrupt(format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"));
     }
-    let last_used = Some(UNIX_EPOCH + Duration::from_nanos(manifest_info.modified_ns));
+    let last_used = Some(manifest_info.modified_ns);
     let manifest = match Manifest::parse(&manifest_info.head) {
         Ok(m) => m,
         Err(why) => return Lookup::Corrupt(why),
@@ -159,6 +156,7 @@ pub fn check_manifest(manifest: &Manifest, expected: &Expected<'_>) -> Result<()
 mod tests {
     use super::*;
     use crate::manifest::{AgentRecord, FORMAT};
+    use std::fs;
 
     struct Fixture {
         dir: tempfile::TempDir,

@@ -351,3 +351,44 @@ impl GuestEngine {
             .map_err(|e| Error::GuestTrap(format!("instantiating the component: {e}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The component is tested as committed; CI's `ROOTFS_CACHE_COMPONENT`
+    /// names a rebuilt one when its toolchain differs.
+    fn component_under_test() -> Vec<u8> {
+        std::env::var_os("ROOTFS_CACHE_COMPONENT")
+            .map_or_else(|| EMBEDDED_COMPONENT.to_vec(), |p| std::fs::read(p).expect("ROOTFS_CACHE_COMPONENT"))
+    }
+
+    #[test]
+    fn the_offline_built_component_carries_no_preview1_adapter() {
+        let record = include_str!("../component/rootfs-cache.wasm.toolchain");
+        if !record.starts_with("route: offline") {
+            println!(
+                "SKIPPED: the committed component was built by another route ({record:?}), which keeps the adapter"
+            );
+            return;
+        }
+        let bytes = component_under_test();
+        // The adapter's module exports, and the guest's module imports, the
+        // `wasi_snapshot_preview1` functions; neither may be there.
+        let adapter = bytes.windows(b"wasi_snapshot_preview1".len()).any(|w| w == b"wasi_snapshot_preview1");
+        assert!(
+            !adapter,
+            "the component links Preview 1 functions: some guest code calls libc I/O (see guest/src/sys.rs)"
+        );
+        let engine = Engine::new(&config()).unwrap();
+        let component = Component::new(&engine, &bytes).unwrap();
+        let imports: Vec<String> =
+            component.component_type().imports(&engine).map(|(name, _)| name.to_owned()).collect();
+        assert!(
+            imports
+                .iter()
+                .all(|name| ["rootfs:cache/", "wasi:clocks/", "wasi:filesystem/"].iter().any(|p| name.starts_with(p))),
+            "{imports:?}"
+        );
+    }
+}

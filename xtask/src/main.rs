@@ -8,7 +8,10 @@
 //! The guest is built by the standard route (`rustup target add wasm32-wasip2`)
 //! when that target is installed, and otherwise by the offline route: Debian's
 //! `rustc-web` toolchain building the standard library from source with
-//! `-Zbuild-std` (see README, "Rebuilding the guest").
+//! `-Zbuild-std` (see README, "Rebuilding the guest"). The offline route also
+//! builds with `-Cpanic=immediate-abort` (nightly-only, hence not on the
+//! standard route): without the standard library's panic printing, the guest
+//! links no libc I/O at all and the component needs no Preview 1 adapter.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -115,6 +118,8 @@ fn build(root: &Path) -> Result<Built> {
                 "-L".into(),
                 "/usr/lib/wasm32-wasi".into(),
                 "--remap-path-prefix=/usr/lib/rustlib/src/rust=/rustc-src".into(),
+                "-Zunstable-options".into(),
+                "-Cpanic=immediate-abort".into(),
             ]);
             let version = output(Command::new("/usr/bin/rustc").arg("-V")).unwrap_or_default();
             let libc =
