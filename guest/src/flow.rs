@@ -46,10 +46,6 @@ impl From<SourceError> for Error {
     }
 }
 
-fn micros(since: Instant) -> u64 {
-    since.micros()
-}
-
 fn now_secs() -> u64 {
     sys::now_ns() / 1_000_000_000
 }
@@ -146,7 +142,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         key.text("agent.sha256", &agent.sha256).text("converter", &converter.identity).optional("size", request.size);
         let key = key.finish();
         let mut timings = Timings {
-            resolve_us: micros(started),
+            resolve_us: started.micros(),
             lookup_us: 0,
             lock_us: 0,
             convert_us: 0,
@@ -163,14 +159,14 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         };
         let step = Instant::now();
         let first_look = validate::lookup(self.host, &expected)?;
-        timings.lookup_us = micros(step);
+        timings.lookup_us = step.micros();
         if let Lookup::Hit(hit) = first_look {
             return self.serve(&key, &source, *hit, timings, started);
         }
 
         let step = Instant::now();
         let lock = self.host.lock(key.as_str())?;
-        timings.lock_us = micros(step);
+        timings.lock_us = step.micros();
         // Someone may have built it while this caller waited.
         let rebuilt_because = match validate::lookup(self.host, &expected)? {
             Lookup::Hit(hit) => {
@@ -189,7 +185,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         let built = self.build(&key, &source, request, &platform, &agent, &converter, &staged, &mut timings);
         match built {
             Ok(image_bytes) => {
-                timings.total_us = micros(started);
+                timings.total_us = started.micros();
                 Ok(Outcome {
                     image: key.image_path(),
                     key: key.to_string(),
@@ -228,7 +224,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             self.host.record_use(&key.manifest_path())?;
         }
         let manifest = hit.manifest;
-        let timings = Timings { total_us: micros(started), ..timings };
+        let timings = Timings { total_us: started.micros(), ..timings };
         Ok(Outcome {
             image: key.image_path(),
             key: key.to_string(),
@@ -290,7 +286,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
 
         let step = Instant::now();
         self.host.run_converter(&job)?;
-        timings.convert_us = micros(step);
+        timings.convert_us = step.micros();
         // Check before mounting: the kernel must never be handed a broken image.
         validate::check_image(&self.root.join(staged), None)
             .map_err(|why| Error::Corrupt(format!("the converter produced an unusable image: {why}")))?;
@@ -301,7 +297,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             // On an install error the mount is dropped, which unmounts.
             mounted.install(&install)?;
             mounted.unmount()?;
-            timings.inject_us = micros(step);
+            timings.inject_us = step.micros();
         }
 
         let image_bytes = validate::check_image(&self.root.join(staged), None)
@@ -323,7 +319,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
         };
         let step = Instant::now();
         self.host.publish(staged, &key.image_path(), &key.manifest_path(), &manifest.to_json())?;
-        timings.publish_us = micros(step);
+        timings.publish_us = step.micros();
         Ok(image_bytes)
     }
 

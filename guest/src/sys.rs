@@ -18,8 +18,6 @@ use std::path::Path;
 /// What [`metadata`] tells about a path (symlinks followed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Metadata {
-    /// A regular file.
-    pub is_file: bool,
     /// Its length in bytes.
     pub len: u64,
     /// Birth time in ns since the Unix epoch, where the platform gives one
@@ -99,12 +97,7 @@ mod imp {
 
     pub fn metadata(path: &Path) -> io::Result<Metadata> {
         let m = std::fs::metadata(path)?;
-        Ok(Metadata {
-            is_file: m.is_file(),
-            len: m.len(),
-            created_ns: nanos(m.created()),
-            modified_ns: nanos(m.modified()),
-        })
+        Ok(Metadata { len: m.len(), created_ns: nanos(m.created()), modified_ns: nanos(m.modified()) })
     }
 
     pub fn read_dir(path: &Path) -> io::Result<Vec<String>> {
@@ -134,7 +127,7 @@ mod imp {
 
     use wasip2::clocks::{monotonic_clock, wall_clock};
     use wasip2::filesystem::preopens::get_directories;
-    use wasip2::filesystem::types::{Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags};
+    use wasip2::filesystem::types::{Descriptor, DescriptorFlags, ErrorCode, OpenFlags, PathFlags};
 
     use super::Metadata;
 
@@ -152,12 +145,11 @@ mod imp {
     }
 
     pub fn now_ns() -> u64 {
-        let t = wall_clock::now();
-        t.seconds.saturating_mul(1_000_000_000).saturating_add(u64::from(t.nanoseconds))
+        ns(wall_clock::now())
     }
 
-    fn ns(t: Option<wall_clock::Datetime>) -> Option<u64> {
-        t.map(|t| t.seconds.saturating_mul(1_000_000_000).saturating_add(u64::from(t.nanoseconds)))
+    fn ns(t: wall_clock::Datetime) -> u64 {
+        t.seconds.saturating_mul(1_000_000_000).saturating_add(u64::from(t.nanoseconds))
     }
 
     /// The errno wasi-libc gives for `code` (its `__errno_values.h`), so
@@ -234,12 +226,7 @@ mod imp {
     pub fn metadata(path: &Path) -> io::Result<Metadata> {
         let (dir, rest) = locate(path)?;
         let stat = dir.stat_at(PathFlags::SYMLINK_FOLLOW, &rest).map_err(error)?;
-        Ok(Metadata {
-            is_file: stat.type_ == DescriptorType::RegularFile,
-            len: stat.size,
-            created_ns: None,
-            modified_ns: ns(stat.data_modification_timestamp),
-        })
+        Ok(Metadata { len: stat.size, created_ns: None, modified_ns: stat.data_modification_timestamp.map(ns) })
     }
 
     pub fn read_dir(path: &Path) -> io::Result<Vec<String>> {
