@@ -425,7 +425,7 @@ impl RootfsCache {
             platform: request.platform.clone(),
         };
         let mut store = self.engine.store(&self.shared, std::slice::from_ref(&root))?;
-        store.data_mut().resolved.push((wit_request.agent.clone(), agent));
+        store.data_mut().resolved_agent = Some((wit_request.agent.clone(), agent));
         let instance = self.engine.instantiate(&mut store).await?;
         let result = instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await;
         crate::store::release(store).await;

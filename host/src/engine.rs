@@ -322,7 +322,7 @@ impl GuestEngine {
             request_id: shared.next_request.fetch_add(1, Ordering::Relaxed),
             source_roots,
             staged: Vec::new(),
-            resolved: Vec::new(),
+            resolved_agent: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -194,9 +194,9 @@ impl host::Host for StoreState {
         let call = self.begin("digest-file", json!({ "path": path }));
         self.check_payload(&call, &[path.len()])?;
         let policy = &self.shared.policy;
-        let result = match self.resolved.iter().find(|(given, _)| *given == path) {
-            Some((_, real)) => policy.check_agent_real(&path, real).map(|()| real.clone()),
-            None => policy.check_agent(&path),
+        let result = match &self.resolved_agent {
+            Some((given, real)) if *given == path => policy.check_agent_real(&path, real).map(|()| real.clone()),
+            _ => policy.check_agent(&path),
         };
         let result = result.and_then(|real| {
             self.shared.digests.digest(&real).map_err(|e| {

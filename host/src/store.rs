@@ -83,10 +83,10 @@ pub struct StoreState {
     /// yet published or removed: removed when the store is dropped, so a
     /// trapped guest leaves none behind.
     pub(crate) staged: Vec<crate::cache_dir::CacheFile>,
-    /// Paths the host resolved for this request before the guest ran (the
-    /// agent, to its canonical path): a host call naming one again is not
-    /// resolved a second time.
-    pub(crate) resolved: Vec<(String, PathBuf)>,
+    /// The request's agent as the guest was given it, and the canonical
+    /// path the host resolved it to before the guest ran: `digest-file`
+    /// naming it again does not resolve it a second time.
+    pub(crate) resolved_agent: Option<(String, PathBuf)>,
 }
 
 /// Drops a request's store, off the async runtime's threads when the guest
