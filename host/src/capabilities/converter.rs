@@ -12,12 +12,15 @@ pub mod command;
 pub mod exact;
 pub mod fake;
 pub mod oci2rootfs;
+mod stderr_tail;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+
+pub(crate) use stderr_tail::tail;
 
 /// What the guest resolved a source to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -145,17 +148,4 @@ impl ConverterRegistry for NativeConverters {
             },
         }
     }
-}
-
-/// Keeps the last `limit` bytes written to it: a converter's stderr tail.
-pub(crate) fn tail(text: &str, limit: usize) -> String {
-    let text = text.trim_end();
-    if text.len() <= limit {
-        return text.to_owned();
-    }
-    let mut start = text.len() - limit;
-    while !text.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &text[start..])
 }

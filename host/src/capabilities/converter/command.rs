@@ -1,23 +1,49 @@
 //! Any external converter with oci2rootfs's command-line contract:
 //! `CMD SOURCE --output OUT [--size BYTES]`.
 //!
-//! The command runs in its own process group with a null stdin; its stderr is
-//! kept (the last 4 KiB go into the error), and on timeout the whole group is
-//! killed with SIGKILL before the partial output is removed.
+//! A converter is a program the host runs but does not trust, so:
+//!
+//! - **Its whole process tree dies with us.** It runs in a PID namespace of
+//!   its own, under an init that dies with the builder; when that init exits,
+//!   the kernel kills everything the converter started, so no grandchild
+//!   keeps writing into the cache after a SIGKILL, a timeout or the
+//!   converter's own exit ([`process_tree`]; without namespaces, a process
+//!   group with PDEATHSIG, as before). Its stdin is null; its stderr is
+//!   kept (the last 64 KiB; 4 KiB go into the error).
+//! - **Its output is never used in place.** It writes
+//!   `tmp/<key>.<pid>-<n>.converter.ext4`; after it exits 0, the host checks
+//!   that this is a regular file and copies it into a file it creates
+//!   itself at the job's output, then removes the converter's name
+//!   ([`output`]). A converter can make its output a hardlink to a file
+//!   outside the cache, a symlink, a FIFO, or leave it mounted or open for
+//!   writing elsewhere: the image the host mounts, installs the agent into
+//!   and publishes is still an inode that only the host has ever held.
+//! - **Its failures say what happened**: the exit status, or the signal that
+//!   killed it ("killed by signal 11 (SIGSEGV)"), with its stderr tail made
+//!   safe for a terminal (see [`super::tail`]); "No space left on device" is
+//!   `NoSpace`, and running past the deadline is `Timeout`.
 
-use std::os::unix::process::CommandExt as _;
+mod output;
+mod process_tree;
+
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
+use tokio::process::ChildStderr;
 
+use self::output::{Staging, TakeError};
+use self::process_tree::ConverterProcess;
 use super::{ConversionJob, Converter, SourceLayers, tail};
 use crate::digest::FileFingerprint;
 use crate::error::{Error, Result};
 
-/// How much of the command's stderr is kept.
+/// How much of the command's stderr goes into an error.
 const STDERR_TAIL: usize = 4096;
+/// How much of the command's stderr is kept while it runs.
+const STDERR_KEPT: usize = 64 << 10;
 
 /// An external converter command.
 #[derive(Debug)]
@@ -38,13 +64,116 @@ impl CommandConverter {
         Ok(Self { path: path.to_path_buf(), identity: Mutex::new(None) })
     }
 
-    fn failed(&self, exit_status: Option<i32>, stderr: &str) -> Error {
+    /// `ConverterFailed` with `reason`, which is already safe to print.
+    fn failed(&self, exit_status: Option<i32>, reason: String) -> Error {
         Error::ConverterFailed {
             converter: format!("command:{}", self.path.display()),
             exit_status,
-            stderr_tail: tail(stderr, STDERR_TAIL),
+            stderr_tail: reason,
         }
     }
+
+    fn timed_out(&self, limit: Duration) -> Error {
+        Error::Timeout(format!(
+            "converter {} did not finish within {}s and was killed",
+            self.path.display(),
+            limit.as_secs()
+        ))
+    }
+
+    /// The error for a converter that did not exit 0.
+    fn failure(&self, status: ExitStatus, stderr: &str) -> Error {
+        if stderr.contains("No space left on device") {
+            return Error::NoSpace(format!("converter {}: {}", self.path.display(), tail(stderr, 512)));
+        }
+        let stderr_tail = tail(stderr, STDERR_TAIL);
+        match process_tree::killed_by(status) {
+            Some(killed) if stderr_tail.is_empty() => self.failed(None, killed),
+            Some(killed) => self.failed(None, format!("{killed}; stderr: {stderr_tail}")),
+            None => self.failed(status.code(), stderr_tail),
+        }
+    }
+
+    /// `CMD SOURCE --output OUT [--size BYTES]`, stdin null, stderr piped.
+    fn command(&self, source: &Path, output: &Path, size: Option<u64>) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.path);
+        command.arg(source).arg("--output").arg(output);
+        if let Some(size) = size {
+            command.arg("--size").arg(size.to_string());
+        }
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+        command
+    }
+
+    /// Waits for the converter until `deadline`, keeping its stderr's tail;
+    /// past the deadline, ends its whole tree and returns `None`.
+    async fn wait(
+        &self,
+        process: &mut ConverterProcess,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<(ExitStatus, String)>> {
+        let stderr = process.child.stderr.take().expect("stderr is piped");
+        let run = async { tokio::join!(process.child.wait(), keep_tail(stderr)) };
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok((status, stderr)) => {
+                process_tree::end_leftovers(process);
+                Ok(Some((status.map_err(|e| Error::io("waiting for the converter", &e))?, stderr)))
+            }
+            Err(_) => {
+                process_tree::stop(process).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Copies the converter's output into the host's own file (on a
+    /// blocking thread) and returns its length; removes both on failure.
+    async fn take_output(
+        &self,
+        staging: Staging,
+        deadline: tokio::time::Instant,
+        limit: Duration,
+        stderr: &str,
+    ) -> Result<u64> {
+        let until = deadline.into_std();
+        let (staging, taken) = tokio::task::spawn_blocking(move || {
+            let taken = staging.take(until);
+            (staging, taken)
+        })
+        .await
+        .map_err(|e| Error::Io(format!("the thread copying the converter's output failed: {e}")))?;
+        taken.map_err(|e| {
+            staging.discard();
+            match e {
+                TakeError::Missing => self.failed(
+                    Some(0),
+                    tail(&format!("the converter exited 0 but wrote no image; stderr: {stderr}"), STDERR_TAIL),
+                ),
+                TakeError::NotRegular(kind) => {
+                    self.failed(Some(0), format!("the converter exited 0 but its output is {kind}, not a regular file"))
+                }
+                TakeError::Timeout => self.timed_out(limit),
+                TakeError::Io { what, source } => Error::io(format!("taking the converter's output: {what}"), &source),
+            }
+        })
+    }
+}
+
+/// The last [`STDERR_KEPT`] bytes the converter writes to `pipe`, until it
+/// closes.
+async fn keep_tail(mut pipe: ChildStderr) -> String {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+        kept.extend_from_slice(&chunk[..n]);
+        if kept.len() > 2 * STDERR_KEPT {
+            kept.drain(..kept.len() - STDERR_KEPT);
+        }
+    }
+    if kept.len() > STDERR_KEPT {
+        kept.drain(..kept.len() - STDERR_KEPT);
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 #[async_trait::async_trait]
@@ -70,69 +199,31 @@ impl Converter for CommandConverter {
     }
 
     async fn convert(&self, job: ConversionJob) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + job.timeout;
         let source = match &job.source {
             SourceLayers::Overlay2 { top, .. } => top.clone(),
             SourceLayers::Oci { layout, .. } => layout.clone(),
         };
-        let mut command = tokio::process::Command::new(&self.path);
-        command.arg(&source).arg("--output").arg(&job.output);
-        if let Some(size) = job.size {
-            command.arg("--size").arg(size.to_string());
-        }
-        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
-        // Its own process group, so a timeout kills its children too; and
-        // SIGKILL when this process dies, so a crashed builder leaves no
-        // converter running.
-        command.as_std_mut().process_group(0);
-        // SAFETY: the closure runs between fork and exec and only makes one
-        // async-signal-safe system call.
-        unsafe {
-            command.as_std_mut().pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                    .map_err(std::io::Error::from)
-            });
-        }
-        let mut child =
-            command.spawn().map_err(|e| self.failed(None, &format!("cannot start {}: {e}", self.path.display())))?;
-        let pid = child.id();
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let collect = async move {
-            let mut buf = Vec::new();
-            let _ = stderr.read_to_end(&mut buf).await;
-            String::from_utf8_lossy(&buf).into_owned()
-        };
-        let run = async { tokio::join!(child.wait(), collect) };
-        let (status, stderr) = match tokio::time::timeout(job.timeout, run).await {
-            Ok((status, stderr)) => (status.map_err(|e| Error::io("waiting for the converter", &e))?, stderr),
-            Err(_) => {
-                if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-                }
-                let _ = child.kill().await;
-                let _ = std::fs::remove_file(&job.output);
-                return Err(Error::Timeout(format!(
-                    "converter {} did not finish within {}s and was killed",
-                    self.path.display(),
-                    job.timeout.as_secs()
-                )));
+        let staging = Staging::new(&job.output)
+            .map_err(|e| Error::io(format!("preparing {} for the converter", job.output.display()), &e))?;
+        let command = self.command(&source, &staging.converter_path(), job.size);
+        let mut process = process_tree::spawn(command)
+            .map_err(|e| self.failed(None, tail(&format!("cannot start {}: {e}", self.path.display()), STDERR_TAIL)))?;
+        let (status, stderr) = match self.wait(&mut process, deadline).await {
+            Ok(Some(finished)) => finished,
+            Ok(None) => {
+                staging.discard();
+                return Err(self.timed_out(job.timeout));
+            }
+            Err(e) => {
+                staging.discard();
+                return Err(e);
             }
         };
         if !status.success() {
-            let _ = std::fs::remove_file(&job.output);
-            if stderr.contains("No space left on device") {
-                return Err(Error::NoSpace(format!("converter {}: {}", self.path.display(), tail(&stderr, 512))));
-            }
-            return Err(self.failed(status.code(), &stderr));
+            staging.discard();
+            return Err(self.failure(status, &stderr));
         }
-        match std::fs::symlink_metadata(&job.output) {
-            Ok(meta) if meta.is_file() => Ok(meta.len()),
-            Ok(_) => {
-                let _ = std::fs::remove_file(&job.output);
-                Err(self.failed(Some(0), "the converter exited 0 but its output is not a regular file"))
-            }
-            Err(_) => {
-                Err(self.failed(Some(0), &format!("the converter exited 0 but wrote no image; stderr: {stderr}")))
-            }
-        }
+        self.take_output(staging, deadline, job.timeout, &stderr).await
     }
 }

@@ -25,10 +25,13 @@ fn failed(message: String) -> Error {
 
 fn map_error(err: oci2rootfs::Error, size: u64) -> Error {
     use oci2rootfs::Error as E;
+    // A full disk, wherever in the chain it surfaced (the ext4 writer wraps
+    // the write's io::Error in its own, and its message mentions "space"),
+    // is the cache's filesystem being full, not the image being too small.
+    if is_no_space(&err) {
+        return Error::NoSpace(format!("writing the image: {}", tail(&err.to_string(), 512)));
+    }
     match err {
-        E::Io(io) if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) => {
-            Error::NoSpace(format!("writing the image: {io}"))
-        }
         E::Ext4Format(f) => {
             let text = f.to_string();
             if text.contains("space") || text.contains("resize") || text.contains("too big") {
@@ -41,6 +44,26 @@ fn map_error(err: oci2rootfs::Error, size: u64) -> Error {
         }
         other => failed(other.to_string()),
     }
+}
+
+/// Whether `err`, or any error under it, is ENOSPC or EDQUOT.
+fn is_no_space(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && (matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+                || matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)))
+        {
+            return true;
+        }
+        // Wrappers that print the error instead of exposing it as a source.
+        let text = err.to_string();
+        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 fn run(job: &ConversionJob) -> Result<u64> {
@@ -134,6 +157,25 @@ fn remove_quietly(path: &Path) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_full_disk_is_no_space_wherever_it_surfaces() {
+        let enospc = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let cases = [
+            ("a bare io error", oci2rootfs::Error::Io(enospc())),
+            ("inside the ext4 writer's error", oci2rootfs::Error::Ext4Format(enospc().into())),
+            ("as another error's message", oci2rootfs::Error::Io(std::io::Error::other(enospc().to_string()))),
+        ];
+        for (what, err) in cases {
+            let mapped = super::map_error(err, 1 << 27);
+            assert_eq!(mapped.class(), "no-space", "{what}: {mapped}");
+        }
+        let too_small = super::map_error(
+            oci2rootfs::Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad layer")),
+            1 << 27,
+        );
+        assert_eq!(too_small.class(), "converter-failed");
+    }
+
     #[test]
     fn the_identity_names_the_linked_version() {
         let lock = include_str!("../../../../Cargo.lock");
