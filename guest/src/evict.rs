@@ -29,6 +29,16 @@ pub fn pins_key(pin: &str, key: &str) -> bool {
             .is_some_and(|p| p.ends_with(key) && (p.len() == key.len() || p[..p.len() - key.len()].ends_with('/')))
 }
 
+/// The key a pin names: a key itself (64 lowercase hex digits), or the path
+/// of an image, `[…/]<key>.ext4`. `None` for anything else (a partial or
+/// uppercase key, another file name).
+pub fn pinned_key(pin: &str) -> Option<&str> {
+    let name = pin.rsplit('/').next().unwrap_or(pin);
+    let key =
+        if name.len() == pin.len() { name.strip_suffix(".ext4").unwrap_or(name) } else { name.strip_suffix(".ext4")? };
+    crate::key::CacheKey::parse(key).map(|_| key)
+}
+
 /// Indices of `entries` in eviction order, pinned ones left out.
 pub fn eviction_order(entries: &[Candidate], pins: &[String]) -> Vec<usize> {
     let superseded = |c: &Candidate| {

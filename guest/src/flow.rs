@@ -27,6 +27,19 @@ pub const MAX_IMAGE_BYTES: u64 = 16 << 40;
 pub const RECORD_USE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// Longest path accepted (Linux's `PATH_MAX`, including the NUL).
 pub const MAX_PATH_BYTES: usize = 4095;
+/// The errno WASI calls give for a path under no preopen (wasi-libc's
+/// `ENOTCAPABLE`).
+const NOT_PREOPENED: i32 = 76;
+
+/// What `inspect` says of an absolute image path under no preopen: what
+/// the host must do instead.
+fn not_preopened(image: &str) -> String {
+    format!(
+        "image {image} is in no directory the host preopened for this call: a host must preopen the \
+         image's directory read-only at its own path before calling inspect with an absolute path (the \
+         Rust host and the CLI do), or pass a cache-relative path such as images/<key>.ext4"
+    )
+}
 
 /// The cache, as one request sees it: the host's capabilities and the
 /// read-only view of the cache directory.
@@ -259,7 +272,13 @@ impl<'h, H: Capabilities> Cache<'h, H> {
                 chain
                     .diffs_bottom_up()
                     .into_iter()
-                    .map(|path| Layer { path, media_type: String::new(), digest: String::new() })
+                    .map(|path| Layer {
+                        path,
+                        media_type: String::new(),
+                        digest: String::new(),
+                        size: 0,
+                        diff_id: String::new(),
+                    })
                     .collect::<Vec<_>>(),
                 None,
             ),
@@ -267,7 +286,14 @@ impl<'h, H: Capabilities> Cache<'h, H> {
                 image
                     .layers
                     .iter()
-                    .map(|l| Layer { path: l.path.clone(), media_type: l.media_type.clone(), digest: l.digest.clone() })
+                    .zip(image.diff_ids(self.host)?)
+                    .map(|(l, diff_id)| Layer {
+                        path: l.path.clone(),
+                        media_type: l.media_type.clone(),
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        diff_id,
+                    })
                     .collect(),
                 Some(format!("{} {}", image.platform, image.manifest_digest)),
             ),
@@ -334,7 +360,16 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             }
             self.root.join(image)
         };
-        let (sb, len) = validate::read_superblock(&path).map_err(|e| SourceError::io(&path, &e))?;
+        let (sb, len) = validate::read_superblock(&path).map_err(|e| match sys::not_regular(&e) {
+            // Never opened: a FIFO would block.
+            Some(refusal) => {
+                Error::InvalidRequest(format!("{} {refusal}: inspect reads an image file", path.display()))
+            }
+            None if image.starts_with('/') && e.raw_os_error() == Some(NOT_PREOPENED) => {
+                Error::InvalidRequest(not_preopened(image))
+            }
+            None => SourceError::io(&path, &e).into(),
+        })?;
         Ok(match sb {
             None => ImageInfo {
                 file_bytes: len,

@@ -74,6 +74,21 @@ impl<H: Capabilities> Cache<'_, H> {
     /// See `cache.gc` in the WIT.
     pub fn gc(&self, max_bytes: u64, pins: &[String]) -> Result<GcReport, Error> {
         let entries = self.list()?;
+        // A pin that names nothing is a mistake to report, not to ignore:
+        // the entry it was meant to keep would be evicted.
+        for pin in pins {
+            let key = crate::evict::pinned_key(pin).ok_or_else(|| {
+                Error::InvalidRequest(format!(
+                    "pin {pin:?} is neither a cache key (64 lowercase hex digits) nor an image path \
+                     (images/<key>.ext4); nothing was evicted"
+                ))
+            })?;
+            if !entries.iter().any(|e| e.key == key) {
+                return Err(Error::NotFound(format!(
+                    "pin {pin:?} names no entry of the cache (see `rootfs-cache list`); nothing was evicted"
+                )));
+            }
+        }
         let bytes_before: u64 = entries.iter().map(|e| e.image_bytes).sum();
         // Times to the nanosecond: the image's modification time is when it
         // was built (nothing writes it later); the manifest's is when the

@@ -5,14 +5,14 @@
 //! a list of verified-by-name layer blobs. Layer blobs are large; the
 //! converter checks their digests while it reads them.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::key::sha256_hex;
 use crate::probe::{self, Probe};
 use crate::source::SourceError;
-use crate::wit::host::PathInfo;
+use crate::wit::host::{PathInfo, PathKind};
 use crate::wit::types::Error;
 
 /// Largest index or manifest read (the OCI spec suggests 4 MiB for manifests).
@@ -96,6 +96,16 @@ struct ImageConfig {
     architecture: String,
     #[serde(default)]
     variant: Option<String>,
+    #[serde(default)]
+    rootfs: Option<RootFs>,
+}
+
+/// The config's `rootfs`: the digests of the uncompressed layers.
+#[derive(Deserialize)]
+struct RootFs {
+    #[serde(rename = "type")]
+    kind: String,
+    diff_ids: Vec<String>,
 }
 
 /// A requested platform, parsed from `os/arch[/variant]`.
@@ -149,6 +159,8 @@ pub struct LayerBlob {
     pub media_type: String,
     /// `sha256:<hex>`.
     pub digest: String,
+    /// The length its descriptor declares.
+    pub size: u64,
 }
 
 /// The image selected from an OCI layout for one platform.
@@ -162,6 +174,9 @@ pub struct OciImage {
     pub manifest_digest: String,
     /// Layer blobs, bottom first.
     pub layers: Vec<LayerBlob>,
+    /// The image config's descriptor (read only when building, for the
+    /// layers' diff IDs).
+    pub config: Descriptor,
     /// Birth time of `index.json`, ns.
     pub index_created_ns: u64,
     /// Modification time of `index.json`, ns.
@@ -290,16 +305,21 @@ impl OciImage {
                 marker.image_layout_version
             )));
         }
-        let index_path = layout.join("index.json");
-        let (created_ns, modified_ns) = index_times(&index_path, &index)?;
-        let manifests = parse_index(&probe::contents(&index_path, index, MAX_DOCUMENT_BYTES)?)?;
-        let (manifest_digest, manifest) = select(layout, &manifests, &wanted, 0, fs)?;
-        let (_config, layers) = manifest;
+        let (index_path, index) = index_file(layout, index, fs)?;
+        let (created_ns, modified_ns) = index_times(&index);
+        let manifests = parse_index(&probe::contents(&index_path, Ok(index), MAX_DOCUMENT_BYTES)?)?;
+        let (manifest_digest, manifest) = select_image(layout, &manifests, &wanted, fs)?;
+        let (config, layers) = manifest;
         let layers = layers
             .into_iter()
             .map(|d| {
                 let path = blob_path(layout, &d.digest)?;
-                Ok(LayerBlob { path: path.to_string_lossy().into_owned(), media_type: d.media_type, digest: d.digest })
+                Ok(LayerBlob {
+                    path: path.to_string_lossy().into_owned(),
+                    media_type: d.media_type,
+                    digest: d.digest,
+                    size: d.size,
+                })
             })
             .collect::<Result<Vec<_>, SourceError>>()?;
         Ok(Self {
@@ -307,40 +327,142 @@ impl OciImage {
             platform: wanted.to_string(),
             manifest_digest,
             layers,
+            config,
             index_created_ns: created_ns,
             index_modified_ns: modified_ns,
         })
     }
 }
 
-/// The birth and modification times of `index.json`, in ns: the probe's for
-/// a regular file, WASI's (which follows the link) for a symlink.
-fn index_times(path: &Path, answer: &Result<PathInfo, Error>) -> Result<(u64, u64), SourceError> {
-    match answer {
-        Ok(info) if info.kind == crate::wit::host::PathKind::File => Ok((info.created_ns, info.modified_ns)),
-        Err(e) => Err(probe::source_error(path, e)),
-        Ok(_) => {
-            let meta = crate::sys::metadata(path).map_err(|e| SourceError::io(path, &e))?;
-            Ok((meta.created_ns.unwrap_or(0), meta.modified_ns.unwrap_or(0)))
+impl OciImage {
+    /// The digests of the uncompressed layers (`rootfs.diff_ids` of the
+    /// image config), one per layer, bottom first. The config is read and
+    /// checked against its descriptor; it must list exactly one well-formed
+    /// SHA-256 digest per layer.
+    pub fn diff_ids(&self, fs: &impl Probe) -> Result<Vec<String>, SourceError> {
+        let config: ImageConfig =
+            parse_json("the image config", &read_blob(Path::new(&self.layout), &self.config, fs)?)?;
+        let rootfs = config.rootfs.ok_or_else(|| {
+            SourceError::Unsupported(format!("the image config {} has no rootfs.diff_ids", self.config.digest))
+        })?;
+        if rootfs.kind != "layers" {
+            return Err(SourceError::Unsupported(format!(
+                "the image config's rootfs.type is {:?}, expected \"layers\"",
+                rootfs.kind
+            )));
         }
+        if rootfs.diff_ids.len() != self.layers.len() {
+            return Err(SourceError::Unsupported(format!(
+                "the image config lists {} diff_ids for {} layers",
+                rootfs.diff_ids.len(),
+                self.layers.len()
+            )));
+        }
+        for id in &rootfs.diff_ids {
+            sha256_of_digest(id)?;
+        }
+        Ok(rootfs.diff_ids)
     }
+}
+
+/// Most symlinks followed from `index.json` to the file it names.
+const MAX_INDEX_LINKS: usize = 8;
+
+/// The regular file `index.json` is, with the probe's answer for it: given
+/// the first probe's `answer` for `<layout>/index.json`, that file itself,
+/// or for a symlink the file it leads to. A symlink is resolved by the guest
+/// (relative to its directory, `..` taken lexically) and its target probed,
+/// at most [`MAX_INDEX_LINKS`] times; a target outside the layout is refused.
+/// Nothing here asks WASI: the times that enter the key come from
+/// `host.probe` alone (see [`index_times`]).
+fn index_file(
+    layout: &Path,
+    answer: Result<PathInfo, Error>,
+    fs: &impl Probe,
+) -> Result<(PathBuf, PathInfo), SourceError> {
+    let first = layout.join("index.json");
+    let (mut path, mut answer, mut links) = (first.clone(), answer, 0);
+    loop {
+        let info = answer.map_err(|e| probe::source_error(&path, &e))?;
+        let target = match (info.kind, &info.link_target) {
+            (PathKind::File, _) => return Ok((path, info)),
+            (PathKind::Symlink, Some(_)) if links == MAX_INDEX_LINKS => {
+                return Err(SourceError::Unsupported(format!(
+                    "{} leads through more than {MAX_INDEX_LINKS} symlinks",
+                    first.display()
+                )));
+            }
+            (PathKind::Symlink, Some(target)) => target,
+            _ => return Err(SourceError::Unsupported(format!("{} is not a regular file", path.display()))),
+        };
+        let target = std::str::from_utf8(target).map_err(|_| {
+            SourceError::Unsupported(format!("{} is a symlink whose target is not UTF-8", path.display()))
+        })?;
+        let mut next = PathBuf::new();
+        for part in path.parent().unwrap_or(layout).join(target).components() {
+            match part {
+                Component::ParentDir => {
+                    next.pop();
+                }
+                Component::CurDir => {}
+                other => next.push(other),
+            }
+        }
+        if !next.starts_with(layout) {
+            // Out of the layout is out of the request's source root: the
+            // probe would refuse it as it refuses any escape.
+            return Err(SourceError::Host(Error::Denied(crate::wit::types::Denial {
+                rule: "source_roots".into(),
+                detail: format!(
+                    "{} is a symlink to {target}, which is not a file of the layout {}",
+                    first.display(),
+                    layout.display()
+                ),
+            })));
+        }
+        if next == layout {
+            return Err(SourceError::Unsupported(format!(
+                "{} is a symlink to {target}, which is not a file of the layout {}",
+                first.display(),
+                layout.display()
+            )));
+        }
+        answer = probe::ask(fs, &[(&next, probe::MAX_HEAD_BYTES as u32)])?
+            .pop()
+            .ok_or_else(|| SourceError::Io("the probe gave no answer".into()))?;
+        path = next;
+        links += 1;
+    }
+}
+
+/// The birth and modification times, in ns, of the regular file
+/// [`index_file`] found: both from `host.probe`, never from WASI, whose
+/// timestamps mean different things under different runtimes (the
+/// status-change time is the birth time under wasmtime, the ctime under
+/// Node's preview2-shim), so the key is the same under every host.
+fn index_times(index: &PathInfo) -> (u64, u64) {
+    (index.created_ns, index.modified_ns)
 }
 
 type Selected = (String, (Descriptor, Vec<Descriptor>));
 
 /// Picks the manifest for `wanted` among `candidates`, descending into nested
 /// indexes. A descriptor without a platform is checked against its config.
+/// The platforms passed over are added to `seen`; `None` means no candidate
+/// matched.
 fn select(
     layout: &Path,
     candidates: &[Descriptor],
     wanted: &Platform,
     depth: usize,
+    seen: &mut Vec<String>,
     fs: &impl Probe,
-) -> Result<Selected, SourceError> {
+) -> Result<Option<Selected>, SourceError> {
     if depth > MAX_INDEX_DEPTH {
-        return Err(SourceError::Unsupported(format!("image indexes nest deeper than {MAX_INDEX_DEPTH}")));
+        return Err(SourceError::Unsupported(format!(
+            "image indexes nest more than {MAX_INDEX_DEPTH} levels deep below index.json"
+        )));
     }
-    let mut seen = Vec::new();
     for desc in candidates {
         if let Some(p) = &desc.platform
             && !wanted.matches(&p.os, &p.architecture, p.variant.as_deref())
@@ -350,9 +472,9 @@ fn select(
         }
         if INDEX_TYPES.contains(&desc.media_type.as_str()) {
             let nested = parse_index(&read_blob(layout, desc, fs)?)?;
-            match select(layout, &nested, wanted, depth + 1, fs) {
-                Ok(found) => return Ok(found),
-                Err(_) => continue,
+            match select(layout, &nested, wanted, depth + 1, seen, fs)? {
+                Some(found) => return Ok(Some(found)),
+                None => continue,
             }
         }
         let bytes = read_blob(layout, desc, fs)?;
@@ -364,10 +486,24 @@ fn select(
                 continue;
             }
         }
-        return Ok((desc.digest.clone(), (config, layers)));
+        return Ok(Some((desc.digest.clone(), (config, layers))));
     }
-    let found = if seen.is_empty() { "none".to_owned() } else { seen.join(", ") };
-    Err(SourceError::Unsupported(format!("the layout has no image for {wanted} (found: {found})")))
+    Ok(None)
+}
+
+/// [`select`] from `index.json`: no match is an error listing the platforms
+/// the layout has.
+fn select_image(
+    layout: &Path,
+    manifests: &[Descriptor],
+    wanted: &Platform,
+    fs: &impl Probe,
+) -> Result<Selected, SourceError> {
+    let mut seen = Vec::new();
+    select(layout, manifests, wanted, 0, &mut seen, fs)?.ok_or_else(|| {
+        let found = if seen.is_empty() { "none".to_owned() } else { seen.join(", ") };
+        SourceError::Unsupported(format!("the layout has no image for {wanted} (found: {found})"))
+    })
 }
 
 #[cfg(test)]
@@ -438,6 +574,32 @@ mod tests {
         let meta = std::fs::metadata(tmp.path().join("index.real")).unwrap();
         let modified = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
         assert_eq!(image.index_modified_ns, modified.as_nanos() as u64, "the times are the link target's");
+    }
+
+    #[test]
+    fn a_symlinked_index_takes_both_times_from_the_probe_of_its_target() {
+        // index.json -> sub/../link2 -> real/index.json: resolved lexically,
+        // probed link by link, and the times are the probe's of the file.
+        let tmp = tempfile::tempdir().unwrap();
+        let (manifest, _) = layout(tmp.path(), 0);
+        std::fs::create_dir(tmp.path().join("real")).unwrap();
+        std::fs::rename(tmp.path().join("index.json"), tmp.path().join("real/index.json")).unwrap();
+        std::os::unix::fs::symlink("real/index.json", tmp.path().join("link2")).unwrap();
+        std::os::unix::fs::symlink("sub/../link2", tmp.path().join("index.json")).unwrap();
+        let image = resolve(tmp.path()).unwrap();
+        assert_eq!(image.manifest_digest, manifest);
+        let probe = StdProbe { cache_root: "/nonexistent".into() };
+        let real = tmp.path().join("real/index.json");
+        let answer = probe::ask(&probe, &[(&real, 0)]).unwrap().pop().unwrap().unwrap();
+        assert_eq!((image.index_created_ns, image.index_modified_ns), (answer.created_ns, answer.modified_ns));
+
+        // A link out of the layout, and a loop, are refused.
+        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
+        std::os::unix::fs::symlink("../elsewhere/index.json", tmp.path().join("index.json")).unwrap();
+        assert!(resolve(tmp.path()).unwrap_err().to_string().contains("not a file of the layout"));
+        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
+        std::os::unix::fs::symlink("index.json", tmp.path().join("index.json")).unwrap();
+        assert!(resolve(tmp.path()).unwrap_err().to_string().contains("more than 8 symlinks"));
     }
 
     #[test]

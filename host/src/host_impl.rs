@@ -58,7 +58,7 @@ impl StoreState {
         Ok(())
     }
 
-    fn audit(&self, call: &Call, verdict: Verdict, error: Option<&Error>) {
+    fn audit(&mut self, call: &Call, verdict: Verdict, error: Option<&Error>) {
         let duration = call.started.elapsed();
         match verdict {
             Verdict::Denied => {
@@ -73,17 +73,26 @@ impl StoreState {
         }
         if let Some(audit) = &self.shared.audit {
             audit.record(self.request_id, call.capability, &call.arguments, verdict, error, duration);
+            match (verdict, error) {
+                (Verdict::Trapped, _) => self.audited.push(Error::GuestTrap(String::new())),
+                (_, Some(error)) => self.audited.push(error.clone()),
+                _ => {}
+            }
         }
     }
 
     fn finish<T>(&mut self, call: Call, result: Result<T, Error>) -> HostResult<T> {
         self.host_time += call.started.elapsed();
-        let verdict = match &result {
-            Ok(_) => Verdict::Allowed,
-            Err(Error::Denied { .. }) => Verdict::Denied,
-            Err(_) => Verdict::Failed,
-        };
-        self.audit(&call, verdict, result.as_ref().err());
+        self.audit(&call, Verdict::of(&result), result.as_ref().err());
+        result.map_err(HostCallError::Guest)
+    }
+
+    /// Ends a call that succeeded as a whole but refused part of what it was
+    /// asked (a probed path outside the roots): it is logged as `denied`,
+    /// with the first refusal.
+    fn finish_refused<T>(&mut self, call: Call, result: Result<T, Error>, refusal: &Error) -> HostResult<T> {
+        self.host_time += call.started.elapsed();
+        self.audit(&call, Verdict::Denied, Some(refusal));
         result.map_err(HostCallError::Guest)
     }
 
@@ -141,7 +150,14 @@ impl StoreState {
                             format!("layer blob {} is outside {}", layer.path, blobs_dir.display()),
                         ));
                     }
-                    blobs.push(LayerBlob { path, media_type: layer.media_type.clone(), digest: layer.digest.clone() });
+                    check_blob_length(&path, layer.size)?;
+                    blobs.push(LayerBlob {
+                        path,
+                        media_type: layer.media_type.clone(),
+                        digest: layer.digest.clone(),
+                        size: layer.size,
+                        diff_id: (!layer.diff_id.is_empty()).then(|| layer.diff_id.clone()),
+                    });
                 }
                 SourceLayers::Oci { layout, platform: job.platform.clone(), blobs }
             }
@@ -162,6 +178,7 @@ impl StoreState {
             key: job.key.clone(),
             agent,
             timeout: policy.limits.convert_timeout,
+            max_bytes: policy.limits.max_image_bytes,
         })
     }
 }
@@ -179,15 +196,26 @@ impl host::Host for StoreState {
     async fn probe(&mut self, requests: Vec<ProbeRequest>) -> HostResult<Vec<Result<PathInfo, WitError>>> {
         let call = self.begin("probe", json!({ "paths": requests.iter().map(|r| &r.path).collect::<Vec<_>>() }));
         self.check_payload(&call, &[requests.iter().map(|r| r.path.len()).sum()])?;
+        let mut refused = None;
         let result = crate::probe::check(&requests).map(|()| {
             let cache = self.shared.cache.root();
             let mut prober = crate::probe::Prober::default();
             requests
                 .iter()
-                .map(|request| prober.answer(request, &self.source_roots, cache).map_err(|e| e.to_wit()))
+                .map(|request| {
+                    prober.answer(request, &self.source_roots, cache).map_err(|e| {
+                        if refused.is_none() && matches!(e, Error::Denied { .. }) {
+                            refused = Some(e.clone());
+                        }
+                        e.to_wit()
+                    })
+                })
                 .collect()
         });
-        self.finish(call, result)
+        match refused {
+            Some(refusal) => self.finish_refused(call, result, &refusal),
+            None => self.finish(call, result),
+        }
     }
 
     async fn digest_file(&mut self, path: String) -> HostResult<FileDigest> {
@@ -226,7 +254,8 @@ impl host::Host for StoreState {
             "run-converter",
             json!({ "converter": job.converter, "source": job.source, "layers": job.layers.len(), "output": job.output, "size": job.size }),
         );
-        let total: usize = job.layers.iter().map(|l| l.path.len() + l.media_type.len() + l.digest.len()).sum();
+        let total: usize =
+            job.layers.iter().map(|l| l.path.len() + l.media_type.len() + l.digest.len() + l.diff_id.len()).sum();
         self.check_payload(&call, &[job.source.len(), job.output.len(), total])?;
         let checked =
             self.job(&job).and_then(|checked| Ok((checked, self.shared.caps.converters.get(&job.converter)?)));
@@ -241,7 +270,15 @@ impl host::Host for StoreState {
                 let shared = self.shared.clone();
                 let _permit = shared.conversions.acquire().await.map_err(|e| Error::Io(e.to_string()));
                 self.phase(Phase::Converting);
-                backend.convert(checked).await
+                let output = checked.output.clone();
+                backend.convert(checked).await.and_then(|length| {
+                    // Whatever sized the image (a converter's default, its
+                    // content), the policy bounds it.
+                    shared.policy.check_image_length(length).inspect_err(|_| {
+                        let _ = std::fs::remove_file(&output);
+                    })?;
+                    Ok(length)
+                })
             }
             Err(e) => Err(e),
         };
@@ -436,9 +473,13 @@ impl host::HostMountedImage for StoreState {
             (Some(mut mount), Ok(source)) => {
                 let install = Install { target: file.target.clone(), mode: file.mode, sha256: file.sha256.clone() };
                 let joined = tokio::task::spawn_blocking(move || {
-                    let result = std::fs::File::open(&source)
-                        .map_err(|e| Error::io(source.display(), &e))
-                        .and_then(|mut f| mount.install(&mut f, &install));
+                    let result = crate::regular_file::RegularFile::open(
+                        &source,
+                        crate::digest::MAX_PROGRAM_BYTES,
+                        crate::regular_file::FinalSymlink::Follow,
+                    )
+                    .map_err(|e| e.into_error("agent", Error::InvalidRequest))
+                    .and_then(|mut f| mount.install(&mut f, &install));
                     (mount, result)
                 })
                 .await;
@@ -497,4 +538,23 @@ impl host::HostBuildLock for StoreState {
         self.resources = self.resources.saturating_sub(1);
         Ok(())
     }
+}
+
+/// A layer blob must be a regular file exactly as long as its descriptor
+/// says, whichever converter reads it: a FIFO would block the converter, and
+/// a length that differs means the layout is corrupt (containerd checks the
+/// same).
+fn check_blob_length(path: &Path, declared: u64) -> Result<(), Error> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| Error::io(format!("layer blob {}", path.display()), &e))?;
+    if !meta.is_file() {
+        return Err(Error::UnsupportedSource(format!("layer blob {} is not a regular file", path.display())));
+    }
+    if meta.len() != declared {
+        return Err(Error::UnsupportedSource(format!(
+            "layer blob {} has {} bytes, its descriptor says {declared}: the layout is corrupt",
+            path.display(),
+            meta.len()
+        )));
+    }
+    Ok(())
 }

@@ -28,6 +28,10 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+/// The longest policy file read (1 MiB): a policy is a few lines, and a
+/// path such as `/dev/zero` or an endless file must not be read forever.
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
 /// Resource limits for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -150,10 +154,15 @@ impl Policy {
         })
     }
 
-    /// Reads and parses a policy file.
+    /// Reads and parses a policy file: a regular file of at most
+    /// [`MAX_POLICY_BYTES`] (a FIFO, a device such as `/dev/zero` or a
+    /// directory is refused without blocking). Errors: `Config`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| Error::Config(format!("policy {}: {e}", path.display())))?;
+        let refused = |e: crate::regular_file::FileError| Error::Config(format!("policy {e}"));
+        let bytes = crate::regular_file::read(path, MAX_POLICY_BYTES, crate::regular_file::FinalSymlink::Follow)
+            .map_err(refused)?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| Error::Config(format!("policy {}: not UTF-8 text", path.display())))?;
         Self::from_toml(&text).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
             other => other,
@@ -227,6 +236,22 @@ impl Policy {
         Ok(())
     }
 
+    /// Checks the length of an image a converter produced against
+    /// `max_image_bytes`, however it was sized. Errors: `Denied`.
+    pub fn check_image_length(&self, length: u64) -> Result<()> {
+        if length > self.limits.max_image_bytes {
+            return Err(Error::denied(
+                "max_image_bytes",
+                format!(
+                    "the converter produced an image of {length} bytes, larger than the allowed {}; \
+                     nothing was published",
+                    self.limits.max_image_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks a requested image size.
     pub fn check_size(&self, size: Option<u64>) -> Result<()> {
         match size {
@@ -269,6 +294,32 @@ fn resolve_existing(what: &str, path: &str) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_that_is_not_a_bounded_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("policy.fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let long = dir.path().join("long.toml");
+        std::fs::write(&long, vec![b'#'; MAX_POLICY_BYTES as usize + 1]).unwrap();
+        for (path, says) in [
+            (Path::new("/dev/zero"), "is a character device, not a regular file"),
+            (fifo.as_path(), "is a FIFO, not a regular file"),
+            (dir.path(), "is a directory, not a regular file"),
+            (long.as_path(), "is longer than the limit of 1048576 bytes"),
+        ] {
+            let err = Policy::load(path).unwrap_err();
+            assert_eq!(err.class(), "config", "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
 
     #[test]
     fn a_policy_file_with_every_key_parses() {

@@ -228,6 +228,7 @@ async fn main() {
             key: "0".repeat(64),
             agent: None,
             timeout: Duration::from_secs(600),
+            max_bytes: u64::MAX,
         };
         let started = Instant::now();
         ExactConverter::default().convert(job).await.unwrap();

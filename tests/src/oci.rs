@@ -185,7 +185,8 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-fn write_blob(layout: &Path, data: &[u8]) -> String {
+/// Writes `data` as a blob of `layout` and returns its digest.
+pub fn write_blob(layout: &Path, data: &[u8]) -> String {
     let hex = sha256_hex(data);
     let dir = layout.join("blobs/sha256");
     std::fs::create_dir_all(&dir).unwrap();
@@ -210,6 +211,18 @@ pub fn layout(dir: &Path, layers: &[Vec<u8>], arch: &str, style: IndexStyle) {
 
 /// Writes an OCI layout with each layer compressed as given, tagged `latest`.
 pub fn layout_with(dir: &Path, layers: &[(Vec<u8>, Compression)], arch: &str, style: IndexStyle) {
+    layout_edited(dir, layers, arch, style, |_, _| {});
+}
+
+/// [`layout_with`], with `edit` changing the manifest and the image config
+/// (as JSON) before they are written: for layouts whose descriptors lie.
+pub fn layout_edited(
+    dir: &Path,
+    layers: &[(Vec<u8>, Compression)],
+    arch: &str,
+    style: IndexStyle,
+    edit: impl FnOnce(&mut serde_json::Value, &mut serde_json::Value),
+) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let mut descriptors = Vec::new();
@@ -220,19 +233,22 @@ pub fn layout_with(dir: &Path, layers: &[(Vec<u8>, Compression)], arch: &str, st
         let digest = write_blob(dir, &blob);
         descriptors.push(serde_json::json!({ "mediaType": media_type, "digest": digest, "size": blob.len() }));
     }
-    let config = serde_json::to_vec(&serde_json::json!({
+    let mut config = serde_json::json!({
         "architecture": arch, "os": "linux",
         "rootfs": { "type": "layers", "diff_ids": diff_ids }, "config": {}
-    }))
-    .unwrap();
-    let config_digest = write_blob(dir, &config);
-    let manifest = serde_json::to_vec(&serde_json::json!({
+    });
+    let mut manifest = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len() },
         "layers": descriptors,
-    }))
-    .unwrap();
+    });
+    edit(&mut manifest, &mut config);
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = write_blob(dir, &config);
+    manifest["config"] = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
     let manifest_digest = write_blob(dir, &manifest);
     let mut descriptor = serde_json::json!({
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest.len(),

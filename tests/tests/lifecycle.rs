@@ -230,7 +230,7 @@ fn a_process_killed_at_any_phase_leaves_nothing_a_later_request_trusts() {
                     "slow",
                     &log,
                     &format!(
-                        "head -c 3000000 /dev/zero > \"$3\"\necho $$ > '{}'\necho converting > '{}'\nexec sleep 600",
+                        "head -c 3000000 /dev/zero > \"$3\"\nread -r pid rest < /proc/self/stat\necho $pid > '{}'\necho converting > '{}'\nexec sleep 600",
                         w.dir.path().join("converter.pid").display(),
                         fifo.display()
                     ),

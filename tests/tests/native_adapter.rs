@@ -214,11 +214,14 @@ async fn a_converter_that_hangs_is_killed_at_the_timeout_and_leaves_nothing() {
         w.dir.path(),
         "hanging",
         &log,
-        &format!("head -c 100000 /dev/zero > \"$3\"\nsleep 600 &\necho $! > '{}'\nwait", pidfile.display()),
+        &format!(
+            "head -c 100000 /dev/zero > \"$3\"\n{{ read -r pid rest < /proc/self/stat; echo $pid > '{}'; exec sleep 600; }} &\nwait",
+            pidfile.display()
+        ),
     );
     let err = w.cache.convert(&w.request().converter(ConverterSpec::Command(hanging))).await.unwrap_err();
     assert_eq!(err.class(), "timeout", "{err}");
-    // The converter's child was in its process group and was killed too. The
+    // The converter's child was in its PID namespace and was killed too. The
     // signal is delivered asynchronously: wait for its exit on a pidfd (a
     // `sleep 600` that was not killed keeps it unreadable past the bound).
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();

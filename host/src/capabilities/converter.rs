@@ -52,6 +52,11 @@ pub struct LayerBlob {
     pub media_type: String,
     /// `sha256:<hex>` it must hash to.
     pub digest: String,
+    /// The length it must have.
+    pub size: u64,
+    /// `sha256:<hex>` its uncompressed tar stream must hash to (the image
+    /// config's `rootfs.diff_ids` entry), when the guest gave one.
+    pub diff_id: Option<String>,
 }
 
 /// A file the converter writes into the image itself.
@@ -83,6 +88,10 @@ pub struct ConversionJob {
     pub agent: Option<AgentInstall>,
     /// When to give up.
     pub timeout: Duration,
+    /// The largest image the policy allows (`max_image_bytes`): a converter
+    /// that sizes the image itself must stay within it, and the host refuses
+    /// a longer output whatever the converter.
+    pub max_bytes: u64,
 }
 
 /// A converter backend.

@@ -29,6 +29,9 @@ pub const ROOT_INODE: u32 = 2;
 pub const DESC_SIZE: u64 = 32;
 /// Longest extent of initialised blocks.
 pub const MAX_EXTENT_LEN: u64 = 32768;
+/// Most links one inode may have (`EXT4_LINK_MAX`); a directory with more
+/// subdirectories counts 1 under `dir_nlink`.
+pub const MAX_LINKS: u32 = 65000;
 
 /// `S_IF*` file types as stored in `i_mode`.
 pub mod mode {

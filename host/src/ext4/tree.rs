@@ -109,15 +109,19 @@ pub struct Tree {
 }
 
 /// Why a path could not be resolved inside a tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
     /// A component is missing.
+    #[error("{} does not exist", String::from_utf8_lossy(.0))]
     Missing(Vec<u8>),
     /// A component is not a directory.
+    #[error("{} is not a directory", String::from_utf8_lossy(.0))]
     NotDirectory(Vec<u8>),
     /// Too many symlinks.
+    #[error("too many levels of symbolic links")]
     Loop,
     /// A symlink or `..` leads out of the tree (only when resolving beneath).
+    #[error("{} leads out of the image root", String::from_utf8_lossy(.0))]
     Escapes(Vec<u8>),
 }
 
@@ -180,6 +184,45 @@ impl Tree {
         if let Kind::Dir(map) = &mut self.nodes[parent].kind {
             map.insert(name, target);
         }
+    }
+
+    /// Gives every hardlink group at most `max` names, as ext4 holds at most
+    /// 65,000 links to a file: names past the `max`-th (in a depth-first
+    /// walk in name order, so the result is reproducible) go to copies of
+    /// the node, with the same metadata and contents. Returns how many
+    /// copies were made.
+    pub fn split_link_groups(&mut self, max: u32) -> usize {
+        let mut names = vec![0u32; self.nodes.len()];
+        // For each node split so far, the copy taking its current names.
+        let mut current: std::collections::HashMap<NodeId, NodeId> = std::collections::HashMap::new();
+        let mut copies = 0;
+        let mut stack = vec![Self::ROOT];
+        while let Some(dir) = stack.pop() {
+            let entries: Vec<(Vec<u8>, NodeId)> = self.entries(dir).map(|(k, v)| (k.clone(), v)).collect();
+            let mut subdirs = Vec::new();
+            for (name, id) in entries {
+                if self.nodes[id].is_dir() {
+                    subdirs.push(id);
+                    continue;
+                }
+                let target = *current.get(&id).unwrap_or(&id);
+                if names[target] < max {
+                    names[target] += 1;
+                    if target != id {
+                        self.link(dir, name, target);
+                    }
+                    continue;
+                }
+                let copy = self.nodes.len();
+                self.nodes.push(self.nodes[id].clone());
+                names.push(1);
+                current.insert(id, copy);
+                copies += 1;
+                self.link(dir, name, copy);
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
+        copies
     }
 
     /// Removes the entry `name` from `parent` (the node and what it
@@ -297,6 +340,28 @@ mod tests {
 
     fn dir(tree: &mut Tree, parent: NodeId, name: &str) -> NodeId {
         tree.add(parent, name.into(), Node { meta: Meta::default(), kind: Kind::Dir(BTreeMap::new()) })
+    }
+
+    #[test]
+    fn link_groups_past_the_limit_split_into_copies_in_name_order() {
+        let mut t = Tree::new(Meta::default());
+        let a = dir(&mut t, Tree::ROOT, "a");
+        let b = dir(&mut t, Tree::ROOT, "b");
+        let file = t.add(a, b"f0".to_vec(), Node { meta: Meta::default(), kind: Kind::Fifo });
+        for i in 1..3 {
+            t.link(a, format!("f{i}").into_bytes(), file);
+        }
+        for i in 0..4 {
+            t.link(b, format!("g{i}").into_bytes(), file);
+        }
+        assert_eq!(t.split_link_groups(3), 2, "7 names, 3 per inode: two copies");
+        let ids: Vec<NodeId> = t.entries(a).chain(t.entries(b)).map(|(_, id)| id).collect();
+        assert_eq!(ids[..3], [file; 3]);
+        assert_eq!(ids[3..6], [ids[3]; 3]);
+        assert_eq!(ids[6], ids[6]);
+        assert!(ids[3] != file && ids[6] != ids[3] && ids[6] != file);
+        assert!(matches!(t.node(ids[6]).kind, Kind::Fifo));
+        assert_eq!(t.split_link_groups(3), 0, "splitting again changes nothing");
     }
 
     #[test]

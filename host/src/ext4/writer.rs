@@ -7,14 +7,12 @@
 //! file, and no byte of anything outside the tree is ever written.
 
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-
-use rustix::fs::{Mode, OFlags};
 
 use super::format::{
     self, BLOCK_SIZE, BLOCKS_PER_GROUP, EXTENTS_FL, EXTENTS_PER_BLOCK, Extent, ExtentNode, FIRST_INODE, GroupDesc,
-    INODE_SIZE, InodeFields, MAX_EXTENT_LEN, ROOT_INODE, SuperblockFields, ftype, mode,
+    INODE_SIZE, InodeFields, MAX_EXTENT_LEN, MAX_LINKS, ROOT_INODE, SuperblockFields, ftype, mode,
 };
 use super::layout::{Allocator, Geometry, Headroom, LayoutError};
 use super::tree::{FileData, Kind, Node, NodeId, Tree};
@@ -33,6 +31,10 @@ pub struct ImageOptions {
     pub hash_seed: [u8; 16],
     /// Volume label, at most 16 bytes.
     pub label: String,
+    /// The longest image allowed: an image sized from its content that
+    /// would be longer fails with [`WriteError::TooLarge`] before anything
+    /// is written.
+    pub max_bytes: Option<u64>,
 }
 
 /// What was written.
@@ -56,6 +58,14 @@ pub enum WriteError {
         needed: u64,
         /// Bytes asked for.
         size: u64,
+    },
+    /// The content needs a longer image than [`ImageOptions::max_bytes`].
+    #[error("the content needs an image of {needed} bytes, more than the {max} bytes allowed")]
+    TooLarge {
+        /// Bytes the image would have.
+        needed: u64,
+        /// Bytes allowed.
+        max: u64,
     },
     /// Beyond what this writer supports.
     #[error("{0}")]
@@ -175,14 +185,12 @@ struct Source {
 fn open_source(data: &FileData) -> Result<Source, WriteError> {
     match data {
         FileData::At { root, path, .. } => {
-            let fd: OwnedFd = rustix::fs::openat(
-                root.as_fd(),
-                path,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| WriteError::Source { path: path.display().to_string(), message: e.to_string() })?;
-            Ok(Source { file: std::sync::Arc::new(File::from(fd)), base: 0, name: path.display().to_string() })
+            // A regular file beneath the root (a FIFO swapped in since the
+            // scan would block a plain open); read at offsets below its size.
+            let file = crate::regular_file::RegularFile::open_beneath(root.as_fd(), path, path, u64::MAX)
+                .map_err(|e| WriteError::Source { path: path.display().to_string(), message: e.to_string() })?
+                .into_file();
+            Ok(Source { file: std::sync::Arc::new(file), base: 0, name: path.display().to_string() })
         }
         FileData::Range { file, offset } => {
             Ok(Source { file: file.clone(), base: *offset, name: format!("spool at {offset}") })
@@ -327,9 +335,19 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
         if ino == 0 {
             continue;
         }
-        let link_count = if links[id] >= 65000 && node.is_dir() { 1 } else { links[id].min(65000) as u16 };
+        // A directory past ext4's limit counts 1 (`dir_nlink`); a file cannot
+        // have more names: `Tree::split_link_groups` splits such groups first.
+        let link_count = match links[id] {
+            n if n >= MAX_LINKS && node.is_dir() => 1,
+            n if n > MAX_LINKS => {
+                return Err(WriteError::Unsupported(format!(
+                    "a file with {n} names: ext4 holds at most {MAX_LINKS} links to one inode"
+                )));
+            }
+            n => n as u16,
+        };
         let xattrs = xattr::encode(&node.meta.xattrs)
-            .map_err(|e| WriteError::Unsupported(format!("extended attributes: {e:?}")))?;
+            .map_err(|e| WriteError::Unsupported(format!("extended attributes: {e}")))?;
         let (runs, data_blocks) = match &node.kind {
             Kind::File { size, data } => {
                 let runs = data_runs(data, *size)?;
@@ -378,6 +396,11 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
         options.size,
         &options.headroom,
     )?;
+    if let Some(max) = options.max_bytes
+        && geometry.blocks * BLOCK_SIZE > max
+    {
+        return Err(WriteError::TooLarge { needed: geometry.blocks * BLOCK_SIZE, max });
+    }
 
     // 4. Blocks, in inode order.
     let mut alloc = Allocator::new(&geometry);

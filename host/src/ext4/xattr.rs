@@ -15,12 +15,17 @@ pub enum Placement {
 }
 
 /// Why attributes cannot be stored.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum XattrError {
     /// A name with a prefix ext4 cannot store.
+    #[error("the attribute {0:?} has a namespace ext4 cannot store (user., trusted., security. and POSIX ACLs only)")]
     UnknownPrefix(String),
     /// More than fits in the inode and one block together.
+    #[error("{0} bytes of extended attributes do not fit in the inode and one 4096-byte block")]
     TooLarge(usize),
+    /// A name longer than ext4's 255 bytes (after its namespace prefix).
+    #[error("an attribute name of {0} bytes is longer than ext4's 255")]
+    NameTooLong(usize),
 }
 
 struct Entry {
@@ -65,7 +70,7 @@ fn split_name(name: &[u8], value: &[u8]) -> Result<Entry, XattrError> {
         _ => return Err(XattrError::UnknownPrefix(text)),
     };
     if rest.len() > 255 {
-        return Err(XattrError::TooLarge(rest.len()));
+        return Err(XattrError::NameTooLong(rest.len()));
     }
     Ok(Entry { index, name: rest.to_vec(), value })
 }

@@ -80,7 +80,13 @@ mod hostile {
         host::run_converter(&job(
             request,
             &output,
-            vec![Layer { path: diff, media_type: String::new(), digest: String::new() }],
+            vec![Layer {
+                path: diff,
+                media_type: String::new(),
+                digest: String::new(),
+                size: 0,
+                diff_id: String::new(),
+            }],
         ))?;
         Ok(output)
     }
@@ -88,7 +94,13 @@ mod hostile {
     impl Guest for Hostile {
         fn convert(request: ConvertRequest) -> Result<Outcome, Error> {
             let attack = request.converter.strip_prefix("command:/attack/").unwrap_or("noop");
-            let top = |p: &str| Layer { path: p.into(), media_type: String::new(), digest: String::new() };
+            let top = |p: &str| Layer {
+                path: p.into(),
+                media_type: String::new(),
+                digest: String::new(),
+                size: 0,
+                diff_id: String::new(),
+            };
             match attack {
                 "noop" => Ok(refused("noop")),
                 "convert-into-parent" => {

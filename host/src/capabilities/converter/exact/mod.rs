@@ -81,8 +81,12 @@ fn uuid_from_key(key: &str) -> [u8; 16] {
 /// Adds the agent at `install.target`, resolving symlinked parents inside
 /// the tree and creating a missing parent directory.
 fn add_agent(tree: &mut Tree, install: &AgentInstall) -> Result<()> {
-    let bytes =
-        std::fs::read(&install.source).map_err(|e| Error::io(format!("agent {}", install.source.display()), &e))?;
+    let bytes = crate::regular_file::read(
+        &install.source,
+        crate::digest::MAX_PROGRAM_BYTES,
+        crate::regular_file::FinalSymlink::Follow,
+    )
+    .map_err(|e| e.into_error("agent", Error::InvalidRequest))?;
     let actual = crate::digest::hex(&Sha256::digest(&bytes));
     if actual != install.sha256 {
         return Err(Error::InjectFailed(format!(
@@ -118,7 +122,7 @@ fn add_agent(tree: &mut Tree, install: &AgentInstall) -> Result<()> {
                     }
                     Err(e) => {
                         return Err(Error::InjectFailed(format!(
-                            "{}: {e:?} in the image",
+                            "{} in the image: {e}",
                             String::from_utf8_lossy(&so_far)
                         )));
                     }
@@ -127,7 +131,7 @@ fn add_agent(tree: &mut Tree, install: &AgentInstall) -> Result<()> {
             dir
         }
         Err(e) => {
-            return Err(Error::InjectFailed(format!("{}: {e:?} in the image", String::from_utf8_lossy(parent_path))));
+            return Err(Error::InjectFailed(format!("{} in the image: {e}", String::from_utf8_lossy(parent_path))));
         }
     };
     if tree.lookup(parent, name).is_some_and(|id| tree.node(id).is_dir()) {
@@ -189,12 +193,15 @@ impl ExactConverter {
         if let Some(agent) = &job.agent {
             add_agent(&mut tree, agent)?;
         }
+        // ext4 holds at most 65,000 names per inode: more become copies.
+        tree.split_link_groups(ext4::format::MAX_LINKS);
         let options = ImageOptions {
             size: job.size,
             headroom: self.headroom,
             uuid: uuid_from_key(&job.key),
             hash_seed: derived(&job.key, "hash-seed"),
             label: "rootfs".into(),
+            max_bytes: Some(job.max_bytes),
         };
         let out = std::fs::OpenOptions::new()
             .write(true)
@@ -209,6 +216,10 @@ impl ExactConverter {
             ext4::WriteError::DoesNotFit { needed, size } => failed(format!(
                 "the content needs at least {needed} bytes, more than the {size} bytes asked for; raise --size or omit it"
             )),
+            ext4::WriteError::TooLarge { needed, max } => Error::denied(
+                "max_image_bytes",
+                format!("the content needs an image of {needed} bytes, larger than the allowed {max}"),
+            ),
             ext4::WriteError::Write(io) => Error::io("writing the image", &io),
             other => failed(other.to_string()),
         })?;

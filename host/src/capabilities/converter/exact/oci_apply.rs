@@ -65,18 +65,37 @@ pub enum ApplyError {
     Cancelled,
 }
 
-/// A reader that hashes what passes through it.
+/// A reader that hashes and counts what passes through it.
 struct Hashing<R> {
     inner: R,
     hasher: Sha256,
+    len: u64,
+}
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> Self {
+        Self { inner, hasher: Sha256::new(), len: 0 }
+    }
+
+    /// `sha256:<hex>` of what was read.
+    fn digest(self) -> String {
+        format!("sha256:{}", hex(&self.hasher.finalize()))
+    }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.len += n as u64;
         Ok(n)
     }
+}
+
+/// Extended attributes that belong to overlayfs itself (an opaque marker,
+/// a redirect, an origin): never part of an image, whatever a layer says.
+fn is_overlay_private(name: &[u8]) -> bool {
+    name.starts_with(b"trusted.overlay.")
 }
 
 /// Splits an entry path into components, refusing `..` and absolute paths.
@@ -152,10 +171,15 @@ impl Applier {
     fn apply(&mut self, blob: &LayerBlob, cancel: &AtomicBool) -> Result<(), ApplyError> {
         let layer = blob.digest.as_str();
         let corrupt = |why: String| ApplyError::Corrupt { layer: layer.into(), why };
-        let file = File::open(&blob.path).map_err(|e| corrupt(format!("{}: {e}", blob.path.display())))?;
-        let mut hashing = Hashing { inner: std::io::BufReader::with_capacity(1 << 20, file), hasher: Sha256::new() };
+        // A regular file (a FIFO would block the open), read no further than
+        // its length when opened.
+        let file =
+            crate::regular_file::RegularFile::open(&blob.path, u64::MAX, crate::regular_file::FinalSymlink::Refuse)
+                .map_err(|e| corrupt(e.to_string()))?
+                .limited_to_len();
+        let mut hashing = Hashing::new(std::io::BufReader::with_capacity(1 << 20, file));
         let mut st = LayerState { layer, created: HashSet::new() };
-        {
+        let uncompressed_digest = {
             let reader: Box<dyn Read + '_> = match blob.media_type.as_str() {
                 t if t.ends_with("+gzip") || t.ends_with(".tar.gzip") => {
                     Box::new(flate2::read::MultiGzDecoder::new(&mut hashing))
@@ -166,7 +190,8 @@ impl Applier {
                 t if t.ends_with(".tar") => Box::new(&mut hashing),
                 other => return Err(corrupt(format!("unsupported media type {other}"))),
             };
-            let mut archive = tar::Archive::new(reader);
+            let mut uncompressed = Hashing::new(reader);
+            let mut archive = tar::Archive::new(&mut uncompressed);
             let entries = archive.entries().map_err(|e| corrupt(format!("not a tar stream: {e}")))?;
             for entry in entries {
                 if cancel.load(Ordering::Relaxed) {
@@ -177,14 +202,29 @@ impl Applier {
             }
             // Read what follows the end-of-archive marker, so the digest covers
             // the whole blob.
-            let mut rest = archive.into_inner();
-            std::io::copy(&mut rest, &mut std::io::sink())
+            let rest = archive.into_inner();
+            std::io::copy(rest, &mut std::io::sink())
                 .map_err(|e| corrupt(format!("the stream is truncated or corrupt: {e}")))?;
-        }
+            uncompressed.digest()
+        };
         std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| corrupt(e.to_string()))?;
-        let actual = format!("sha256:{}", hex(&hashing.hasher.finalize()));
+        if hashing.len != blob.size {
+            return Err(corrupt(format!(
+                "the blob has {} bytes, its descriptor says {}: the layout is corrupt",
+                hashing.len, blob.size
+            )));
+        }
+        let actual = hashing.digest();
         if actual != blob.digest {
             return Err(corrupt(format!("the blob hashes to {actual}: the layout is corrupt")));
+        }
+        if let Some(diff_id) = &blob.diff_id
+            && uncompressed_digest != *diff_id
+        {
+            return Err(corrupt(format!(
+                "the uncompressed layer hashes to {uncompressed_digest}, but the image config's diff_ids say \
+                 {diff_id}: the layout is corrupt"
+            )));
         }
         Ok(())
     }
@@ -243,10 +283,16 @@ impl Applier {
 
         if let Some(target) = name.strip_prefix(b".wh.") {
             let Some(dir) = self.dir(parent_parts, false).map_err(bad)? else { return Ok(()) };
+            // Whiteouts apply to lower layers only: what this layer itself
+            // put there stays, whichever comes first in the stream.
+            let created = &st.created;
             if target == b".wh..opq" {
-                let created = &st.created;
                 self.tree.retain(dir, |_, id| created.contains(&id));
-            } else if !target.is_empty() && target != b"." && target != b".." {
+            } else if !target.is_empty()
+                && target != b"."
+                && target != b".."
+                && !self.tree.lookup(dir, target).is_some_and(|id| created.contains(&id))
+            {
                 self.tree.remove(dir, target);
             }
             return Ok(());
@@ -352,7 +398,9 @@ fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta, String> {
                 "uid" => meta.uid = number().ok_or("a PAX uid that is not a number")?,
                 "gid" => meta.gid = number().ok_or("a PAX gid that is not a number")?,
                 _ => {
-                    if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                    if let Some(name) = key.strip_prefix("SCHILY.xattr.")
+                        && !is_overlay_private(name.as_bytes())
+                    {
                         meta.xattrs.push((name.as_bytes().to_vec(), value.to_vec()));
                     }
                 }
