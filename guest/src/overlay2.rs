@@ -171,7 +171,25 @@ impl Overlay2Chain {
                 .map_err(|_| SourceError::Unsupported(format!("lower entry l/{id}: its target is not UTF-8")))?;
             let chain = chain_of_link_target(Path::new(&target))
                 .map_err(|why| SourceError::Unsupported(format!("lower entry l/{id}: {why}")))?;
-            dirs.push(root.join(chain));
+            let dir = root.join(&chain);
+            // Under another id, the layer itself or one already listed: a
+            // layer below itself, which overlayfs refuses as a loop.
+            if Some(std::ffi::OsStr::new(&chain)) == top.file_name() {
+                return Err(SourceError::Unsupported(format!(
+                    "{} names l/{id}, which points at {} itself: the chain is a cycle",
+                    lower_path.display(),
+                    top.display()
+                )));
+            }
+            if let Some(seen) = dirs.iter().position(|d| *d == dir) {
+                return Err(SourceError::Unsupported(format!(
+                    "{} names l/{} and l/{id}, which both point at {}: the chain is a cycle",
+                    lower_path.display(),
+                    ids[seen],
+                    dir.display()
+                )));
+            }
+            dirs.push(dir);
         }
 
         // Each layer directory, and its `diff/`.
@@ -275,6 +293,27 @@ mod tests {
         std::fs::remove_file(l.join("AAA")).unwrap();
         std::os::unix::fs::symlink("../gone/diff", l.join("AAA")).unwrap();
         assert!(resolve(&top).unwrap_err().to_string().contains("which does not exist"));
+    }
+
+    #[test]
+    fn a_layer_below_itself_under_another_id_is_a_cycle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = chain(tmp.path());
+        let l = tmp.path().join("l");
+        // An alias of the top layer's own diff/, named in its lower.
+        std::os::unix::fs::symlink("../c/diff", l.join("SELF")).unwrap();
+        std::fs::write(top.join("lower"), "l/SELF:l/BBB:l/AAA").unwrap();
+        let err = resolve(&top).unwrap_err();
+        assert!(matches!(err, SourceError::Unsupported(_)), "{err:?}");
+        assert!(err.to_string().contains("itself: the chain is a cycle"), "{err}");
+        // Two ids for one layer.
+        std::os::unix::fs::symlink("../a/diff", l.join("ALIAS")).unwrap();
+        std::fs::write(top.join("lower"), "l/BBB:l/AAA:l/ALIAS").unwrap();
+        let err = resolve(&top).unwrap_err();
+        assert!(err.to_string().contains("l/AAA and l/ALIAS, which both point at"), "{err}");
+        // The layer's own id.
+        std::fs::write(top.join("lower"), "l/CCC").unwrap();
+        assert!(resolve(&top).unwrap_err().to_string().contains("the chain is a cycle"));
     }
 
     #[test]

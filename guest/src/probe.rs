@@ -61,7 +61,12 @@ pub fn source_error(path: &Path, error: &Error) -> SourceError {
 /// (the probe must have read at least `limit` bytes).
 pub fn small_file(path: &Path, info: &PathInfo, limit: u64) -> Result<Vec<u8>, SourceError> {
     if info.kind != PathKind::File {
-        return Err(SourceError::Unsupported(format!("{} is not a regular file", path.display())));
+        let kind = match info.kind {
+            PathKind::Directory => "a directory",
+            PathKind::Symlink => "a symlink",
+            _ => "a FIFO, socket or device",
+        };
+        return Err(SourceError::Unsupported(format!("{} is {kind}, not a regular file", path.display())));
     }
     if info.size > limit {
         return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
@@ -75,7 +80,8 @@ pub const MAX_HEAD_BYTES: u64 = 64 * 1024;
 /// The contents of the file at `path`, at most `limit` bytes, from the
 /// probe's `answer` for it when that holds the whole file. A symlink (which
 /// the probe does not follow), or a file longer than the probe read, is read
-/// through WASI instead.
+/// through WASI instead ([`crate::sys::read`] opens only a regular file). A
+/// directory, FIFO, device or socket is refused without being opened.
 pub fn contents(path: &Path, answer: Result<PathInfo, Error>, limit: u64) -> Result<Vec<u8>, SourceError> {
     match answer {
         Ok(info) if info.kind == PathKind::File => {
@@ -87,7 +93,13 @@ pub fn contents(path: &Path, answer: Result<PathInfo, Error>, limit: u64) -> Res
             }
             read_small(path, limit)
         }
-        Ok(_) => read_small(path, limit),
+        Ok(info) if info.kind == PathKind::Symlink => read_small(path, limit),
+        Ok(info) if info.kind == PathKind::Directory => {
+            Err(SourceError::Unsupported(format!("{} is a directory, not a regular file", path.display())))
+        }
+        Ok(_) => {
+            Err(SourceError::Unsupported(format!("{} is a FIFO, socket or device, not a regular file", path.display())))
+        }
         Err(e) => Err(source_error(path, &e)),
     }
 }
@@ -102,6 +114,30 @@ pub fn read(fs: &impl Probe, path: &Path, expected: u64, limit: u64) -> Result<V
     let answer =
         ask(fs, &[(path, expected as u32)])?.pop().ok_or_else(|| SourceError::Io("the probe gave no answer".into()))?;
     contents(path, answer, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(kind: PathKind) -> PathInfo {
+        PathInfo { kind, size: 10, modified_ns: 0, created_ns: 0, link_target: None, head: Vec::new() }
+    }
+
+    #[test]
+    fn only_a_regular_file_or_a_symlink_is_read() {
+        // A FIFO at a path the guest can read through WASI would block the
+        // open: the probe's answer says what it is, and nothing is opened.
+        let path = Path::new("/nonexistent/index.json");
+        let err = contents(path, Ok(info(PathKind::Other)), 100).unwrap_err();
+        assert!(err.to_string().contains("FIFO, socket or device, not a regular file"), "{err}");
+        let err = contents(path, Ok(info(PathKind::Directory)), 100).unwrap_err();
+        assert!(err.to_string().contains("is a directory, not a regular file"), "{err}");
+        // A symlink is followed through WASI, which finds nothing here.
+        assert!(matches!(contents(path, Ok(info(PathKind::Symlink)), 100), Err(SourceError::NotFound(_))));
+        let err = small_file(path, &info(PathKind::Other), 100).unwrap_err();
+        assert!(matches!(err, SourceError::Unsupported(_)), "{err:?}");
+    }
 }
 
 /// [`Probe`] through `std::fs`, for native tests: cache-relative paths are

@@ -30,10 +30,20 @@ impl SourceError {
         Self::NotFound(format!("{}: no such file or directory", path.display()))
     }
 
-    /// An I/O error on `path`, kept as one line.
+    /// An I/O error on `path`, kept as one line. A path that is no regular
+    /// file ([`crate::sys::NotRegular`]) is an unsupported source; one that
+    /// leads out of the request's directories ([`crate::sys::Escape`]) is a
+    /// denial by the rule `source_roots`, as the host's probe says it.
     pub fn io(path: &Path, err: &std::io::Error) -> Self {
         if err.kind() == std::io::ErrorKind::NotFound {
             Self::not_found(path)
+        } else if let Some(refusal) = crate::sys::not_regular(err) {
+            Self::Unsupported(format!("{} {refusal}", path.display()))
+        } else if crate::sys::is_escape(err) {
+            Self::Host(Error::Denied(crate::wit::types::Denial {
+                rule: "source_roots".into(),
+                detail: format!("{} {}", path.display(), crate::sys::Escape),
+            }))
         } else {
             Self::Io(format!("{}: {err}", path.display()))
         }

@@ -10,7 +10,16 @@
 //! `std` calls.
 //!
 //! Errors are [`std::io::Error`]s; in the component they carry the errno
-//! wasi-libc would have given, so messages read as before.
+//! wasi-libc would have given, so messages read as before. Two refusals are
+//! typed, for callers to tell apart: [`NotRegular`] (a path [`read`] would
+//! have to open is no regular file) and [`Escape`] (WASI refused a path that
+//! leads out of the directories this request sees).
+//!
+//! [`read`] opens a path only after a `stat` (following symlinks, as the
+//! open does) says it is a regular file. WASI has no non-blocking open:
+//! opening a FIFO for reading waits for a writer, in the host's blocking
+//! thread pool, beyond the guest's time limit. A FIFO swapped in between the
+//! stat and the open would still block; only the source's owner can do that.
 
 use std::io;
 use std::path::Path;
@@ -25,6 +34,48 @@ pub struct Metadata {
     pub created_ns: Option<u64>,
     /// Modification time in ns since the Unix epoch.
     pub modified_ns: Option<u64>,
+}
+
+/// The refusal of a path that is not a regular file, before it is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotRegular {
+    /// What it is instead, with its article ("a FIFO").
+    pub kind: &'static str,
+}
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "is {}, not a regular file", self.kind)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// WASI's refusal of a path (or a symlink on it) that leads out of the
+/// directories this request sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Escape;
+
+impl std::fmt::Display for Escape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("leads outside the directories of this request")
+    }
+}
+
+impl std::error::Error for Escape {}
+
+/// The [`NotRegular`] refusal `err` carries, if it is one.
+pub fn not_regular(err: &io::Error) -> Option<NotRegular> {
+    err.get_ref().and_then(|e| e.downcast_ref::<NotRegular>()).copied()
+}
+
+/// Whether `err` is an [`Escape`].
+pub fn is_escape(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.is::<Escape>())
+}
+
+fn refuse(kind: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, NotRegular { kind })
 }
 
 /// A monotonic point in time, for the outcome's timings.
@@ -59,8 +110,9 @@ pub fn read_dir(path: &Path) -> io::Result<Vec<String>> {
     imp::read_dir(path)
 }
 
-/// Up to `len` bytes of the file at `path` from `offset` (fewer at its
-/// end), with the file's length.
+/// Up to `len` bytes of the regular file at `path` from `offset` (fewer at
+/// its end), with the file's length. Anything else is refused with a
+/// [`NotRegular`] error before it is opened.
 pub fn read(path: &Path, offset: u64, len: u64) -> io::Result<(Vec<u8>, u64)> {
     imp::read(path, offset, len)
 }
@@ -110,9 +162,29 @@ mod imp {
         Ok(names)
     }
 
+    fn kind(t: std::fs::FileType) -> &'static str {
+        use std::os::unix::fs::FileTypeExt as _;
+        match t {
+            t if t.is_dir() => "a directory",
+            t if t.is_fifo() => "a FIFO",
+            t if t.is_char_device() => "a character device",
+            t if t.is_block_device() => "a block device",
+            t if t.is_socket() => "a socket",
+            _ => "of an unknown type",
+        }
+    }
+
     pub fn read(path: &Path, offset: u64, len: u64) -> io::Result<(Vec<u8>, u64)> {
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(super::refuse(kind(meta.file_type())));
+        }
         let mut file = std::fs::File::open(path)?;
-        let size = file.metadata()?.len();
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(super::refuse(kind(meta.file_type())));
+        }
+        let size = meta.len();
         file.seek(SeekFrom::Start(offset))?;
         let mut bytes = Vec::new();
         file.take(len).read_to_end(&mut bytes)?;
@@ -127,7 +199,7 @@ mod imp {
 
     use wasip2::clocks::{monotonic_clock, wall_clock};
     use wasip2::filesystem::preopens::get_directories;
-    use wasip2::filesystem::types::{Descriptor, DescriptorFlags, ErrorCode, OpenFlags, PathFlags};
+    use wasip2::filesystem::types::{Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags};
 
     use super::Metadata;
 
@@ -197,6 +269,33 @@ mod imp {
         io::Error::from_raw_os_error(errno)
     }
 
+    /// The error for `code` on a path: a refusal to leave the preopen
+    /// (wasmtime-wasi says `not-permitted` for a symlink that leads out,
+    /// `cross-device` where the kernel's `RESOLVE_BENEATH` refused it) is an
+    /// [`Escape`](super::Escape); anything else as [`error`].
+    fn path_error(code: ErrorCode) -> io::Error {
+        match code {
+            ErrorCode::NotPermitted | ErrorCode::CrossDevice => {
+                io::Error::new(io::ErrorKind::PermissionDenied, super::Escape)
+            }
+            other => error(other),
+        }
+    }
+
+    fn kind(t: DescriptorType) -> &'static str {
+        match t {
+            DescriptorType::RegularFile => "a regular file",
+            DescriptorType::Directory => "a directory",
+            DescriptorType::Fifo => "a FIFO",
+            DescriptorType::CharacterDevice => "a character device",
+            DescriptorType::BlockDevice => "a block device",
+            DescriptorType::Socket => "a socket",
+            DescriptorType::SymbolicLink => "a symlink",
+            // wasmtime-wasi names no FIFO or socket type.
+            DescriptorType::Unknown => "a FIFO, socket or other special file",
+        }
+    }
+
     /// wasi-libc's ENOTCAPABLE: the path is under no preopen.
     fn not_capable() -> io::Error {
         io::Error::from_raw_os_error(76)
@@ -225,7 +324,7 @@ mod imp {
 
     pub fn metadata(path: &Path) -> io::Result<Metadata> {
         let (dir, rest) = locate(path)?;
-        let stat = dir.stat_at(PathFlags::SYMLINK_FOLLOW, &rest).map_err(error)?;
+        let stat = dir.stat_at(PathFlags::SYMLINK_FOLLOW, &rest).map_err(path_error)?;
         Ok(Metadata { len: stat.size, created_ns: None, modified_ns: stat.data_modification_timestamp.map(ns) })
     }
 
@@ -233,7 +332,7 @@ mod imp {
         let (root, rest) = locate(path)?;
         let dir = root
             .open_at(PathFlags::SYMLINK_FOLLOW, &rest, OpenFlags::DIRECTORY, DescriptorFlags::READ)
-            .map_err(error)?;
+            .map_err(path_error)?;
         let stream = dir.read_directory().map_err(error)?;
         let mut names = Vec::new();
         while let Some(entry) = stream.read_directory_entry().map_err(error)? {
@@ -244,9 +343,19 @@ mod imp {
 
     pub fn read(path: &Path, offset: u64, len: u64) -> io::Result<(Vec<u8>, u64)> {
         let (root, rest) = locate(path)?;
-        let file =
-            root.open_at(PathFlags::SYMLINK_FOLLOW, &rest, OpenFlags::empty(), DescriptorFlags::READ).map_err(error)?;
-        let size = file.stat().map_err(error)?.size;
+        // Stat first: opening a FIFO would block (see the module's doc).
+        let found = root.stat_at(PathFlags::SYMLINK_FOLLOW, &rest).map_err(path_error)?;
+        if found.type_ != DescriptorType::RegularFile {
+            return Err(super::refuse(kind(found.type_)));
+        }
+        let file = root
+            .open_at(PathFlags::SYMLINK_FOLLOW, &rest, OpenFlags::empty(), DescriptorFlags::READ)
+            .map_err(path_error)?;
+        let stat = file.stat().map_err(error)?;
+        if stat.type_ != DescriptorType::RegularFile {
+            return Err(super::refuse(kind(stat.type_)));
+        }
+        let size = stat.size;
         let mut bytes = Vec::new();
         while (bytes.len() as u64) < len {
             let want = len - bytes.len() as u64;
@@ -257,5 +366,41 @@ mod imp {
             }
         }
         Ok((bytes, size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_regular_file_is_opened_to_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        // Nobody writes: opening it would block.
+        let err = read(&fifo, 0, 10).unwrap_err();
+        assert_eq!(not_regular(&err), Some(NotRegular { kind: "a FIFO" }));
+        let err = read(dir.path(), 0, 10).unwrap_err();
+        assert_eq!(not_regular(&err).map(|r| r.to_string()).as_deref(), Some("is a directory, not a regular file"));
+        let err = read(Path::new("/dev/zero"), 0, 10).unwrap_err();
+        assert_eq!(not_regular(&err), Some(NotRegular { kind: "a character device" }));
+        std::fs::write(dir.path().join("file"), b"0123").unwrap();
+        assert_eq!(read(&dir.path().join("file"), 1, 2).unwrap(), (b"12".to_vec(), 4));
+        assert!(!is_escape(&err));
+    }
+
+    #[test]
+    fn refusals_become_source_errors_of_their_class() {
+        use crate::source::SourceError;
+        let path = Path::new("/src/index.json");
+        let refused = SourceError::io(path, &refuse("a FIFO"));
+        assert_eq!(refused, SourceError::Unsupported("/src/index.json is a FIFO, not a regular file".into()));
+        let escaped = SourceError::io(path, &io::Error::new(io::ErrorKind::PermissionDenied, Escape));
+        let SourceError::Host(crate::wit::types::Error::Denied(denial)) = escaped else {
+            panic!("an escape is not a denial: {escaped:?}")
+        };
+        assert_eq!(denial.rule, "source_roots");
+        assert!(denial.detail.contains("leads outside"), "{}", denial.detail);
     }
 }

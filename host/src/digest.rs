@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
+use crate::regular_file::{FileError, FinalSymlink, RegularFile};
+
 /// What identifies one version of a file without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FileFingerprint {
@@ -56,9 +58,17 @@ pub fn sha256_reader(mut reader: impl Read) -> std::io::Result<String> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// SHA-256 of a file, hex.
+/// The longest program the host digests or reads: an agent, a `command:`
+/// converter (1 GiB).
+pub const MAX_PROGRAM_BYTES: u64 = 1 << 30;
+
+/// SHA-256 of a regular file of at most [`MAX_PROGRAM_BYTES`], hex. A FIFO,
+/// device or directory is refused without blocking (an error of kind
+/// `InvalidInput` that says what it is), a longer file with an error of kind
+/// `FileTooLarge`.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    sha256_reader(std::fs::File::open(path)?)
+    let file = RegularFile::open(path, MAX_PROGRAM_BYTES, FinalSymlink::Follow).map_err(FileError::into_io)?;
+    sha256_reader(file)
 }
 
 /// Lowercase hexadecimal.
@@ -82,8 +92,10 @@ pub struct DigestMemo {
 }
 
 impl DigestMemo {
-    /// The digest of the regular file at `path`, read only when the file
-    /// changed since it was last digested.
+    /// The digest of the regular file at `path` (at most
+    /// [`MAX_PROGRAM_BYTES`]), read only when the file changed since it was
+    /// last digested. Anything but a regular file is refused with an error
+    /// of kind `InvalidInput`, without opening it.
     pub fn digest(&self, path: &Path) -> std::io::Result<Digested> {
         let meta = std::fs::metadata(path)?;
         if !meta.is_file() {
@@ -95,11 +107,11 @@ impl DigestMemo {
         {
             return Ok(digest.clone());
         }
-        let file = std::fs::File::open(path)?;
+        let file = RegularFile::open(path, MAX_PROGRAM_BYTES, FinalSymlink::Follow).map_err(FileError::into_io)?;
         // Fingerprint the file actually opened, so a swap between stat and
         // open is not remembered under the old fingerprint.
-        let fp = FileFingerprint::from_metadata(&file.metadata()?);
-        let digest = Digested { sha256: sha256_reader(&file)?, size: fp.size };
+        let fp = FileFingerprint::from_metadata(&file.file().metadata()?);
+        let digest = Digested { sha256: sha256_reader(file)?, size: fp.size };
         self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf(), (fp, digest.clone()));
         Ok(digest)
     }

@@ -22,6 +22,7 @@ use crate::bindings::RootfsCachePre;
 use crate::digest::hex;
 use crate::error::{Error, Result};
 use crate::preopens::Preopens;
+use crate::regular_file::{FileError, FinalSymlink, RegularFile};
 use crate::shared::Shared;
 use crate::store::StoreState;
 
@@ -150,10 +151,21 @@ fn checksum(bytes: &[u8]) -> String {
     format!("{:032x}", xxhash_rust::xxh3::xxh3_128(bytes))
 }
 
-/// Reads a file through a private read-only mapping: no copy.
-fn mapped_checksum(path: &std::path::Path) -> std::io::Result<String> {
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len() as usize;
+/// The largest component file, or precompiled artifact, the host reads
+/// (256 MiB; the committed component is well under 1 MiB).
+const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
+/// The checksum of the regular file `name` in `dir`, read through a private
+/// read-only mapping: no copy.
+fn mapped_checksum(dir: &Dir, name: &str) -> std::io::Result<String> {
+    let shown = std::path::PathBuf::from(format!("engine/{name}"));
+    let opened = RegularFile::open_in(dir, std::path::Path::new(name), &shown, MAX_COMPONENT_BYTES)
+        .map_err(FileError::into_io)?;
+    if opened.len() > MAX_COMPONENT_BYTES {
+        return Err(FileError::TooLong { path: shown, limit: MAX_COMPONENT_BYTES }.into_io());
+    }
+    let file = opened.file();
+    let len = usize::try_from(opened.len()).map_err(std::io::Error::other)?;
     if len == 0 {
         return Ok(checksum(&[]));
     }
@@ -165,7 +177,7 @@ fn mapped_checksum(path: &std::path::Path) -> std::io::Result<String> {
             len,
             rustix::mm::ProtFlags::READ,
             rustix::mm::MapFlags::PRIVATE,
-            &file,
+            file,
             0,
         )?;
         let sum = checksum(std::slice::from_raw_parts(ptr.cast::<u8>(), len));
@@ -194,7 +206,12 @@ fn load_or_compile(engine: &Engine, bytes: &[u8], cache_root: Option<&Dir>) -> R
     // Through /proc/self/fd, so the path stays inside the cache handle.
     let artifact_path =
         std::path::PathBuf::from(format!("/proc/self/fd/{}/{name}", std::os::fd::AsRawFd::as_raw_fd(&dir)));
-    if let (Ok(actual), Ok(recorded)) = (mapped_checksum(&artifact_path), dir.read_to_string(&sum_name)) {
+    let recorded = || {
+        let shown = std::path::PathBuf::from(format!("engine/{sum_name}"));
+        RegularFile::open_in(&dir, std::path::Path::new(&sum_name), &shown, 1024).and_then(RegularFile::read_all)
+    };
+    if let (Ok(actual), Ok(recorded)) = (mapped_checksum(&dir, &name), recorded()) {
+        let recorded = String::from_utf8_lossy(&recorded);
         if actual == recorded.trim() {
             // SAFETY: the artifact is the output of `Component::serialize` by an
             // engine with this compatibility hash (its name says so and
@@ -260,7 +277,8 @@ impl GuestEngine {
         let bytes: &[u8] = match source {
             ComponentSource::Embedded => EMBEDDED_COMPONENT,
             ComponentSource::File(path) => {
-                owned = std::fs::read(path).map_err(|e| Error::Component(format!("{}: {e}", path.display())))?;
+                owned = crate::regular_file::read(path, MAX_COMPONENT_BYTES, FinalSymlink::Follow)
+                    .map_err(|e| Error::Component(e.to_string()))?;
                 &owned
             }
             ComponentSource::Bytes(bytes) => bytes,
@@ -323,6 +341,7 @@ impl GuestEngine {
             source_roots,
             staged: Vec::new(),
             resolved_agent: None,
+            audited: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

@@ -57,6 +57,7 @@ pub mod policy;
 mod preopens;
 mod probe;
 mod real_path;
+mod regular_file;
 mod shared;
 mod store;
 mod test_hooks;

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(args)) {
+    let code = match runtime.block_on(cli::run(args)) {
         Ok(code) => code,
         Err(e) => {
             let code = e.downcast_ref::<rootfs_cache::Error>().map_or(1, rootfs_cache::Error::exit_code);
@@ -45,5 +45,15 @@ fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(code)
         }
-    }
+    };
+    // Every cleanup the request started has been awaited. A blocking thread
+    // still running now was abandoned (a conversion past its timeout, a
+    // read stuck in the kernel): the answer is out, so the process does not
+    // wait for it past a grace period (dropping the runtime would, forever).
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    code
 }
+
+/// How long the CLI waits, once it has answered, for abandoned blocking
+/// threads before it exits anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -14,6 +14,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
 
 use crate::bindings::rootfs::cache::host::{PathInfo, PathKind, ProbeRequest};
 use crate::error::Error;
+use crate::regular_file::{FileError, RegularFile};
 
 /// Most paths one call may name.
 pub(crate) const MAX_PATHS: usize = 256;
@@ -72,7 +73,8 @@ fn kind(mode: u16) -> PathKind {
 /// A path `a/b/name` costs: its parent opened with `openat2` and
 /// `RESOLVE_BENEATH` (shared by its siblings), one `statx` of `name` without
 /// following it, and for a symlink one `readlinkat`, for a regular file to
-/// read an `openat` with `O_NOFOLLOW`, the reads and a close. A single name
+/// read an `openat` with `O_NOFOLLOW` (through [`RegularFile::open_in`],
+/// which checks the opened file with `fstat`), the reads and a close. A single name
 /// can neither escape the parent nor follow a symlink, so only the parent's
 /// resolution needs the kernel's containment, and it gets it.
 #[derive(Default)]
@@ -138,26 +140,13 @@ impl Prober {
         };
         let mut head = Vec::new();
         if kind == PathKind::File && read_bytes > 0 {
-            // O_NOFOLLOW: a symlink swapped in since the stat is refused;
-            // O_NONBLOCK: so is waiting on a FIFO swapped in.
-            let file = rustix::fs::openat(
-                parent,
-                name,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            let want = usize::try_from(u64::from(read_bytes).min(stat.stx_size)).unwrap_or(0);
-            head.resize(want, 0);
-            let mut got = 0;
-            while got < want {
-                match rustix::io::read(&file, &mut head[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(rustix::io::Errno::INTR) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            head.truncate(got);
+            // Opened as regular files are, by one name under its parent:
+            // a symlink or FIFO swapped in since the stat is refused, and
+            // nothing past the head is read.
+            let shown = Path::new(name);
+            let mut file =
+                RegularFile::open_in(parent, shown, shown, u64::from(read_bytes)).map_err(FileError::into_io)?;
+            head = file.read_head(u64::from(read_bytes).min(stat.stx_size)).map_err(FileError::into_io)?;
         }
         let btime = stat.stx_mask & StatxFlags::BTIME.bits() != 0;
         Ok(PathInfo {
@@ -241,6 +230,22 @@ mod tests {
         let l = at(&root.join("l"));
         assert_eq!((l.kind, l.link_target.as_deref()), (PathKind::Symlink, Some(&b"../layer/diff"[..])));
         assert_eq!(at(&root).kind, PathKind::Directory);
+    }
+
+    #[test]
+    fn a_fifo_or_device_is_reported_and_never_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("index.json");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", tmp.path().join("zero")).unwrap();
+        let roots = vec![(tmp.path().to_path_buf(), handle(tmp.path()))];
+        let cache = handle(tmp.path());
+        let mut prober = Prober::default();
+        // Nobody writes to the FIFO: opening it to read would block.
+        let info = prober.probe(&locate(fifo.to_str().unwrap(), &roots, &cache).unwrap(), 100).unwrap();
+        assert_eq!((info.kind, info.head.len()), (PathKind::Other, 0));
+        let zero = prober.probe(&locate("zero", &roots, &cache).unwrap(), 100).unwrap();
+        assert_eq!((zero.kind, zero.head.len()), (PathKind::Symlink, 0));
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod loop_device;
 pub mod loop_mount;
 
 use std::fs::File;
+use std::io::Read;
 
 use crate::error::Result;
 
@@ -42,11 +43,12 @@ pub trait ImageMounter: Send + Sync {
 /// A mounted image. Dropping it unmounts and detaches, ignoring errors; call
 /// [`MountedImage::unmount`] to see them.
 pub trait MountedImage: Send {
-    /// Copies `source` into the image as `install` says, owned by root,
-    /// creating missing parent directories with mode 0755 and resolving
-    /// symlinks inside the image only. Errors: `InjectFailed` (including a
-    /// digest mismatch), `NoSpace`.
-    fn install(&mut self, source: &mut File, install: &Install) -> Result<()>;
+    /// Copies `source` (read to its end: the host hands over a regular file
+    /// read at most up to a bound) into the image as `install` says, owned
+    /// by root, creating missing parent directories with mode 0755 and
+    /// resolving symlinks inside the image only. Errors: `InjectFailed`
+    /// (including a digest mismatch or a failed read), `NoSpace`.
+    fn install(&mut self, source: &mut dyn Read, install: &Install) -> Result<()>;
 
     /// Flushes, unmounts and detaches. Errors: `MountFailed`, `NoSpace`, `Io`.
     fn unmount(self: Box<Self>) -> Result<()>;

@@ -15,6 +15,7 @@
 //! complete on disk.
 
 use std::io::Write;
+use std::path::Path;
 use std::time::SystemTime;
 
 use cap_std::fs::OpenOptions;
@@ -22,6 +23,7 @@ use cap_std::fs::OpenOptionsExt as _;
 
 use crate::cache_dir::{Area, CacheDir, CacheFile};
 use crate::error::{Error, Result};
+use crate::regular_file::RegularFile;
 
 /// Publishes and removes cache files.
 pub trait Publisher: Send + Sync {
@@ -69,9 +71,11 @@ impl Publisher for DurablePublisher {
     ) -> Result<()> {
         let tmp = cache.dir(Area::Tmp);
         let images = cache.dir(Area::Images);
-        let staged_file = tmp.open(&staged.name).map_err(|e| Error::io(staged.relative(), &e))?;
+        // Never blocks: a FIFO or device in its place is refused.
+        let staged_file = RegularFile::open_in(tmp, Path::new(&staged.name), Path::new(&staged.relative()), 0)
+            .map_err(|e| e.into_error("the staged image", Error::Corrupt))?;
         if !self.skip_fsync {
-            staged_file.sync_all().map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
+            staged_file.file().sync_all().map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
         }
         drop(staged_file);
         crate::test_hooks::pause("fsynced");
@@ -125,9 +129,15 @@ impl Publisher for DurablePublisher {
     }
 
     fn record_use(&self, cache: &CacheDir, manifest: &CacheFile) -> Result<()> {
-        let file = cache.dir(manifest.area).open(&manifest.name).map_err(|e| Error::io(manifest.relative(), &e))?;
+        let file = RegularFile::open_in(
+            cache.dir(manifest.area),
+            Path::new(&manifest.name),
+            Path::new(&manifest.relative()),
+            0,
+        )
+        .map_err(|e| e.into_error("the manifest", Error::Corrupt))?;
         let now = SystemTime::now();
         let times = std::fs::FileTimes::new().set_accessed(now).set_modified(now);
-        file.into_std().set_times(times).map_err(|e| Error::io(format!("recording use of {}", manifest.relative()), &e))
+        file.file().set_times(times).map_err(|e| Error::io(format!("recording use of {}", manifest.relative()), &e))
     }
 }

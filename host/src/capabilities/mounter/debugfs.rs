@@ -156,7 +156,7 @@ impl DebugfsImage {
 }
 
 impl MountedImage for DebugfsImage {
-    fn install(&mut self, source: &mut File, install: &Install) -> Result<()> {
+    fn install(&mut self, source: &mut dyn std::io::Read, install: &Install) -> Result<()> {
         let parts = components(&install.target)?;
         let (name, parents) = parts.split_last().expect("components is never empty");
         // Copy and check the agent, so the bytes written are the bytes verified.

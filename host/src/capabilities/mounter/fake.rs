@@ -39,7 +39,7 @@ impl ImageMounter for FakeMounter {
 }
 
 impl MountedImage for FakeMount {
-    fn install(&mut self, source: &mut File, install: &Install) -> Result<()> {
+    fn install(&mut self, source: &mut dyn std::io::Read, install: &Install) -> Result<()> {
         super::install::components(&install.target)?;
         let actual = sha256_reader(source).map_err(|e| Error::InjectFailed(format!("reading the agent: {e}")))?;
         if actual != install.sha256 {

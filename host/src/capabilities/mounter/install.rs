@@ -53,7 +53,7 @@ fn open_parent(root: BorrowedFd<'_>, parts: &[&str]) -> Result<OwnedFd> {
 }
 
 /// Installs `source` at `install.target` below `root`.
-pub fn install_file(root: BorrowedFd<'_>, source: &mut File, install: &Install) -> Result<()> {
+pub fn install_file(root: BorrowedFd<'_>, source: &mut dyn Read, install: &Install) -> Result<()> {
     let parts = components(&install.target)?;
     let (name, parents) = parts.split_last().expect("components is never empty");
     let parent = open_parent(root, parents)?;
@@ -93,7 +93,7 @@ fn write_error(target: &str, err: &std::io::Error) -> Error {
     }
 }
 
-fn copy_checked(source: &mut File, out: &mut File, install: &Install) -> Result<()> {
+fn copy_checked(source: &mut dyn Read, out: &mut File, install: &Install) -> Result<()> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {

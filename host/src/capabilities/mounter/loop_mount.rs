@@ -126,7 +126,7 @@ impl LoopMount {
 }
 
 impl MountedImage for LoopMount {
-    fn install(&mut self, source: &mut File, install: &Install) -> Result<()> {
+    fn install(&mut self, source: &mut dyn std::io::Read, install: &Install) -> Result<()> {
         let mount = self.mount.as_ref().ok_or_else(|| Error::InjectFailed("the image is no longer mounted".into()))?;
         install_file(mount.as_fd(), source, install)
     }
