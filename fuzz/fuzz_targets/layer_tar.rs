@@ -16,7 +16,13 @@ fuzz_target!(|data: &[u8]| {
     let blob = dir.path().join("layer.tar");
     std::fs::write(&blob, data).unwrap();
     let digest = format!("sha256:{}", Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect::<String>());
-    let layer = LayerBlob { path: blob, media_type: "application/vnd.oci.image.layer.v1.tar".into(), digest };
+    let layer = LayerBlob {
+        path: blob,
+        media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+        digest,
+        size: data.len() as u64,
+        diff_id: None,
+    };
     let applier = Applier::new(dir.path()).unwrap();
     let _ = applier.apply_all(&[layer], &AtomicBool::new(false));
     // The spool is unnamed: only the blob is in the directory.
