@@ -1,12 +1,19 @@
 // A host adapter for the rootfs-cache component, written in JavaScript.
 //
-// It implements `rootfs:cache/host@0.2.0` for Node.js: publishing, removal,
+// It implements `rootfs:cache/host@0.3.0` for Node.js: publishing, removal,
 // use records and fsck are real (fs, child_process); the converter writes a
 // synthetic ext4 superblock and the "mount" records the agent install, like
 // the Rust fake adapter, so no root is needed. Every path the guest names is
 // checked the way the Rust host's policy checks it: a plain file name
 // directly under tmp/ or images/ of the cache for changes, and for `probe`
 // (read-only) a path under the cache or one of `sourceRoots`.
+//
+// What the WIT asks of every host, done here: `createHost` creates images/,
+// tmp/ and locks/ in the cache; a build lock is the file locks/<key>.lock,
+// created when taken and removed when dropped (the locks themselves are
+// in-process only: Node.js has no flock, so this host must be the cache's
+// only process); and `releaseAll` releases, after a trap, what the guest
+// still held (locks, mounts, temporary images), as dropping would have.
 import { createHash, randomUUID } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -24,8 +31,12 @@ const MAX_READ_BYTES = 65536;
 const MAX_TOTAL_READ_BYTES = 1 << 20;
 
 export function createHost({ cacheDir, sourceRoots = [], agents = null, log = () => {} }) {
+  // The guest cannot create directories; every capability that writes expects these.
+  for (const sub of ['images', 'tmp', 'locks']) fs.mkdirSync(path.join(cacheDir, sub), { recursive: true });
   const locks = new Map(); // key -> token
   const installs = [];
+  const live = new Set(); // build locks and mounts the guest holds
+  const unpublished = new Set(); // temporary images converted and neither published nor removed
   let counter = 0;
 
   const inCache = (rel, areas = ['tmp', 'images']) => {
@@ -93,11 +104,20 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
     };
   };
 
+  /** locks/<key>.lock: created when the lock is taken, removed when it is dropped. */
+  const lockFile = (key) => path.join(cacheDir, 'locks', `${key}.lock`);
+
   class BuildLock {
     constructor(key) {
+      try {
+        fs.closeSync(fs.openSync(lockFile(key), 'a'));
+      } catch (e) {
+        throw io(`locks/${key}.lock`, e);
+      }
       this.key = key;
       this.tokenValue = `${process.pid}-${counter++}`;
       locks.set(key, this.tokenValue);
+      live.add(this);
     }
     token() {
       return this.tokenValue;
@@ -106,13 +126,18 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
       log('build failed', reason);
     }
     [Symbol.dispose]() {
-      if (locks.get(this.key) === this.tokenValue) locks.delete(this.key);
+      live.delete(this);
+      if (locks.get(this.key) !== this.tokenValue) return;
+      // Remove the file, then release: how `sweep` clears a stale lock file.
+      fs.rmSync(lockFile(this.key), { force: true });
+      locks.delete(this.key);
     }
   }
 
   class MountedImage {
     constructor(image) {
       this.image = image;
+      live.add(this);
     }
     install(file) {
       if (agents && !agents.includes(file.source)) throw err('denied', { rule: 'agents', detail: file.source });
@@ -120,7 +145,9 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
       installs.push({ image: this.image, ...file });
     }
     unmount() {}
-    [Symbol.dispose]() {}
+    [Symbol.dispose]() {
+      live.delete(this);
+    }
   }
 
   /** A superblock that passes the guest's checks: `size` bytes, 4 KiB blocks. */
@@ -149,8 +176,19 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
 
   return {
     installs,
+    locks,
     BuildLock,
     MountedImage,
+    /**
+     * After a trap: releases what the guest held, as dropping it would have
+     * (unmounts, locks and their files, temporary images it neither published
+     * nor removed). A call that returned normally leaves nothing to release.
+     */
+    releaseAll() {
+      for (const held of [...live]) held[Symbol.dispose]();
+      for (const rel of unpublished) fs.rmSync(path.join(cacheDir, rel), { force: true });
+      unpublished.clear();
+    },
     digestFile(p) {
       if (agents && !agents.includes(p)) throw err('denied', { rule: 'agents', detail: p });
       let st;
@@ -184,7 +222,9 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
     },
     runConverter(job) {
       const out = inCache(job.output, ['tmp']);
+      unpublished.add(job.output);
       syntheticExt4(out, job.size ?? 8n << 20n);
+      // The length of the image created.
       return BigInt(fs.statSync(out).size);
     },
     mountImage(image) {
@@ -207,9 +247,11 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
       } catch (e) {
         throw io('publishing', e);
       }
+      unpublished.delete(staged);
     },
     remove(rel) {
       fs.rmSync(inCache(rel), { force: true, recursive: false });
+      unpublished.delete(rel);
     },
     recordUse(manifest) {
       const m = inCache(manifest, ['images']);

@@ -1,13 +1,22 @@
 """A host adapter for the rootfs-cache component, written in Python.
 
 It runs the committed component under wasmtime-py (`pip install wasmtime`)
-and implements `rootfs:cache/host@0.2.0` the way `examples/jco/host.mjs` does
+and implements `rootfs:cache/host@0.3.0` the way `examples/jco/host.mjs` does
 for Node.js: publishing, removal, use records and fsck are real; the
 converter writes a synthetic ext4 superblock and the "mount" records the
 agent install (like the Rust fake adapter), so no root is needed. Every path
 the guest names is checked the way the Rust host's policy checks it: a plain
 file name directly under tmp/ or images/ of the cache for changes, and for
 `probe` (read-only) a path under the cache or one of the source roots.
+
+What the WIT asks of every host, done here: the host creates images/, tmp/
+and locks/ in the cache; a build lock is an `flock` on locks/<key>.lock,
+created when taken and removed (then unlocked) when dropped, so `sweep`
+clears stale lock files and other processes using the cache (the Rust host
+too) are excluded; `probe` reports birth times as `statx` does; the preopens
+are read-only; and every call runs in a fresh Store, after which
+`release_all` releases what a trapped guest still held (locks and their
+files, temporary images), as dropping would have.
 
 Values cross the component boundary as wasmtime-py represents them: a WIT
 record is a `Record` with one attribute per field (named as in the WIT, with
@@ -16,6 +25,8 @@ the value itself or the error's `Variant`, and a resource is a
 `ResourceHost` whose `rep` indexes a table of this host's objects.
 """
 
+import ctypes
+import fcntl
 import hashlib
 import os
 import re
@@ -32,12 +43,34 @@ KEY = re.compile(r"^[0-9a-f]{64}$")
 MAX_PROBE_PATHS = 256
 MAX_READ_BYTES = 65536
 MAX_TOTAL_READ_BYTES = 1 << 20
-HOST = "rootfs:cache/host@0.2.0"
-CACHE = "rootfs:cache/cache@0.2.0"
+HOST = "rootfs:cache/host@0.3.0"
+CACHE = "rootfs:cache/cache@0.3.0"
 
 # The resource types this host defines: any two distinct numbers.
 BUILD_LOCK = 1
 MOUNTED_IMAGE = 2
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_AT_SYMLINK_NOFOLLOW = 0x100
+_STATX_BTIME = 0x800
+
+
+def birth_ns(path: str) -> int:
+    """A path's birth time in ns as `statx` reports it (`stx_btime`, not
+    following a final symlink), or 0 where the filesystem or libc cannot tell:
+    the value the WIT's `created-ns` asks for, and the Rust host's. Python's
+    `os.stat` has no birth time on Linux."""
+    statx = getattr(_LIBC, "statx", None)
+    if statx is None:
+        return 0
+    buf = ctypes.create_string_buffer(256)  # struct statx
+    if statx(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME, buf) != 0:
+        return 0
+    (mask,) = struct.unpack_from("<I", buf, 0)
+    sec, nsec = struct.unpack_from("<qI", buf, 80)  # stx_btime
+    return sec * 1_000_000_000 + nsec if mask & _STATX_BTIME and sec >= 0 else 0
 
 
 def record(**fields: Any) -> Record:
@@ -80,7 +113,9 @@ class Host:
         self.installs: List[Dict[str, Any]] = []
         self.locks: Dict[str, int] = {}
         self.objects: Dict[int, Any] = {}
+        self.unpublished: set = set()
         self.next_rep = 1
+        # The guest cannot create directories; every capability that writes expects these.
         for sub in ("images", "tmp", "locks"):
             os.makedirs(os.path.join(cache_dir, sub), exist_ok=True)
 
@@ -119,6 +154,61 @@ class Host:
         obj = self.objects.pop(rep, None)
         if isinstance(obj, dict) and self.locks.get(obj.get("key")) == rep:
             del self.locks[obj["key"]]
+            # Remove the file, then unlock: how `sweep` clears a stale lock file.
+            try:
+                os.unlink(self.lock_path(obj["key"]))
+            except FileNotFoundError:
+                pass
+            fcntl.flock(obj["fd"], fcntl.LOCK_UN)
+            os.close(obj["fd"])
+
+    def release_all(self) -> None:
+        """After a call: releases what the guest still holds, as dropping it
+        would have (after a trap, its locks and their files, its mounts, the
+        temporary images it neither published nor removed). A call that
+        returned normally leaves nothing."""
+        for rep in list(self.objects):
+            self.drop(rep)
+        for rel in self.unpublished:
+            try:
+                os.remove(os.path.join(self.cache_dir, rel))
+            except FileNotFoundError:
+                pass
+        self.unpublished.clear()
+
+    # Locks.
+    def lock_path(self, key: str) -> str:
+        return os.path.join(self.cache_dir, "locks", key + ".lock")
+
+    def take_lock(self, key: str, wait: bool) -> Optional[ResourceHost]:
+        """`flock` on locks/<key>.lock; `None` when another holder has it and
+        `wait` is false. A holder removes the file before it unlocks, so a
+        lock won on a file since removed is retried on the new one."""
+        if key in self.locks:
+            if wait:
+                raise Refused(error("io", f"locks/{key}.lock is already held by this host"))
+            return None
+        path = self.lock_path(key)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise Refused(io_error(f"locks/{key}.lock", e))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            held = os.fstat(fd)
+            try:
+                now = os.stat(path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_ino, now.st_dev) == (held.st_ino, held.st_dev):
+                lock = self.new({"key": key, "fd": fd}, BUILD_LOCK)
+                self.locks[key] = lock.rep
+                return lock
+            os.close(fd)
 
     # The interface, one method per function.
     def digest_file(self, p: str):
@@ -141,7 +231,9 @@ class Host:
     def run_converter(self, job: Record):
         out = self.in_cache(job.output, ("tmp",))
         size = job.size if job.size is not None else 8 << 20
+        self.unpublished.add(job.output)
         synthetic_ext4(out, size)
+        # The length of the image created.
         return os.stat(out).st_size
 
     def mount_image(self, image: str):
@@ -177,6 +269,7 @@ class Host:
                 os.close(d)
         except OSError as e:
             return io_error("publishing", e)
+        self.unpublished.discard(staged)
         return None
 
     def remove(self, rel: str):
@@ -184,6 +277,7 @@ class Host:
             os.remove(self.in_cache(rel))
         except FileNotFoundError:
             pass
+        self.unpublished.discard(rel)
         return None
 
     def record_use(self, manifest: str):
@@ -215,7 +309,7 @@ class Host:
                 kind=kind,
                 size=st.st_size,
                 modified_ns=st.st_mtime_ns,
-                created_ns=0,
+                created_ns=birth_ns(full),
                 link_target=os.readlink(full.encode()) if kind == "symlink" else None,
                 head=head,
             )
@@ -235,10 +329,7 @@ class Host:
     def lock(self, key: str):
         if not KEY.match(key):
             return error("invalid-request", f"{key} is not a cache key")
-        # One thread: nobody else can hold it while this guest runs.
-        held = self.new({"key": key}, BUILD_LOCK)
-        self.locks[key] = held.rep
-        return held
+        return self.take_lock(key, wait=True)
 
     def try_lock(self, key: str):
         if not KEY.match(key):
@@ -246,7 +337,7 @@ class Host:
             # Python type of the value, and an `option` accepts any object, so
             # this error cannot be returned as one: raising traps the guest.
             raise ValueError(f"{key} is not a cache key")
-        return None if key in self.locks else self.lock(key)
+        return self.take_lock(key, wait=False)
 
     def fsck(self, image: str):
         out = subprocess.run(["e2fsck", "-fn", self.in_cache(image, ("images",))], capture_output=True, text=True)
@@ -322,19 +413,24 @@ class Cache:
                 i.add_func("[method]build-lock.fail", guarded(lambda _lock, _reason: None))
 
     def call(self, name: str, *args: Any) -> Any:
-        """Calls export `name` of `rootfs:cache/cache` in a fresh Store."""
+        """Calls export `name` of `rootfs:cache/cache` in a fresh Store, then
+        releases whatever the guest still held (all of it after a trap)."""
         store = Store(self.engine)
         wasi = WasiConfig()
-        # The same preopens as the Rust host: the cache at /cache, each source root at its own path.
+        # The same preopens as the Rust host, read-only (`fs_mutable=False`):
+        # the cache at /cache, each source root at its own path.
         wasi.preopen_dir(self.host.cache_dir, "/cache", False)
         for root in self.host.source_roots:
             wasi.preopen_dir(root, root, False)
         store.set_wasi(wasi)
-        instance = self.linker.instantiate(store, self.component)
-        iface = instance.get_export_index(store, CACHE)
-        func = instance.get_func(store, instance.get_export_index(store, name, iface))
-        result = func(store, *args)
-        func.post_return(store)
+        try:
+            instance = self.linker.instantiate(store, self.component)
+            iface = instance.get_export_index(store, CACHE)
+            func = instance.get_func(store, instance.get_export_index(store, name, iface))
+            result = func(store, *args)
+            func.post_return(store)
+        finally:
+            self.host.release_all()
         if isinstance(result, Variant):
             raise Refused(result)
         return result
@@ -345,3 +441,9 @@ class Cache:
 
     def list_entries(self) -> List[Record]:
         return self.call("list-entries")
+
+    def sweep(self) -> Record:
+        return self.call("sweep")
+
+    def inspect(self, image: str) -> Record:
+        return self.call("inspect", image)

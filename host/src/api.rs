@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::json;
 
+use crate::audit::Verdict;
 use crate::bindings::rootfs::cache::types as wit;
 use crate::cache_dir::CacheDir;
 use crate::capabilities::Capabilities;
@@ -340,6 +342,10 @@ pub struct RootfsCache {
     max_cache_bytes: Option<u64>,
 }
 
+/// The largest size the guest accepts in a request (16 TiB, ext4's limit
+/// with 4 KiB blocks); a larger one is `invalid-request`.
+const MAX_VALID_IMAGE_BYTES: u64 = 16 << 40;
+
 fn utf8<'a>(what: &str, path: &'a Path) -> Result<&'a str> {
     path.to_str().ok_or_else(|| Error::InvalidRequest(format!("{what} {} is not valid UTF-8", path.display())))
 }
@@ -364,9 +370,29 @@ impl RootfsCache {
     /// Errors: `Config` (the cache directory is not a writable directory, the
     /// policy names another cache), `Component`.
     pub fn open(config: Config) -> Result<Self> {
-        let cache = CacheDir::open(&config.cache_dir)?;
-        config.policy.check_cache_dir(cache.path())?;
         let audit = config.policy.audit_log.as_deref().map(crate::audit::AuditLog::open).transpose()?;
+        // A cache the policy does not serve is refused before anything is
+        // created in it, and the refusal is logged (as request 0: no request
+        // runs before the cache is open).
+        let started = Instant::now();
+        let refuse = |error: Error| {
+            if let Some(audit) = &audit {
+                let arguments = json!({ "cache_dir": config.cache_dir.to_string_lossy() });
+                audit.record(
+                    0,
+                    "open",
+                    &arguments,
+                    Verdict::of::<()>(&Err(error.clone())),
+                    Some(&error),
+                    started.elapsed(),
+                );
+            }
+            error
+        };
+        let named = config.cache_dir.canonicalize().or_else(|_| std::path::absolute(&config.cache_dir));
+        config.policy.check_cache_dir(named.as_deref().unwrap_or(&config.cache_dir)).map_err(refuse)?;
+        let cache = CacheDir::open(&config.cache_dir)?;
+        config.policy.check_cache_dir(cache.path()).map_err(refuse)?;
         let engine = GuestEngine::load(
             &config.component,
             config.precompile.then(|| cache.root()),
@@ -412,24 +438,28 @@ impl RootfsCache {
     /// one built, injected and published. See the WIT's `cache.convert`.
     pub async fn convert(&self, request: &Request) -> Result<Outcome> {
         self.sweep_once().await;
-        let source = existing("source", &request.source)?;
-        let agent = existing("agent", &request.agent)?;
-        let source_str = utf8("source", &source)?;
-        self.shared.policy.check_source_real("source", source_str, &source)?;
-        let root = source_root(&source);
-        let wit_request = wit::ConvertRequest {
-            source: source_str.to_owned(),
-            agent: utf8("agent", &agent)?.to_owned(),
-            size: request.size,
-            converter: request.converter.to_string(),
-            platform: request.platform.clone(),
+        let started = Instant::now();
+        let arguments = || {
+            json!({
+                "source": request.source.to_string_lossy(),
+                "agent": request.agent.to_string_lossy(),
+                "converter": request.converter.to_string(),
+                "size": request.size,
+                "platform": request.platform,
+            })
         };
-        let mut store = self.engine.store(&self.shared, std::slice::from_ref(&root))?;
+        let (wit_request, root, agent) =
+            self.admit(request).map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?;
+        let mut store = self
+            .engine
+            .store(&self.shared, std::slice::from_ref(&root))
+            .map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?;
         store.data_mut().resolved_agent = Some((wit_request.agent.clone(), agent));
-        let instance = self.engine.instantiate(&mut store).await?;
-        let result = instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await;
-        crate::store::release(store).await;
-        let outcome = guest_result(result)?;
+        let result = match self.engine.instantiate(&mut store).await {
+            Ok(instance) => guest_result(instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await),
+            Err(e) => Err(e),
+        };
+        let outcome = self.settle(store, "convert", arguments, started, result).await?;
         if let (false, Some(max)) = (outcome.cached, self.max_cache_bytes)
             && let Err(e) = self.gc(max, std::slice::from_ref(&outcome.key)).await
         {
@@ -457,16 +487,29 @@ impl RootfsCache {
     /// Reads an image's superblock and checks its geometry. `image` is any
     /// file (it is opened read-only) or a path relative to the cache.
     pub async fn inspect(&self, image: &Path) -> Result<ImageInfo> {
-        let (guest_path, preopen) = if image.is_absolute() || image.exists() {
-            let real = existing("image", image)?;
-            let parent = real.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-            (utf8("image", &real)?.to_owned(), vec![parent])
+        let started = Instant::now();
+        let arguments = || json!({ "image": image.to_string_lossy() });
+        // An image outside the cache is preopened (its directory, read-only)
+        // for this call: the guest sees nothing else of the host.
+        let located = if image.is_absolute() || image.exists() {
+            existing("image", image).and_then(|real| {
+                let parent = real.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+                Ok((utf8("image", &real)?.to_owned(), vec![parent]))
+            })
         } else {
-            (utf8("image", image)?.to_owned(), Vec::new())
+            utf8("image", image).map(|path| (path.to_owned(), Vec::new()))
         };
-        let mut store = self.engine.store(&self.shared, &preopen)?;
-        let instance = self.engine.instantiate(&mut store).await?;
-        let info = guest_result(instance.rootfs_cache_cache().call_inspect(&mut store, &guest_path).await)?;
+        let (guest_path, preopen) =
+            located.map_err(|e| self.audit_request(None, "inspect", &arguments(), started, e))?;
+        let mut store = self
+            .engine
+            .store(&self.shared, &preopen)
+            .map_err(|e| self.audit_request(None, "inspect", &arguments(), started, e))?;
+        let result = match self.engine.instantiate(&mut store).await {
+            Ok(instance) => guest_result(instance.rootfs_cache_cache().call_inspect(&mut store, &guest_path).await),
+            Err(e) => Err(e),
+        };
+        let info = self.settle(store, "inspect", arguments, started, result).await?;
         Ok(ImageInfo {
             file_bytes: info.file_bytes,
             magic: info.magic,
@@ -483,9 +526,13 @@ impl RootfsCache {
 
     /// Lists every entry with its manifest and whether it validates.
     pub async fn list(&self) -> Result<Vec<Entry>> {
-        let mut store = self.engine.store(&self.shared, &[])?;
-        let instance = self.engine.instantiate(&mut store).await?;
-        let entries = guest_result(instance.rootfs_cache_cache().call_list_entries(&mut store).await)?;
+        let started = Instant::now();
+        let mut store = self.cache_store("list", &json!({}), started)?;
+        let result = match self.engine.instantiate(&mut store).await {
+            Ok(instance) => guest_result(instance.rootfs_cache_cache().call_list_entries(&mut store).await),
+            Err(e) => Err(e),
+        };
+        let entries = self.settle(store, "list", || json!({}), started, result).await?;
         Ok(entries.into_iter().map(|e| self.entry(e)).collect())
     }
 
@@ -508,10 +555,13 @@ impl RootfsCache {
     /// whose key nobody holds (never a live builder's), and loop devices
     /// still attached to such images. See the WIT's `cache.sweep`.
     pub async fn sweep(&self) -> Result<SweepReport> {
-        let mut store = self.engine.store(&self.shared, &[])?;
-        let instance = self.engine.instantiate(&mut store).await?;
-        let report = guest_result(instance.rootfs_cache_cache().call_sweep(&mut store).await)?;
-        drop(store);
+        let started = Instant::now();
+        let mut store = self.cache_store("sweep", &json!({}), started)?;
+        let result = match self.engine.instantiate(&mut store).await {
+            Ok(instance) => guest_result(instance.rootfs_cache_cache().call_sweep(&mut store).await),
+            Err(e) => Err(e),
+        };
+        let report = self.settle(store, "sweep", || json!({}), started, result).await?;
         let mut detached = Vec::new();
         let tmp = self.cache_dir().join("tmp");
         for (number, backing) in crate::capabilities::mounter::loop_device::attached_under(&tmp) {
@@ -550,9 +600,14 @@ impl RootfsCache {
     /// Evicts entries until they take at most `max_bytes`; `pins` are keys
     /// or image paths that stay. See the WIT's `cache.gc`.
     pub async fn gc(&self, max_bytes: u64, pins: &[String]) -> Result<GcReport> {
-        let mut store = self.engine.store(&self.shared, &[])?;
-        let instance = self.engine.instantiate(&mut store).await?;
-        let r = guest_result(instance.rootfs_cache_cache().call_gc(&mut store, max_bytes, pins).await)?;
+        let started = Instant::now();
+        let arguments = || json!({ "max_bytes": max_bytes, "pins": pins });
+        let mut store = self.cache_store("gc", &arguments(), started)?;
+        let result = match self.engine.instantiate(&mut store).await {
+            Ok(instance) => guest_result(instance.rootfs_cache_cache().call_gc(&mut store, max_bytes, pins).await),
+            Err(e) => Err(e),
+        };
+        let r = self.settle(store, "gc", arguments, started, result).await?;
         Ok(GcReport {
             removed: r.removed.into_iter().map(|e| self.entry(e)).collect(),
             bytes_before: r.bytes_before,
@@ -564,9 +619,13 @@ impl RootfsCache {
     /// Checks every entry (with `fsck`, also `e2fsck -fn`) and removes the
     /// broken ones. See the WIT's `cache.verify`.
     pub async fn verify(&self, fsck: bool) -> Result<VerifyReport> {
-        let mut store = self.engine.store(&self.shared, &[])?;
-        let instance = self.engine.instantiate(&mut store).await?;
-        let r = guest_result(instance.rootfs_cache_cache().call_verify(&mut store, fsck).await)?;
+        let started = Instant::now();
+        let mut store = self.cache_store("verify", &json!({ "fsck": fsck }), started)?;
+        let result = match self.engine.instantiate(&mut store).await {
+            Ok(instance) => guest_result(instance.rootfs_cache_cache().call_verify(&mut store, fsck).await),
+            Err(e) => Err(e),
+        };
+        let r = self.settle(store, "verify", || json!({ "fsck": fsck }), started, result).await?;
         Ok(VerifyReport { checked: r.checked, broken: r.broken.into_iter().map(|e| self.entry(e)).collect() })
     }
 
@@ -578,6 +637,99 @@ impl RootfsCache {
     /// The convert timeout in force.
     pub fn convert_timeout(&self) -> Duration {
         self.shared.policy.limits.convert_timeout
+    }
+
+    /// Appends to the audit log a request its caller refused before asking
+    /// the cache (the CLI's arguments that do not parse, say), as one line
+    /// of `operation` with `arguments` like the cache's own refusals, so that
+    /// no refusal goes unlogged. Does nothing without an audit log.
+    pub fn audit_refusal(&self, operation: &str, arguments: &serde_json::Value, error: &Error) {
+        if let Some(audit) = &self.shared.audit {
+            let request = self.shared.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            audit.record(
+                request,
+                operation,
+                arguments,
+                Verdict::of::<()>(&Err(error.clone())),
+                Some(error),
+                Duration::ZERO,
+            );
+        }
+    }
+
+    /// What the host checks of a request before its guest runs: the source
+    /// and the agent exist and are UTF-8, the source lies under the policy's
+    /// roots, and the size is within its limit. Returns the request as the
+    /// guest gets it, the source root to preopen and the canonical agent.
+    fn admit(&self, request: &Request) -> Result<(wit::ConvertRequest, PathBuf, PathBuf)> {
+        let source = existing("source", &request.source)?;
+        let agent = existing("agent", &request.agent)?;
+        let source_str = utf8("source", &source)?;
+        self.shared.policy.check_source_real("source", source_str, &source)?;
+        // A size beyond what any image may have is invalid, not denied: the
+        // guest says so.
+        self.shared.policy.check_size(request.size.filter(|&size| size <= MAX_VALID_IMAGE_BYTES))?;
+        let wit_request = wit::ConvertRequest {
+            source: source_str.to_owned(),
+            agent: utf8("agent", &agent)?.to_owned(),
+            size: request.size,
+            converter: request.converter.to_string(),
+            platform: request.platform.clone(),
+        };
+        Ok((wit_request, source_root(&source), agent))
+    }
+
+    /// Logs a whole request that failed with `error` as one line of
+    /// `operation` (a new request number when `request` is `None`: the
+    /// request was refused before it had a store), and returns the error.
+    fn audit_request(
+        &self,
+        request: Option<u64>,
+        operation: &str,
+        arguments: &serde_json::Value,
+        started: Instant,
+        error: Error,
+    ) -> Error {
+        if let Some(audit) = &self.shared.audit {
+            let request =
+                request.unwrap_or_else(|| self.shared.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let verdict = Verdict::of::<()>(&Err(error.clone()));
+            audit.record(request, operation, arguments, verdict, Some(&error), started.elapsed());
+        }
+        error
+    }
+
+    /// A store for an operation that preopens only the cache, its failure
+    /// logged.
+    fn cache_store(
+        &self,
+        operation: &str,
+        arguments: &serde_json::Value,
+        started: Instant,
+    ) -> Result<wasmtime::Store<crate::store::StoreState>> {
+        self.engine.store(&self.shared, &[]).map_err(|e| self.audit_request(None, operation, arguments, started, e))
+    }
+
+    /// Ends a request: releases its store (and whatever the guest left in
+    /// it), and logs its failure unless one of its host calls already logged
+    /// that error, so every failed request has a line and none has two.
+    async fn settle<T>(
+        &self,
+        store: wasmtime::Store<crate::store::StoreState>,
+        operation: &str,
+        arguments: impl FnOnce() -> serde_json::Value,
+        started: Instant,
+        result: Result<T>,
+    ) -> Result<T> {
+        let unlogged = match &result {
+            Err(e) if self.shared.audit.is_some() && !store.data().logged(e) => Some(store.data().request_id),
+            _ => None,
+        };
+        crate::store::release(store).await;
+        match (result, unlogged) {
+            (Err(e), Some(request)) => Err(self.audit_request(Some(request), operation, &arguments(), started, e)),
+            (result, _) => result,
+        }
     }
 }
 

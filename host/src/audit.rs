@@ -1,13 +1,28 @@
-//! The audit log: one JSON line per capability call, allowed or refused.
+//! The audit log: one JSON line per capability call, allowed or refused, and
+//! one per request refused or failed without a capability call saying so.
 //!
 //! ```json
 //! {"time":"2026-11-27T10:00:00.123Z","request":3,"capability":"run-converter",
 //!  "arguments":{"converter":"exact","output":"tmp/…"},"verdict":"allowed","duration_us":81234}
+//! {"time":"2026-11-27T10:00:01.456Z","request":4,"capability":"convert",
+//!  "arguments":{"source":"/srv/x","agent":"/opt/a","converter":"exact","size":null,"platform":null},
+//!  "verdict":"denied","duration_us":12,"rule":"source_roots","error":"denied by policy rule …"}
 //! ```
 //!
-//! `verdict` is `allowed` (the call ran and succeeded), `failed` (it ran and
-//! returned an error), `denied` (the policy refused it) or `trapped` (it hit a
-//! limit and ended the guest's call).
+//! `capability` is the host call, or for a line about a whole request the
+//! cache operation (`open`, `convert`, `inspect`, `list`, `sweep`, `gc`,
+//! `verify`). `verdict` is `allowed` (the call ran and succeeded), `failed`
+//! (it ran and returned an error), `denied` (the policy refused it: `rule`
+//! names the rule), `invalid` (it was malformed and refused before anything
+//! ran) or `trapped` (it hit a limit and ended the guest's call). `error`
+//! holds the error of every verdict but `allowed`, when there is one.
+//!
+//! A request refused before its guest runs (a source outside the policy's
+//! roots, an agent or converter that does not parse, a cache directory the
+//! policy does not serve), and a request whose guest failed it without a
+//! host call that already logged the same error (a request the guest found
+//! invalid, a broken source, a guest stopped by a limit), gets one line for
+//! the operation. A request is never refused without a line.
 
 use std::io::Write;
 use std::path::Path;
@@ -31,16 +46,30 @@ pub enum Verdict {
     Failed,
     /// Refused by the policy.
     Denied,
+    /// Refused as malformed before anything ran.
+    Invalid,
     /// Hit a limit; the guest was stopped.
     Trapped,
 }
 
 impl Verdict {
+    /// The verdict for a call or request that ended with `result`.
+    pub fn of<T>(result: &Result<T>) -> Self {
+        match result {
+            Ok(_) => Self::Allowed,
+            Err(Error::Denied { .. }) => Self::Denied,
+            Err(Error::InvalidRequest(_)) => Self::Invalid,
+            Err(Error::GuestTrap(_)) => Self::Trapped,
+            Err(_) => Self::Failed,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Allowed => "allowed",
             Self::Failed => "failed",
             Self::Denied => "denied",
+            Self::Invalid => "invalid",
             Self::Trapped => "trapped",
         }
     }
@@ -83,8 +112,9 @@ impl AuditLog {
         Ok(Self { file: Mutex::new(file) })
     }
 
-    /// Appends one record. A failed write is logged, not fatal: the audit log
-    /// must not take the cache down with it.
+    /// Appends one record; a `Denied` error adds its `rule`. A failed write
+    /// is logged, not fatal: the audit log must not take the cache down with
+    /// it.
     pub fn record(
         &self,
         request: u64,
@@ -103,6 +133,9 @@ impl AuditLog {
             "duration_us": u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
         });
         if let Some(error) = error {
+            if let Error::Denied { rule, .. } = error {
+                line["rule"] = serde_json::Value::String(rule.clone());
+            }
             line["error"] = serde_json::Value::String(error.to_string());
         }
         let mut text = line.to_string();

@@ -16,6 +16,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::capabilities::lock::HeldLock;
 use crate::capabilities::mounter::MountedImage;
+use crate::error::Error;
 use crate::shared::Shared;
 
 /// A mounted image the guest holds.
@@ -87,6 +88,10 @@ pub struct StoreState {
     /// path the host resolved it to before the guest ran: `digest-file`
     /// naming it again does not resolve it a second time.
     pub(crate) resolved_agent: Option<(String, PathBuf)>,
+    /// The errors this request's host calls put in the audit log (a trap as
+    /// [`Error::GuestTrap`]): the request's own line is written only for an
+    /// error none of them logged. Empty without an audit log.
+    pub(crate) audited: Vec<Error>,
 }
 
 /// Drops a request's store, off the async runtime's threads when the guest
@@ -121,6 +126,15 @@ impl WasiView for StoreState {
 }
 
 impl StoreState {
+    /// Whether a host call of this request already logged `error` (for a
+    /// trap: any trap, since a trap's message is the runtime's).
+    pub(crate) fn logged(&self, error: &Error) -> bool {
+        match error {
+            Error::GuestTrap(_) => self.audited.iter().any(|e| matches!(e, Error::GuestTrap(_))),
+            other => self.audited.contains(other),
+        }
+    }
+
     /// Guest time used so far: wall time minus time in host calls.
     pub(crate) fn guest_time(&self) -> Duration {
         self.started.elapsed().saturating_sub(self.host_time)

@@ -104,16 +104,42 @@ impl CrossProcessLock for Flock {
 }
 
 /// No cross-process lock: for the fake adapter and single-process embedders.
+/// It keeps the contract on lock files all the same (see the WIT's
+/// `build-lock`): taking a lock creates `locks/<key>.lock`, dropping it
+/// removes the file, so `sweep` clears a stale one.
 #[derive(Debug, Default)]
 pub struct InProcessOnly;
 
+/// The lock file of an in-process lock, removed on drop.
+struct LockFile {
+    locks: cap_std::fs::Dir,
+    name: String,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = self.locks.remove_file(&self.name);
+    }
+}
+
+impl InProcessOnly {
+    fn take(cache: &CacheDir, key: &str) -> Result<CrossGuard> {
+        let name = format!("{key}.lock");
+        let locks = cache.locks().try_clone().map_err(|e| Error::io("locks/", &e))?;
+        let mut options = OpenOptions::new();
+        options.write(true).create(true);
+        locks.open_with(&name, &options).map_err(|e| Error::io(format!("locks/{name}"), &e))?;
+        Ok(Box::new(LockFile { locks, name }))
+    }
+}
+
 impl CrossProcessLock for InProcessOnly {
-    fn acquire(&self, _cache: &CacheDir, _key: &str) -> Result<CrossGuard> {
-        Ok(Box::new(()))
+    fn acquire(&self, cache: &CacheDir, key: &str) -> Result<CrossGuard> {
+        Self::take(cache, key)
     }
 
-    fn try_acquire(&self, _cache: &CacheDir, _key: &str) -> Result<Option<CrossGuard>> {
-        Ok(Some(Box::new(())))
+    fn try_acquire(&self, cache: &CacheDir, key: &str) -> Result<Option<CrossGuard>> {
+        Self::take(cache, key).map(Some)
     }
 }
 

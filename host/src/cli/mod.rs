@@ -99,12 +99,15 @@ struct ConvertArgs {
     agent: PathBuf,
 
     /// Image size, e.g. 512M, 2G or 1073741824 [default: sized by the converter].
-    #[arg(long, value_name = "SIZE", value_parser = size::parse)]
-    size: Option<u64>,
+    // Parsed once the cache (and its audit log) is open, so that a size
+    // refused as invalid is logged like every other refusal.
+    #[arg(long, value_name = "SIZE")]
+    size: Option<String>,
 
     /// exact, oci2rootfs, or command:<absolute path>.
-    #[arg(long, default_value = "exact", value_name = "CONVERTER", value_parser = parse_converter)]
-    converter: ConverterSpec,
+    // Parsed once the cache is open, like `size`.
+    #[arg(long, default_value = "exact", value_name = "CONVERTER")]
+    converter: String,
 
     /// Free space the exact converter leaves when it sizes an image from its
     /// content, in percent of the content (at least 32 MiB).
@@ -153,8 +156,30 @@ enum Injection {
     Debugfs,
 }
 
-fn parse_converter(text: &str) -> Result<ConverterSpec, String> {
-    text.parse().map_err(|e: Error| e.to_string())
+impl ConvertArgs {
+    /// The request these arguments make. Errors: `InvalidRequest` (a size
+    /// or converter that does not parse).
+    fn request(&self) -> Result<Request, Error> {
+        let converter: ConverterSpec = self.converter.parse()?;
+        let size = match &self.size {
+            Some(text) => Some(size::parse(text).map_err(|e| Error::InvalidRequest(format!("--size {text}: {e}")))?),
+            None => None,
+        };
+        let mut request = Request::new(&self.source, &self.agent).converter(converter).platform(&self.platform);
+        request.size = size;
+        Ok(request)
+    }
+
+    /// The arguments as the audit log records a request refused for them.
+    fn audited(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source": self.source.to_string_lossy(),
+            "agent": self.agent.to_string_lossy(),
+            "converter": self.converter,
+            "size": self.size,
+            "platform": self.platform,
+        })
+    }
 }
 
 /// `RUST_LOG`-driven logging to stderr; warnings by default.
@@ -192,10 +217,12 @@ fn implicit_policy(cli: &Cli, cache_dir: &Path) -> Policy {
         };
         policy.source_roots = Some(vec![root]);
         policy.agents = Some(vec![real(&args.agent)]);
-        policy.converters = Some(vec![match &args.converter {
-            ConverterSpec::Command(path) => format!("command:{}", real(path).display()),
-            other => other.to_string(),
-        }]);
+        // A converter that does not parse is refused before the policy counts.
+        policy.converters = Some(match args.converter.parse::<ConverterSpec>() {
+            Ok(ConverterSpec::Command(path)) => vec![format!("command:{}", real(&path).display())],
+            Ok(other) => vec![other.to_string()],
+            Err(_) => Vec::new(),
+        });
     }
     policy
 }
@@ -244,10 +271,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Convert(args) => {
             let progress = std::io::stderr().is_terminal().then(progress::Spinner::start);
             let cache = open(&cli, progress.as_ref().map(|p| p.observer()))?;
-            let mut request =
-                Request::new(&args.source, &args.agent).converter(args.converter.clone()).platform(&args.platform);
-            request.size = args.size;
-            let result = cache.convert(&request).await;
+            let request = args.request().inspect_err(|e| cache.audit_refusal("convert", &args.audited(), e));
+            let result = match request {
+                Ok(request) => cache.convert(&request).await,
+                Err(e) => Err(e),
+            };
             if let Some(progress) = progress {
                 progress.finish();
             }
