@@ -116,30 +116,6 @@ pub fn read(fs: &impl Probe, path: &Path, expected: u64, limit: u64) -> Result<V
     contents(path, answer, limit)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(kind: PathKind) -> PathInfo {
-        PathInfo { kind, size: 10, modified_ns: 0, created_ns: 0, link_target: None, head: Vec::new() }
-    }
-
-    #[test]
-    fn only_a_regular_file_or_a_symlink_is_read() {
-        // A FIFO at a path the guest can read through WASI would block the
-        // open: the probe's answer says what it is, and nothing is opened.
-        let path = Path::new("/nonexistent/index.json");
-        let err = contents(path, Ok(info(PathKind::Other)), 100).unwrap_err();
-        assert!(err.to_string().contains("FIFO, socket or device, not a regular file"), "{err}");
-        let err = contents(path, Ok(info(PathKind::Directory)), 100).unwrap_err();
-        assert!(err.to_string().contains("is a directory, not a regular file"), "{err}");
-        // A symlink is followed through WASI, which finds nothing here.
-        assert!(matches!(contents(path, Ok(info(PathKind::Symlink)), 100), Err(SourceError::NotFound(_))));
-        let err = small_file(path, &info(PathKind::Other), 100).unwrap_err();
-        assert!(matches!(err, SourceError::Unsupported(_)), "{err:?}");
-    }
-}
-
 /// [`Probe`] through `std::fs`, for native tests: cache-relative paths are
 /// looked up under `cache_root`.
 #[cfg(test)]
@@ -196,5 +172,29 @@ impl Probe for StdProbe {
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(kind: PathKind) -> PathInfo {
+        PathInfo { kind, size: 10, modified_ns: 0, created_ns: 0, link_target: None, head: Vec::new() }
+    }
+
+    #[test]
+    fn only_a_regular_file_or_a_symlink_is_read() {
+        // A FIFO at a path the guest can read through WASI would block the
+        // open: the probe's answer says what it is, and nothing is opened.
+        let path = Path::new("/nonexistent/index.json");
+        let err = contents(path, Ok(info(PathKind::Other)), 100).unwrap_err();
+        assert!(err.to_string().contains("FIFO, socket or device, not a regular file"), "{err}");
+        let err = contents(path, Ok(info(PathKind::Directory)), 100).unwrap_err();
+        assert!(err.to_string().contains("is a directory, not a regular file"), "{err}");
+        // A symlink is followed through WASI, which finds nothing here.
+        assert!(matches!(contents(path, Ok(info(PathKind::Symlink)), 100), Err(SourceError::NotFound(_))));
+        let err = small_file(path, &info(PathKind::Other), 100).unwrap_err();
+        assert!(matches!(err, SourceError::Unsupported(_)), "{err:?}");
     }
 }
