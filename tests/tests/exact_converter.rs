@@ -234,23 +234,26 @@ async fn bad_layers_are_typed_errors_that_write_nothing_outside_and_leave_nothin
         assert_eq!(err.class(), "unsupported-source", "{what}: {err}");
         assert_eq!(snapshot(w.cache.cache_dir()), before, "{what} left files in the cache");
     }
-    let layout = w.dir.path().join("oci-digest-mismatch");
-    layout_with(
-        &layout,
-        &[(tar(&[TarEntry::file("ok", b"ok", 0o644)]), Compression::Gzip)],
-        "amd64",
-        IndexStyle::Skopeo,
-    );
-    replace_only_layer(
-        &layout,
-        &rootfs_cache_tests::oci::gzip(&tar(&[TarEntry::file("ok", b"KO", 0o644)])),
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        false,
-    );
-    let err = w.cache.convert(&w.request(&layout)).await.unwrap_err();
-    assert_eq!(err.class(), "unsupported-source", "{err}");
-    assert!(err.to_string().contains("hashes to"), "{err}");
-    assert_eq!(snapshot(w.cache.cache_dir()), before);
+    // Other bytes under the old digest: of the same length, the digest check
+    // catches them while they stream; of another length, the length check
+    // before any converter runs.
+    for (what, replacement, says) in [
+        ("same length", tar(&[TarEntry::file("ok", b"KO", 0o644)]), "hashes to"),
+        ("another length", tar(&[TarEntry::file("ok", &[b'x'; 600], 0o644)]), "descriptor says"),
+    ] {
+        let layout = w.dir.path().join(format!("oci-digest-mismatch-{}", what.replace(' ', "-")));
+        layout_with(
+            &layout,
+            &[(tar(&[TarEntry::file("ok", b"ok", 0o644)]), Compression::None)],
+            "amd64",
+            IndexStyle::Skopeo,
+        );
+        replace_only_layer(&layout, &replacement, "application/vnd.oci.image.layer.v1.tar", false);
+        let err = w.cache.convert(&w.request(&layout)).await.unwrap_err();
+        assert_eq!(err.class(), "unsupported-source", "{what}: {err}");
+        assert!(err.to_string().contains(says), "{what}: {err}");
+        assert_eq!(snapshot(w.cache.cache_dir()), before, "{what}");
+    }
 }
 
 /// Replaces the content of the layout's only layer blob. With `rename`, the
