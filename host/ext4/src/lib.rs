@@ -6,8 +6,11 @@
 //! device numbers, extended attributes and nanosecond modification times are
 //! kept exactly. e2fsck checks every image the tests write.
 
+#![deny(missing_docs)]
+
 pub mod format;
 pub mod layout;
+mod source;
 pub mod tree;
 mod writer;
 pub mod xattr;

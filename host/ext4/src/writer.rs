@@ -187,9 +187,8 @@ fn open_source(data: &FileData) -> Result<Source, WriteError> {
         FileData::At { root, path, .. } => {
             // A regular file beneath the root (a FIFO swapped in since the
             // scan would block a plain open); read at offsets below its size.
-            let file = crate::regular_file::RegularFile::open_beneath(root.as_fd(), path, path, u64::MAX)
-                .map_err(|e| WriteError::Source { path: path.display().to_string(), message: e.to_string() })?
-                .into_file();
+            let file = crate::source::open_beneath(root.as_fd(), path)
+                .map_err(|e| WriteError::Source { path: path.display().to_string(), message: e.to_string() })?;
             Ok(Source { file: std::sync::Arc::new(file), base: 0, name: path.display().to_string() })
         }
         FileData::Range { file, offset } => {
