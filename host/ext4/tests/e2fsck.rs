@@ -3,6 +3,7 @@
 mod common;
 
 use rootfs_cache_ext4::format::{BLOCKS_PER_GROUP, MAX_LINKS};
+use rootfs_cache_ext4::xattr::XattrError;
 use rootfs_cache_ext4::{ImageOptions, Kind, Meta, Tree, WriteError};
 
 fn write_and_check(tree: &Tree, options: &ImageOptions) -> rootfs_cache_ext4::WriteReport {
@@ -62,4 +63,30 @@ fn a_hardlink_group_past_ext4s_limit_is_split_into_copies() {
     let report = write_and_check(&tree, &common::options());
     // lost+found, the directory, the file and its copy, past the reserved ten.
     assert_eq!(report.used_inodes, 14);
+}
+
+#[test]
+fn attributes_too_large_for_the_inode_and_a_block_are_refused_naming_the_file() {
+    let mut tree = common::varied_tree();
+    let var = tree.lookup(Tree::ROOT, b"var").unwrap();
+    let big = common::file(&mut tree, var, "too-many-attributes", b"z");
+    tree.node_mut(big).meta.xattrs = (0..3).map(|i| (format!("user.v{i}").into_bytes(), vec![b'v'; 2000])).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refused.ext4");
+    let out = std::fs::File::create(&path).unwrap();
+    let err = rootfs_cache_ext4::write_image(&tree, &out, &common::options()).unwrap_err();
+    match &err {
+        WriteError::Xattrs { path, source: XattrError::TooLarge(bytes) } => {
+            assert_eq!(path, "/var/too-many-attributes");
+            assert!(*bytes > 6000, "{bytes}");
+        }
+        other => panic!("expected WriteError::Xattrs, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.starts_with("cannot store the extended attributes of /var/too-many-attributes: ")
+            && message.ends_with("do not fit in the inode and one 4096-byte block"),
+        "{message}"
+    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing is written before the plan is whole");
 }
