@@ -1,4 +1,4 @@
-//! Directory contents: each directory's entries, packed into blocks.
+//! Phase 4, the directories: each directory's entries, packed into its blocks.
 
 use crate::format::{self, BLOCK_SIZE, FIRST_INODE, ROOT_INODE, ftype};
 use crate::tree::{NodeId, Tree};
