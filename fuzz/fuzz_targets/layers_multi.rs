@@ -13,7 +13,7 @@ use std::sync::atomic::AtomicBool;
 use libfuzzer_sys::fuzz_target;
 use rootfs_cache::capabilities::converter::LayerBlob;
 use rootfs_cache::capabilities::converter::exact::oci_apply::Applier;
-use rootfs_cache::ext4::Tree;
+use rootfs_cache_ext4::Tree;
 use sha2::{Digest, Sha256};
 
 /// Paths the entries use, so that layers meet: parents and children,
@@ -86,7 +86,7 @@ fn layers(data: &[u8]) -> Vec<Vec<u8>> {
 
 /// Every name in the tree below `dir`, with its depth bounded (a directory
 /// cannot contain itself, but the bound costs nothing).
-fn names(tree: &Tree, dir: rootfs_cache::ext4::NodeId, depth: usize, out: &mut Vec<Vec<u8>>) {
+fn names(tree: &Tree, dir: rootfs_cache_ext4::NodeId, depth: usize, out: &mut Vec<Vec<u8>>) {
     if depth > 64 {
         return;
     }

@@ -49,7 +49,6 @@ pub mod capabilities;
 pub mod digest;
 mod engine;
 mod error;
-pub mod ext4;
 pub mod fsck;
 mod host_impl;
 pub mod observer;
@@ -70,3 +69,5 @@ pub use engine::{ComponentSource, EMBEDDED_COMPONENT, LoadPath};
 pub use error::{Error, Result};
 pub use observer::{Observer, Phase};
 pub use policy::{Limits, Policy};
+/// The ext4 image writer, its own crate ([`rootfs_cache_ext4`]).
+pub use rootfs_cache_ext4 as ext4;

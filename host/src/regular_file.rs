@@ -19,14 +19,16 @@
 //!
 //! Every file the host reads (the policy, the agent, a converter program,
 //! layer blobs, the precompiled component, what `host.probe` reads for the
-//! guest) is opened here.
+//! guest) is opened here. The files the ext4 writer copies into an image
+//! are opened by the `rootfs-cache-ext4` crate itself, by the same rule
+//! (`host/ext4/src/source.rs`).
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use crate::error::Error;
 
@@ -157,24 +159,6 @@ impl RegularFile {
         Self::open_at(dir, name, shown, limit, FinalSymlink::Refuse)
     }
 
-    /// Opens the regular file at the relative `path` beneath `dir`, to read
-    /// at most `limit` bytes of it: resolved by the kernel
-    /// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so no `..`
-    /// or symlink, final or not, can lead anywhere else. Before Linux 5.6,
-    /// a plain `openat` with `O_NOFOLLOW`. `shown` names it in errors.
-    pub(crate) fn open_beneath(dir: impl AsFd, path: &Path, shown: &Path, limit: u64) -> Result<Self, FileError> {
-        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
-        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
-        match rustix::fs::openat2(&dir, path, flags, Mode::empty(), resolve) {
-            Ok(fd) => Self::checked(fd, shown, limit),
-            Err(rustix::io::Errno::NOSYS) => Self::open_at(dir, path, shown, limit, FinalSymlink::Refuse),
-            Err(rustix::io::Errno::LOOP) => {
-                Err(FileError::NotRegular { path: shown.to_path_buf(), kind: "reached through a symlink" })
-            }
-            Err(e) => Err(FileError::Io { path: shown.to_path_buf(), source: e.into() }),
-        }
-    }
-
     fn open_at(
         dir: impl AsFd,
         path: &Path,
@@ -238,12 +222,6 @@ impl RegularFile {
     /// mapping): reads through it are not bounded.
     pub(crate) fn file(&self) -> &File {
         &self.file
-    }
-
-    /// The open file itself, for a caller that reads it at offsets it knows
-    /// (`pread` of a length it was told): no longer bounded.
-    pub(crate) fn into_file(self) -> File {
-        self.file
     }
 
     /// The whole file, refused when it is (or grows) longer than the limit.

@@ -1,0 +1,95 @@
+//! Phase 7, the metadata: inode tables, bitmaps, group descriptors and
+//! superblocks, with their backups.
+
+use crate::format::{self, BLOCK_SIZE, GroupDesc, INODE_SIZE, SuperblockFields};
+use crate::layout::Geometry;
+use crate::tree::Tree;
+
+use super::allocate::Allocation;
+use super::plan::Plan;
+use super::{Image, ImageOptions, WriteError};
+
+/// Writes `itable` and every group's metadata. Returns the free blocks.
+pub(super) fn write(
+    tree: &Tree,
+    plan: &Plan,
+    geometry: &Geometry,
+    allocation: &Allocation,
+    itable: &[u8],
+    options: &ImageOptions,
+    image: &Image<'_>,
+) -> Result<u64, WriteError> {
+    let ipg = geometry.inodes_per_group;
+    let used_inodes = u64::from(plan.numbering.max_ino);
+    let mut dirs_per_group = vec![0u16; geometry.groups.len()];
+    for (ino, inode) in plan.written() {
+        if inode.node.is_none_or(|id| tree.node(id).is_dir()) {
+            dirs_per_group[((ino - 1) / ipg) as usize] += 1;
+        }
+    }
+    let mut descs = Vec::with_capacity(geometry.groups.len());
+    let (mut free_blocks, mut free_inodes) = (0u64, 0u64);
+    for (g, group) in geometry.groups.iter().enumerate() {
+        let first_ino = g as u64 * u64::from(ipg);
+        let used_inodes_here = used_inodes.saturating_sub(first_ino).min(u64::from(ipg));
+        if used_inodes_here > 0 {
+            let from = first_ino as usize * INODE_SIZE;
+            let to = (first_ino + used_inodes_here) as usize * INODE_SIZE;
+            image.write_at(&itable[from..to], group.inode_table * BLOCK_SIZE)?;
+        }
+        let used_blocks = group.first_data - group.start + allocation.used_per_group[g];
+        image.write_at(&bitmap(used_blocks, group.blocks), group.block_bitmap * BLOCK_SIZE)?;
+        image.write_at(&bitmap(used_inodes_here, u64::from(ipg)), group.inode_bitmap * BLOCK_SIZE)?;
+        let group_free_blocks = group.blocks - used_blocks;
+        let group_free_inodes = u64::from(ipg) - used_inodes_here;
+        free_blocks += group_free_blocks;
+        free_inodes += group_free_inodes;
+        descs.push(GroupDesc {
+            block_bitmap: group.block_bitmap as u32,
+            inode_bitmap: group.inode_bitmap as u32,
+            inode_table: group.inode_table as u32,
+            free_blocks: group_free_blocks as u16,
+            free_inodes: group_free_inodes as u16,
+            used_dirs: dirs_per_group[g],
+        });
+    }
+    let mut gdt = vec![0u8; (geometry.gdt_blocks * BLOCK_SIZE) as usize];
+    for (i, d) in descs.iter().enumerate() {
+        let at = i * format::DESC_SIZE as usize;
+        gdt[at..at + format::DESC_SIZE as usize].copy_from_slice(&d.encode());
+    }
+    let mut label = [0u8; 16];
+    let l = options.label.as_bytes();
+    label[..l.len().min(16)].copy_from_slice(&l[..l.len().min(16)]);
+    let fields = SuperblockFields {
+        inodes_count: geometry.inodes() as u32,
+        blocks_count: geometry.blocks as u32,
+        free_blocks: free_blocks as u32,
+        free_inodes: free_inodes as u32,
+        inodes_per_group: ipg,
+        uuid: options.uuid,
+        hash_seed: options.hash_seed,
+        label,
+    };
+    for (g, group) in geometry.groups.iter().enumerate() {
+        if !group.has_super {
+            continue;
+        }
+        let sb = format::superblock(&fields, g as u16);
+        let at = if g == 0 { 1024 } else { group.start * BLOCK_SIZE };
+        image.write_at(&sb, at)?;
+        image.write_at(&gdt, (group.start + 1) * BLOCK_SIZE)?;
+    }
+    Ok(free_blocks)
+}
+
+/// A bitmap block with the first `used` bits set and every bit from `valid`
+/// to the end of the block set too (bits past the group's end are "in use").
+fn bitmap(used: u64, valid: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK_SIZE as usize];
+    let bits = BLOCK_SIZE * 8;
+    for bit in (0..used).chain(valid..bits) {
+        b[(bit / 8) as usize] |= 1 << (bit % 8);
+    }
+    b
+}
