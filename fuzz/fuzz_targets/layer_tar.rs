@@ -1,13 +1,13 @@
-//! An OCI layer of arbitrary bytes, applied by the exact converter's OCI
-//! applier: never panics, and never writes outside its spool.
+//! An OCI layer of arbitrary bytes, applied by the OCI applier of
+//! `rootfs-cache-layers` (the exact converter's): never panics, and never writes outside its spool.
 #![no_main]
 
 use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use rootfs_cache::capabilities::converter::exact::oci_apply::Applier;
-use rootfs_cache::capabilities::converter::LayerBlob;
+use rootfs_cache_layers::oci_apply::Applier;
+use rootfs_cache_layers::LayerBlob;
 use sha2::{Digest, Sha256};
 
 fuzz_target!(|data: &[u8]| {

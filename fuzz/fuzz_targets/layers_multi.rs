@@ -1,19 +1,19 @@
 //! One to three OCI layers built from the fuzz input, applied in order by the
-//! exact converter's OCI applier: files, directories, symlinks and hardlinks
-//! over a small set of names, with whiteouts (`.wh.<name>`), opaque markers
-//! (`.wh..wh..opq`) and hostile names (`..`, absolute paths) among them, so
-//! that the layer rules meet each other across layers. The applier never
-//! panics, never writes outside its spool, and no whiteout or opaque marker
-//! ends up in the tree as a file.
+//! OCI applier of `rootfs-cache-layers` (the exact converter's): files,
+//! directories, symlinks and hardlinks over a small set of names, with
+//! whiteouts (`.wh.<name>`), opaque markers (`.wh..wh..opq`) and hostile
+//! names (`..`, absolute paths) among them, so that the layer rules meet each
+//! other across layers. The applier never panics, never writes outside its
+//! spool, and no whiteout or opaque marker ends up in the tree as a file.
 #![no_main]
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
 use libfuzzer_sys::fuzz_target;
-use rootfs_cache::capabilities::converter::LayerBlob;
-use rootfs_cache::capabilities::converter::exact::oci_apply::Applier;
 use rootfs_cache_ext4::Tree;
+use rootfs_cache_layers::LayerBlob;
+use rootfs_cache_layers::oci_apply::Applier;
 use sha2::{Digest, Sha256};
 
 /// Paths the entries use, so that layers meet: parents and children,

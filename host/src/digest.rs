@@ -71,10 +71,7 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     sha256_reader(file)
 }
 
-/// Lowercase hexadecimal.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use rootfs_cache_layers::hex;
 
 /// A file's digest and length.
 #[derive(Clone, Debug, PartialEq, Eq)]

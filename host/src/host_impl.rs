@@ -17,6 +17,7 @@ use crate::capabilities::converter::{AgentInstall, ConversionJob, LayerBlob, Sou
 use crate::capabilities::mounter::Install;
 use crate::error::{Error, HostCallError};
 use crate::observer::Phase;
+use crate::regular_file::IntoError as _;
 use crate::store::{BuildLockHandle, MountedImageHandle, StoreState};
 
 type HostResult<T> = Result<T, HostCallError>;

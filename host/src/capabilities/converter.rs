@@ -43,21 +43,7 @@ pub enum SourceLayers {
     },
 }
 
-/// One OCI layer blob.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LayerBlob {
-    /// The blob file.
-    pub path: PathBuf,
-    /// Its media type.
-    pub media_type: String,
-    /// `sha256:<hex>` it must hash to.
-    pub digest: String,
-    /// The length it must have.
-    pub size: u64,
-    /// `sha256:<hex>` its uncompressed tar stream must hash to (the image
-    /// config's `rootfs.diff_ids` entry), when the guest gave one.
-    pub diff_id: Option<String>,
-}
+pub use rootfs_cache_layers::LayerBlob;
 
 /// A file the converter writes into the image itself.
 #[derive(Clone, Debug, PartialEq, Eq)]

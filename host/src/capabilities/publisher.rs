@@ -23,7 +23,7 @@ use cap_std::fs::OpenOptionsExt as _;
 
 use crate::cache_dir::{Area, CacheDir, CacheFile};
 use crate::error::{Error, Result};
-use crate::regular_file::RegularFile;
+use crate::regular_file::{IntoError as _, RegularFile};
 
 /// Publishes and removes cache files.
 pub trait Publisher: Send + Sync {

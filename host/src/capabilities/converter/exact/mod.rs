@@ -6,6 +6,7 @@
 //!    (see [`scan`]). An OCI layout's layers are applied in order to an
 //!    in-memory tree under the image spec's whiteout rules, their file
 //!    contents spooled to an unnamed temporary file (see [`oci_apply`]).
+//!    Both live in the `rootfs-cache-layers` crate (`host/layers/`).
 //! 2. **Attributes.** The tree keeps every attribute:
 //!    owners of every entry, modes with setuid/setgid/sticky, nanosecond
 //!    mtimes, hardlink groups, symlink targets and names as raw bytes,
@@ -19,20 +20,18 @@
 //!    later layer deleted is ever written, so it cannot be read back from
 //!    the image file.
 
-pub mod oci_apply;
-pub mod overlay;
-pub mod scan;
-
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use rootfs_cache_layers::{oci_apply, overlay, scan};
 use sha2::{Digest, Sha256};
 
 use super::{AgentInstall, ConversionJob, Converter, SourceLayers, tail};
 use crate::error::{Error, Result};
 use crate::ext4::{self, FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, tree::ResolveError};
+use crate::regular_file::IntoError as _;
 
 /// The writer's format version: part of the identity, so a change to what
 /// the converter writes gives new keys.

@@ -1,5 +1,5 @@
 //! Reads a directory tree (an overlay mount, a staging directory) into an
-//! [`ext4::Tree`](crate::ext4::Tree), through one directory handle and `*at`
+//! [`Tree`], through one directory handle and `*at`
 //! system calls, never following a symlink.
 
 use std::collections::HashMap;
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags};
 
-use crate::ext4::{FileData, Kind, Meta, Node, NodeId, Timestamp, Tree};
+use rootfs_cache_ext4::{FileData, Kind, Meta, Node, NodeId, Timestamp, Tree};
 
 /// Why a tree could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -25,10 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use super::super::LayerBlob;
-use crate::digest::hex;
-use crate::ext4::tree::{Containment, ResolveError};
-use crate::ext4::{FileData, Kind, Meta, Node, NodeId, Timestamp, Tree};
+use rootfs_cache_ext4::tree::{Containment, ResolveError};
+use rootfs_cache_ext4::{FileData, Kind, Meta, Node, NodeId, Timestamp, Tree};
+
+use crate::regular_file::{FinalSymlink, RegularFile};
+use crate::{LayerBlob, hex};
 
 /// Why a layer could not be applied.
 #[derive(Debug, thiserror::Error)]
@@ -173,10 +174,9 @@ impl Applier {
         let corrupt = |why: String| ApplyError::Corrupt { layer: layer.into(), why };
         // A regular file (a FIFO would block the open), read no further than
         // its length when opened.
-        let file =
-            crate::regular_file::RegularFile::open(&blob.path, u64::MAX, crate::regular_file::FinalSymlink::Refuse)
-                .map_err(|e| corrupt(e.to_string()))?
-                .limited_to_len();
+        let file = RegularFile::open(&blob.path, u64::MAX, FinalSymlink::Refuse)
+            .map_err(|e| corrupt(e.to_string()))?
+            .limited_to_len();
         let mut hashing = Hashing::new(std::io::BufReader::with_capacity(1 << 20, file));
         let mut st = LayerState { layer, created: HashSet::new() };
         let uncompressed_digest = {
@@ -458,6 +458,75 @@ fn write_sparse(reader: &mut impl Read, out: &File, offset: u64) -> std::io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A regular file (`Some(contents)`) or a directory (`None`) in a layer.
+    type Entry<'a> = (&'a str, Option<&'a [u8]>);
+
+    /// Writes an uncompressed layer of `entries` into `dir` and describes it.
+    fn layer(dir: &Path, name: &str, entries: &[Entry<'_>]) -> LayerBlob {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, contents) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(1_700_000_000);
+            match contents {
+                Some(bytes) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_mode(0o644);
+                    header.set_size(bytes.len() as u64);
+                    builder.append_data(&mut header, path, *bytes).unwrap();
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_mode(0o755);
+                    header.set_size(0);
+                    builder.append_data(&mut header, path, std::io::empty()).unwrap();
+                }
+            }
+        }
+        let bytes = builder.into_inner().unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        LayerBlob {
+            path,
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: format!("sha256:{}", hex(&Sha256::digest(&bytes))),
+            size: bytes.len() as u64,
+            diff_id: None,
+        }
+    }
+
+    fn names(tree: &Tree, dir: NodeId) -> Vec<Vec<u8>> {
+        let Kind::Dir(entries) = &tree.node(dir).kind else { panic!("not a directory") };
+        entries.keys().cloned().collect()
+    }
+
+    #[test]
+    fn a_whiteout_and_an_opaque_directory_in_the_top_layer_hide_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = layer(
+            dir.path(),
+            "base.tar",
+            &[("hidden", Some(b"base")), ("kept", Some(b"kept")), ("etc", None), ("etc/old", Some(b"old"))],
+        );
+        let top = layer(
+            dir.path(),
+            "top.tar",
+            &[(".wh.hidden", Some(b"")), ("etc/.wh..wh..opq", Some(b"")), ("etc/new", Some(b"new"))],
+        );
+        let tree = Applier::new(dir.path()).unwrap().apply_all(&[base, top], &AtomicBool::new(false)).unwrap();
+        assert_eq!(names(&tree, Tree::ROOT), [b"etc".to_vec(), b"kept".to_vec()]);
+        let etc = tree.resolve_dir(b"/etc").unwrap();
+        assert_eq!(names(&tree, etc), [b"new".to_vec()]);
+        let new = tree.lookup(etc, b"new").unwrap();
+        let Kind::File { size: 3, data: FileData::Range { file, offset } } = &tree.node(new).kind else {
+            panic!("etc/new is not a 3-byte spooled file")
+        };
+        let mut back = [0u8; 3];
+        file.read_exact_at(&mut back, *offset).unwrap();
+        assert_eq!(&back, b"new");
+    }
 
     #[test]
     fn entry_paths_may_not_escape() {
