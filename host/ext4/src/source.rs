@@ -1,7 +1,7 @@
 //! Opening a file the tree names below a directory handle, for reading.
 //!
-//! The rule is the host's (`host/src/regular_file.rs`): the kernel resolves
-//! the path beneath the handle (`openat2` with `RESOLVE_BENEATH |
+//! The rule is the host's (`host/layers/src/regular_file.rs`): the kernel
+//! resolves the path beneath the handle (`openat2` with `RESOLVE_BENEATH |
 //! RESOLVE_NO_SYMLINKS`), the open does not block (a FIFO swapped in since
 //! the scan returns at once), and anything but a regular file is refused.
 
