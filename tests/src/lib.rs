@@ -68,6 +68,20 @@ impl Drop for ForkedCopies {
     }
 }
 
+/// `len` bytes that do not compress (xorshift64 from `seed`, low byte of each
+/// step): data that fills a disk however the filesystem stores it.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 /// Whether this process may use loop devices, mknod and `trusted.*` xattrs.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -357,15 +357,7 @@ async fn a_full_disk_fails_with_no_space_and_keeps_every_published_entry() {
     // 80 MiB of incompressible data does not fit.
     let mut big = Overlay2::new(&w.dir.path().join("big"));
     let big_top = big.layer(|l| {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let data: Vec<u8> = (0..80 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let data = rootfs_cache_tests::incompressible(80 << 20, 0x2545_f491_4f6c_dd1du64);
         l.file("/blob", &data, 0o644);
     });
     let err = cache.convert(&Request::new(&big_top, &w.agent)).await.unwrap_err();

@@ -399,15 +399,7 @@ fn a_full_disk_under_oci2rootfs_is_no_space() {
     // 24 MiB that does not compress, in a cache filesystem of 16 MiB.
     let mut chain = rootfs_cache_tests::Overlay2::new(&dir.path().join("overlay2"));
     let top = chain.layer(|l| {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..24 << 20)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let data = rootfs_cache_tests::incompressible(24 << 20, 0x9e37_79b9_7f4a_7c15u64);
         l.file("/blob", &data, 0o644).file("/etc/os-release", b"ID=full\n", 0o644);
     });
     let agent = agent(dir.path(), "vm-agent", "full-disk");
