@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::preopens::Preopens;
 use crate::regular_file::{FileError, FinalSymlink, RegularFile};
 use crate::shared::Shared;
-use crate::store::StoreState;
+use crate::store::{RequestScope, StoreState};
 
 /// The component built from `guest/`, committed at `host/component/`.
 pub const EMBEDDED_COMPONENT: &[u8] = include_bytes!("../component/rootfs-cache.wasm");
@@ -316,9 +316,9 @@ impl GuestEngine {
     /// A store for one request, with the cache and `source_roots` preopened
     /// read-only (handles shared between requests, see [`Preopens`]), and
     /// the policy's memory and time limits.
-    pub(crate) fn store(&self, shared: &Arc<Shared>, source_roots: &[PathBuf]) -> Result<Store<StoreState>> {
+    pub(crate) fn store(&self, shared: &Arc<Shared>, scope: RequestScope) -> Result<Store<StoreState>> {
         let limits = &shared.policy.limits;
-        let (wasi, source_roots) = self.preopens.context(shared.cache.path(), source_roots)?;
+        let (wasi, source_roots) = self.preopens.context(shared.cache.path(), &scope.roots)?;
         let state = StoreState {
             wasi,
             table: wasmtime::component::ResourceTable::new(),
@@ -340,7 +340,7 @@ impl GuestEngine {
             request_id: shared.next_request.fetch_add(1, Ordering::Relaxed),
             source_roots,
             staged: Vec::new(),
-            resolved_agent: None,
+            resolved_agent: scope.agent,
             audited: Vec::new(),
         };
         let mut store = Store::new(&self.engine, state);

@@ -1,7 +1,8 @@
 //! The library's error type: the WIT `error` variant's classes, plus what can
 //! go wrong around the guest (loading the component, a trap, a bad config).
-
-use crate::bindings::rootfs::cache::types::{ConverterFailure, Denial, Error as WitError};
+//!
+//! It depends on nothing else in the crate; the conversions to and from the
+//! WIT's `error` are in [`crate::conversions`].
 
 /// Everything `RootfsCache` can fail with. Each case is a class a caller can
 /// act on; the message names the path or rule involved.
@@ -117,51 +118,6 @@ impl Error {
                 Self::NoSpace(format!("{what}: {err}"))
             }
             _ => Self::Io(format!("{what}: {err}")),
-        }
-    }
-}
-
-impl From<WitError> for Error {
-    fn from(e: WitError) -> Self {
-        match e {
-            WitError::InvalidRequest(m) => Self::InvalidRequest(m),
-            WitError::NotFound(m) => Self::NotFound(m),
-            WitError::UnsupportedSource(m) => Self::UnsupportedSource(m),
-            WitError::Denied(d) => Self::Denied { rule: d.rule, detail: d.detail },
-            WitError::ConverterFailed(f) => {
-                Self::ConverterFailed { converter: f.converter, exit_status: f.exit_status, stderr_tail: f.stderr_tail }
-            }
-            WitError::Timeout(m) => Self::Timeout(m),
-            WitError::MountFailed(m) => Self::MountFailed(m),
-            WitError::InjectFailed(m) => Self::InjectFailed(m),
-            WitError::Corrupt(m) => Self::Corrupt(m),
-            WitError::NoSpace(m) => Self::NoSpace(m),
-            WitError::Io(m) => Self::Io(m),
-        }
-    }
-}
-
-impl Error {
-    /// The guest's view of this error. Classes the WIT does not have (traps,
-    /// component and configuration errors) become `io`; they never reach a
-    /// guest in practice, since they end its call.
-    pub(crate) fn to_wit(&self) -> WitError {
-        match self.clone() {
-            Self::InvalidRequest(m) => WitError::InvalidRequest(m),
-            Self::NotFound(m) => WitError::NotFound(m),
-            Self::UnsupportedSource(m) => WitError::UnsupportedSource(m),
-            Self::Denied { rule, detail } => WitError::Denied(Denial { rule, detail }),
-            Self::ConverterFailed { converter, exit_status, stderr_tail } => {
-                WitError::ConverterFailed(ConverterFailure { converter, exit_status, stderr_tail })
-            }
-            Self::Timeout(m) => WitError::Timeout(m),
-            Self::MountFailed(m) => WitError::MountFailed(m),
-            Self::InjectFailed(m) => WitError::InjectFailed(m),
-            Self::Corrupt(m) => WitError::Corrupt(m),
-            Self::NoSpace(m) => WitError::NoSpace(m),
-            other @ (Self::Io(_) | Self::GuestTrap(_) | Self::Component(_) | Self::Config(_)) => {
-                WitError::Io(other.to_string())
-            }
         }
     }
 }

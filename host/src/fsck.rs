@@ -43,7 +43,7 @@ pub async fn run(image: &Path, timeout: Duration) -> Result<FsckOutcome> {
     Ok(FsckOutcome {
         clean: code == 0,
         exit_status: code,
-        output_tail: crate::capabilities::converter::tail(
+        output_tail: crate::output_tail::tail(
             &text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("; "),
             1024,
         ),

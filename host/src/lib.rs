@@ -41,33 +41,43 @@
 //! ```
 #![warn(missing_docs)]
 
-mod api;
+mod admission;
 pub mod audit;
 mod bindings;
+mod cache;
 pub mod cache_dir;
 pub mod capabilities;
+mod config;
+mod conversions;
+mod converter_spec;
 pub mod digest;
 mod engine;
 mod error;
 pub mod fsck;
 mod host_impl;
 pub mod observer;
+mod output_tail;
 pub mod policy;
 mod preopens;
 mod probe;
 mod real_path;
 mod regular_file;
+mod reports;
+mod request;
 mod shared;
 mod store;
 mod test_hooks;
 
-pub use api::{
-    Config, ConverterSpec, Entry, ImageInfo, Outcome, Request, RootfsCache, SourceKind, Timings, source_root,
-};
+pub use admission::source_root;
+pub use cache::RootfsCache;
 pub use capabilities::{Capabilities, FakeHandles};
+pub use config::Config;
+pub use converter_spec::ConverterSpec;
 pub use engine::{ComponentSource, EMBEDDED_COMPONENT, LoadPath};
 pub use error::{Error, Result};
 pub use observer::{Observer, Phase};
 pub use policy::{Limits, Policy};
+pub use reports::{Entry, GcReport, ImageInfo, Outcome, SourceKind, SweepReport, Timings, VerifyReport};
+pub use request::Request;
 /// The ext4 image writer, its own crate ([`rootfs_cache_ext4`]).
 pub use rootfs_cache_ext4 as ext4;

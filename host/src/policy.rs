@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::converter_spec::ConverterSpec;
 use crate::error::{Error, Result};
 
 /// The longest policy file read (1 MiB): a policy is a few lines, and a
@@ -274,12 +275,11 @@ fn absolute(what: &str, path: &Path) -> Result<PathBuf> {
 
 /// `command:<path>` with its path canonicalised; built-in names unchanged.
 fn canonical_converter(name: &str) -> Result<String> {
-    match name.strip_prefix("command:") {
-        Some(path) => Ok(format!("command:{}", canonical("converter command", Path::new(path))?.display())),
-        None if matches!(name, "exact" | "oci2rootfs") => Ok(name.to_owned()),
-        None => Err(Error::Config(format!(
-            "converter {name:?} is unknown; use exact, oci2rootfs or command:<absolute path>"
-        ))),
+    match name.parse::<ConverterSpec>() {
+        Ok(ConverterSpec::Command(path)) => Ok(format!("command:{}", canonical("converter command", &path)?.display())),
+        Ok(builtin) => Ok(builtin.to_string()),
+        Err(Error::InvalidRequest(why)) => Err(Error::Config(format!("policy: {why}"))),
+        Err(other) => Err(other),
     }
 }
 

@@ -19,6 +19,26 @@ use crate::capabilities::mounter::MountedImage;
 use crate::error::Error;
 use crate::shared::Shared;
 
+/// What one request may see beyond the cache: the directories preopened
+/// for it, and the agent the host resolved before its guest ran. Given to
+/// the store when it is made.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RequestScope {
+    /// Host directories the guest sees read-only (and probes) at their own
+    /// paths.
+    pub(crate) roots: Vec<PathBuf>,
+    /// The request's agent as the guest is given it, and the canonical path
+    /// it resolved to: `digest-file` naming it does not resolve it again.
+    pub(crate) agent: Option<(String, PathBuf)>,
+}
+
+impl RequestScope {
+    /// A scope of these directories and no agent.
+    pub(crate) fn roots(roots: Vec<PathBuf>) -> Self {
+        Self { roots, agent: None }
+    }
+}
+
 /// A mounted image the guest holds.
 pub struct MountedImageHandle {
     /// `None` once unmounted.

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo xtask build-guest      rebuild the component and install it in host/component/
 //! cargo xtask check-guest      rebuild it and compare with the committed artifact
+//! cargo xtask check-modules    no crate's module graph has a cycle (--verbose: every edge)
 //! ```
 //!
 //! The guest is built by the standard route (`rustup target add wasm32-wasip2`)
@@ -12,6 +13,8 @@
 //! builds with `-Cpanic=immediate-abort` (nightly-only, hence not on the
 //! standard route): without the standard library's panic printing, the guest
 //! links no libc I/O at all and the component needs no Preview 1 adapter.
+
+mod modules;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,13 +47,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         "check-guest" => check(&root),
+        "check-modules" => modules::check(&root, std::env::args().any(|a| a == "--verbose")),
         _ => {
-            eprintln!("usage: cargo xtask <build-guest|check-guest>");
+            eprintln!("usage: cargo xtask <build-guest|check-guest|check-modules>");
             eprintln!("  build-guest  rebuild the components (guest/, tests/hostile/) and install them");
             eprintln!("  check-guest  rebuild them and compare with the committed artifacts; when the");
             eprintln!("               toolchain differs from the one that built them, write the rebuilt");
             eprintln!("               ones to target/ and print ROOTFS_CACHE_COMPONENT=<path> and");
             eprintln!("               ROOTFS_CACHE_HOSTILE_COMPONENT=<path>");
+            eprintln!("  check-modules  fail on a module cycle in any crate (--verbose prints every use)");
             std::process::exit(2)
         }
     }

@@ -11,16 +11,15 @@
 pub mod command;
 pub mod exact;
 pub mod fake;
+pub mod native;
 pub mod oci2rootfs;
-mod stderr_tail;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-
-pub(crate) use stderr_tail::tail;
+use crate::converter_spec::ConverterSpec;
+use crate::error::Result;
 
 /// What the guest resolved a source to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,49 +97,8 @@ pub trait Converter: Send + Sync {
     async fn convert(&self, job: ConversionJob) -> Result<u64>;
 }
 
-/// Picks the backend for a converter name as the request spells it.
+/// Picks the backend for a converter.
 pub trait ConverterRegistry: Send + Sync {
-    /// `exact`, `oci2rootfs` or `command:<path>`. Errors: `InvalidRequest`
-    /// for an unknown name, `NotFound` for a missing command.
-    fn get(&self, name: &str) -> Result<Arc<dyn Converter>>;
-}
-
-/// The native converters.
-#[derive(Default)]
-pub struct NativeConverters {
-    oci2rootfs: Arc<oci2rootfs::Oci2rootfs>,
-    exact: Arc<exact::ExactConverter>,
-    commands: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<command::CommandConverter>>>,
-}
-
-impl NativeConverters {
-    /// The native converters, the exact one leaving `headroom` free when it
-    /// sizes an image from its content.
-    pub fn with_headroom(headroom: crate::ext4::Headroom) -> Self {
-        Self { exact: Arc::new(exact::ExactConverter { headroom }), ..Self::default() }
-    }
-}
-
-impl ConverterRegistry for NativeConverters {
-    fn get(&self, name: &str) -> Result<Arc<dyn Converter>> {
-        match name {
-            "oci2rootfs" => Ok(self.oci2rootfs.clone()),
-            "exact" => Ok(self.exact.clone()),
-            _ => match name.strip_prefix("command:") {
-                Some(path) => {
-                    let path = PathBuf::from(path);
-                    let mut commands = self.commands.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(found) = commands.get(&path) {
-                        return Ok(found.clone());
-                    }
-                    let converter = Arc::new(command::CommandConverter::new(&path)?);
-                    commands.insert(path, converter.clone());
-                    Ok(converter)
-                }
-                None => Err(Error::InvalidRequest(format!(
-                    "converter {name:?} is unknown; use oci2rootfs, exact or command:<absolute path>"
-                ))),
-            },
-        }
-    }
+    /// The backend of `converter`. Errors: `NotFound` for a missing command.
+    fn get(&self, converter: &ConverterSpec) -> Result<Arc<dyn Converter>>;
 }

@@ -19,12 +19,14 @@ pub mod publisher;
 use std::sync::Arc;
 
 use converter::fake::FakeConverter;
-use converter::{Converter, ConverterRegistry, NativeConverters};
+use converter::native::NativeConverters;
+use converter::{Converter, ConverterRegistry};
 use mounter::ImageMounter;
 use mounter::fake::FakeMounter;
 use publisher::{DurablePublisher, Publisher};
 
-use crate::error::{Error, Result};
+use crate::converter_spec::ConverterSpec;
+use crate::error::Result;
 
 /// One backend per capability.
 #[derive(Clone)]
@@ -99,15 +101,11 @@ pub struct FakeHandles {
     pub mounter: FakeMounter,
 }
 
-/// Every converter name maps to the one fake converter.
+/// Every converter maps to the one fake converter.
 struct FakeConverters(Arc<FakeConverter>);
 
 impl ConverterRegistry for FakeConverters {
-    fn get(&self, name: &str) -> Result<Arc<dyn Converter>> {
-        match name {
-            "oci2rootfs" | "exact" => Ok(self.0.clone()),
-            _ if name.starts_with("command:/") => Ok(self.0.clone()),
-            _ => Err(Error::InvalidRequest(format!("converter {name:?} is unknown"))),
-        }
+    fn get(&self, _converter: &ConverterSpec) -> Result<Arc<dyn Converter>> {
+        Ok(self.0.clone())
     }
 }

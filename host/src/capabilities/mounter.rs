@@ -20,6 +20,7 @@ pub mod loop_mount;
 
 use std::fs::File;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 
@@ -34,10 +35,33 @@ pub struct Install {
     pub sha256: String,
 }
 
+/// A device a mount left attached to an image file (a loop device whose
+/// process died before it could detach it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedImage {
+    /// The device, e.g. `/dev/loop3`.
+    pub device: String,
+    /// The image file it is attached to.
+    pub backing: PathBuf,
+}
+
 /// Mounts images.
 pub trait ImageMounter: Send + Sync {
     /// Mounts the image in `image` (opened read-write). Errors: `MountFailed`.
     fn mount(&self, image: File) -> Result<Box<dyn MountedImage>>;
+
+    /// Every device still attached to an image under `dir`, for the sweep.
+    /// A mounter that attaches nothing has none.
+    fn attached_under(&self, dir: &Path) -> Vec<AttachedImage> {
+        let _ = dir;
+        Vec::new()
+    }
+
+    /// Detaches one of [`Self::attached_under`]'s devices, without waiting
+    /// for the kernel to release it. Errors: `MountFailed`.
+    fn detach(&self, attached: &AttachedImage) -> Result<()> {
+        Err(crate::error::Error::MountFailed(format!("{} was not attached by this mounter", attached.device)))
+    }
 }
 
 /// A mounted image. Dropping it unmounts and detaches, ignoring errors; call

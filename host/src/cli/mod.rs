@@ -209,13 +209,7 @@ fn implicit_policy(cli: &Cli, cache_dir: &Path) -> Policy {
     if let Command::Convert(args) = &cli.command {
         let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         let source = real(&args.source);
-        // An overlay2 layer's lower layers are its siblings.
-        let root = if source.join("oci-layout").exists() {
-            source.clone()
-        } else {
-            source.parent().map_or(source.clone(), Path::to_path_buf)
-        };
-        policy.source_roots = Some(vec![root]);
+        policy.source_roots = Some(vec![rootfs_cache::source_root(&source)]);
         policy.agents = Some(vec![real(&args.agent)]);
         // A converter that does not parse is refused before the policy counts.
         policy.converters = Some(match args.converter.parse::<ConverterSpec>() {

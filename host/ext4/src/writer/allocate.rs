@@ -5,8 +5,9 @@ use crate::format::{BLOCK_SIZE, BLOCKS_PER_GROUP, EXTENTS_PER_BLOCK, Extent, MAX
 use crate::layout::{Allocator, Geometry};
 use crate::xattr::Placement;
 
+use super::error::WriteError;
+use super::options::ImageOptions;
 use super::plan::Plan;
-use super::{ImageOptions, WriteError};
 
 /// Where one inode's blocks are.
 #[derive(Default)]

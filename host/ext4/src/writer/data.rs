@@ -2,15 +2,16 @@
 //! and the targets of symlinks too long for the inode.
 
 use std::fs::File;
-use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use crate::format::{BLOCK_SIZE, Extent};
 use crate::tree::{FileData, Kind, Tree};
 
 use super::allocate::Allocation;
+use super::error::WriteError;
+use super::file_data::open_source;
+use super::image::Image;
 use super::plan::Plan;
-use super::{Image, WriteError};
 
 /// Writes every regular file's data and every long symlink's target.
 pub(super) fn write(tree: &Tree, plan: &Plan, allocation: &Allocation, image: &Image<'_>) -> Result<(), WriteError> {
@@ -38,70 +39,6 @@ pub(super) fn write(tree: &Tree, plan: &Plan, allocation: &Allocation, image: &I
         }
     }
     Ok(())
-}
-
-/// A file's bytes on disk: `base..base + size` of `file`.
-struct Source {
-    file: std::sync::Arc<File>,
-    base: u64,
-    name: String,
-}
-
-fn open_source(data: &FileData) -> Result<Source, WriteError> {
-    match data {
-        FileData::At { root, path, .. } => {
-            // A regular file beneath the root (a FIFO swapped in since the
-            // scan would block a plain open); read at offsets below its size.
-            let file = crate::source::open_beneath(root.as_fd(), path)
-                .map_err(|e| WriteError::Source { path: path.display().to_string(), message: e.to_string() })?;
-            Ok(Source { file: std::sync::Arc::new(file), base: 0, name: path.display().to_string() })
-        }
-        FileData::Range { file, offset } => {
-            Ok(Source { file: file.clone(), base: *offset, name: format!("spool at {offset}") })
-        }
-        FileData::Bytes(_) => unreachable!("in-memory files are not opened"),
-    }
-}
-
-/// Data runs of a file: `(offset, length)` aligned to blocks, from
-/// `SEEK_DATA`/`SEEK_HOLE`, so holes stay holes.
-pub(super) fn runs(data: &FileData, size: u64) -> Result<Vec<(u64, u64)>, WriteError> {
-    if size == 0 {
-        return Ok(Vec::new());
-    }
-    let source = match data {
-        FileData::Bytes(_) | FileData::At { dense: true, .. } => {
-            return Ok(vec![(0, size.next_multiple_of(BLOCK_SIZE))]);
-        }
-        _ => open_source(data)?,
-    };
-    let (file, base) = (&*source.file, source.base);
-    let mut runs: Vec<(u64, u64)> = Vec::new();
-    let mut offset = 0u64;
-    while offset < size {
-        let start = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(base + offset)) {
-            Ok(s) => s.saturating_sub(base),
-            // ENXIO: no data after `offset`.
-            Err(rustix::io::Errno::NXIO) => break,
-            // A filesystem without SEEK_DATA: all data.
-            Err(_) => {
-                runs.push((offset, size - offset));
-                break;
-            }
-        };
-        if start >= size {
-            break;
-        }
-        let end = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(base + start)).map_or(size, |h| h - base).min(size);
-        let (a, b) =
-            (start / BLOCK_SIZE * BLOCK_SIZE, end.next_multiple_of(BLOCK_SIZE).min(size.next_multiple_of(BLOCK_SIZE)));
-        match runs.last_mut() {
-            Some((s, l)) if *s + *l >= a => *l = (*l).max(b - *s),
-            _ => runs.push((a, b - a)),
-        }
-        offset = end;
-    }
-    Ok(runs)
 }
 
 /// Bytes written between two nudges to the kernel to start writing back.

@@ -1,50 +1,12 @@
 //! Phase 4, the directories: each directory's entries, packed into its blocks.
 
-use crate::format::{self, BLOCK_SIZE, FIRST_INODE, ROOT_INODE, ftype};
-use crate::tree::{NodeId, Tree};
+use crate::format::{self, BLOCK_SIZE, ROOT_INODE, ftype};
+use crate::tree::Tree;
 
 use super::allocate::Allocation;
-use super::plan::{Numbering, Plan, file_type};
-use super::{Image, WriteError};
-
-/// `lost+found`'s name.
-pub(super) const LOST_FOUND: &[u8] = b"lost+found";
-
-/// Blocks of `lost+found`: room for e2fsck to reconnect files without
-/// allocating.
-pub(super) const LOST_FOUND_BLOCKS: u64 = 4;
-
-/// One directory entry: inode, file type, name.
-pub(super) type DirEntry = (u32, u8, Vec<u8>);
-
-/// The entries of directory node `dir`: `.`, `..`, a synthetic
-/// `lost+found` in the root, then its names in order.
-pub(super) fn entries(tree: &Tree, numbering: &Numbering, dir: NodeId) -> Vec<DirEntry> {
-    let ino = numbering.ino_of[dir];
-    let mut entries = vec![(ino, ftype::DIR, b".".to_vec()), (numbering.parent_of[dir], ftype::DIR, b"..".to_vec())];
-    if dir == Tree::ROOT && numbering.synthetic_lost_found {
-        entries.push((FIRST_INODE, ftype::DIR, LOST_FOUND.to_vec()));
-    }
-    entries.extend(
-        tree.entries(dir).map(|(name, id)| (numbering.ino_of[id], file_type(&tree.node(id).kind), name.clone())),
-    );
-    entries
-}
-
-/// Blocks the packed `entries` take.
-pub(super) fn block_count(entries: &[DirEntry]) -> u64 {
-    let bs = BLOCK_SIZE as usize;
-    let (mut blocks, mut at) = (1u64, 0usize);
-    for (_, _, name) in entries {
-        let len = format::dirent_len(name.len());
-        if at + len > bs {
-            blocks += 1;
-            at = 0;
-        }
-        at += len;
-    }
-    blocks
-}
+use super::error::WriteError;
+use super::image::Image;
+use super::plan::{DirEntry, Plan, entries};
 
 /// Writes every directory's blocks where its extents say.
 pub(super) fn write(tree: &Tree, plan: &Plan, allocation: &Allocation, image: &Image<'_>) -> Result<(), WriteError> {

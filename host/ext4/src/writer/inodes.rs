@@ -8,8 +8,9 @@ use crate::tree::{Kind, Tree};
 use crate::xattr::Placement;
 
 use super::allocate::Allocation;
+use super::error::WriteError;
+use super::image::Image;
 use super::plan::Plan;
-use super::{Image, WriteError};
 
 /// The inode table of every inode in use (inodes 1 to the highest), written
 /// to the image by the metadata phase; extent-tree and attribute blocks are

@@ -6,8 +6,10 @@ use crate::layout::Geometry;
 use crate::tree::Tree;
 
 use super::allocate::Allocation;
+use super::error::WriteError;
+use super::image::Image;
+use super::options::ImageOptions;
 use super::plan::Plan;
-use super::{Image, ImageOptions, WriteError};
 
 /// Writes `itable` and every group's metadata. Returns the free blocks.
 pub(super) fn write(

@@ -1,13 +1,12 @@
 //! Phase 1, the plan: inode numbers, link counts, and what each inode
 //! holds and how many blocks it needs, before any block is placed.
 
-use crate::format::{BLOCK_SIZE, FIRST_INODE, MAX_LINKS, ROOT_INODE, ftype};
+use crate::format::{self, BLOCK_SIZE, FIRST_INODE, MAX_LINKS, ROOT_INODE, ftype};
 use crate::tree::{Kind, NodeId, Tree};
 use crate::xattr::{self, Placement};
 
-use super::WriteError;
-use super::data;
-use super::directories::{self, LOST_FOUND, LOST_FOUND_BLOCKS};
+use super::error::WriteError;
+use super::file_data;
 
 /// Which inode each node is, and each directory's parent.
 pub(super) struct Numbering {
@@ -86,14 +85,14 @@ pub(super) fn plan(tree: &Tree) -> Result<Plan, WriteError> {
             .map_err(|source| WriteError::Xattrs { path: path_of(tree, id), source })?;
         let (runs, data_blocks) = match &node.kind {
             Kind::File { size, data } => {
-                let runs = data::runs(data, *size)?;
+                let runs = file_data::runs(data, *size)?;
                 let blocks = runs.iter().map(|(_, l)| l / BLOCK_SIZE).sum();
                 (runs, blocks)
             }
             Kind::Dir(_) => {
-                let entries = directories::entries(tree, &numbering, id);
+                let entries = entries(tree, &numbering, id);
                 let min = if Some(id) == numbering.existing_lost_found { LOST_FOUND_BLOCKS } else { 1 };
-                (Vec::new(), directories::block_count(&entries).max(min))
+                (Vec::new(), block_count(&entries).max(min))
             }
             Kind::Symlink(target) if target.len() >= 60 => {
                 if target.len() >= BLOCK_SIZE as usize {
@@ -205,4 +204,43 @@ pub(super) fn file_type(kind: &Kind) -> u8 {
         Kind::Fifo => ftype::FIFO,
         Kind::Socket => ftype::SOCK,
     }
+}
+
+/// `lost+found`'s name.
+pub(super) const LOST_FOUND: &[u8] = b"lost+found";
+
+/// Blocks of `lost+found`: room for e2fsck to reconnect files without
+/// allocating.
+pub(super) const LOST_FOUND_BLOCKS: u64 = 4;
+
+/// One directory entry: inode, file type, name.
+pub(super) type DirEntry = (u32, u8, Vec<u8>);
+
+/// The entries of directory node `dir`: `.`, `..`, a synthetic
+/// `lost+found` in the root, then its names in order.
+pub(super) fn entries(tree: &Tree, numbering: &Numbering, dir: NodeId) -> Vec<DirEntry> {
+    let ino = numbering.ino_of[dir];
+    let mut entries = vec![(ino, ftype::DIR, b".".to_vec()), (numbering.parent_of[dir], ftype::DIR, b"..".to_vec())];
+    if dir == Tree::ROOT && numbering.synthetic_lost_found {
+        entries.push((FIRST_INODE, ftype::DIR, LOST_FOUND.to_vec()));
+    }
+    entries.extend(
+        tree.entries(dir).map(|(name, id)| (numbering.ino_of[id], file_type(&tree.node(id).kind), name.clone())),
+    );
+    entries
+}
+
+/// Blocks the packed `entries` take.
+pub(super) fn block_count(entries: &[DirEntry]) -> u64 {
+    let bs = BLOCK_SIZE as usize;
+    let (mut blocks, mut at) = (1u64, 0usize);
+    for (_, _, name) in entries {
+        let len = format::dirent_len(name.len());
+        if at + len > bs {
+            blocks += 1;
+            at = 0;
+        }
+        at += len;
+    }
+    blocks
 }

@@ -36,9 +36,10 @@ use tokio::process::ChildStderr;
 
 use self::output::{Staging, TakeError};
 use self::process_tree::ConverterProcess;
-use super::{ConversionJob, Converter, SourceLayers, tail};
+use super::{ConversionJob, Converter, SourceLayers};
 use crate::digest::FileFingerprint;
 use crate::error::{Error, Result};
+use crate::output_tail::tail;
 
 /// How much of the command's stderr goes into an error.
 const STDERR_TAIL: usize = 4096;

@@ -7,8 +7,9 @@
 
 use std::path::Path;
 
-use super::{ConversionJob, Converter, SourceLayers, tail};
+use super::{ConversionJob, Converter, SourceLayers};
 use crate::error::{Error, Result};
+use crate::output_tail::tail;
 
 /// The version of the `oci2rootfs` crate linked in; part of the identity.
 pub const VERSION: &str = "0.3.0";

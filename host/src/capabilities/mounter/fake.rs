@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::sync::{Arc, Mutex};
 
-use super::{ImageMounter, Install, MountedImage};
+use super::{AttachedImage, ImageMounter, Install, MountedImage};
 use crate::digest::sha256_reader;
 use crate::error::{Error, Result};
 
@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 pub struct FakeMounter {
     installs: Arc<Mutex<Vec<Install>>>,
     mounted: Arc<Mutex<usize>>,
+    attached: Arc<Mutex<Vec<AttachedImage>>>,
+    detached: Arc<Mutex<Vec<AttachedImage>>>,
 }
 
 impl FakeMounter {
@@ -25,6 +27,17 @@ impl FakeMounter {
     pub fn mounted(&self) -> usize {
         *self.mounted.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Pretends `device` was left attached to `backing` (for sweep tests).
+    pub fn leave_attached(&self, device: &str, backing: impl Into<std::path::PathBuf>) {
+        let attached = AttachedImage { device: device.to_owned(), backing: backing.into() };
+        self.attached.lock().unwrap_or_else(|p| p.into_inner()).push(attached);
+    }
+
+    /// Every device the sweep detached so far.
+    pub fn detached(&self) -> Vec<AttachedImage> {
+        self.detached.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 struct FakeMount {
@@ -35,6 +48,17 @@ impl ImageMounter for FakeMounter {
     fn mount(&self, _image: File) -> Result<Box<dyn MountedImage>> {
         *self.mounted.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         Ok(Box::new(FakeMount { owner: self.clone() }))
+    }
+
+    fn attached_under(&self, dir: &std::path::Path) -> Vec<AttachedImage> {
+        let attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        attached.iter().filter(|a| a.backing.starts_with(dir)).cloned().collect()
+    }
+
+    fn detach(&self, attached: &AttachedImage) -> Result<()> {
+        self.attached.lock().unwrap_or_else(|p| p.into_inner()).retain(|a| a != attached);
+        self.detached.lock().unwrap_or_else(|p| p.into_inner()).push(attached.clone());
+        Ok(())
     }
 }
 

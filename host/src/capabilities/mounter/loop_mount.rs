@@ -72,6 +72,22 @@ fn mount_detached(device: &LoopDevice) -> Result<OwnedFd> {
 }
 
 impl ImageMounter for LoopMounter {
+    fn attached_under(&self, dir: &std::path::Path) -> Vec<super::AttachedImage> {
+        super::loop_device::attached_under(dir)
+            .into_iter()
+            .map(|(number, backing)| super::AttachedImage { device: format!("/dev/loop{number}"), backing })
+            .collect()
+    }
+
+    fn detach(&self, attached: &super::AttachedImage) -> Result<()> {
+        let number = attached
+            .device
+            .strip_prefix("/dev/loop")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| crate::error::Error::MountFailed(format!("{} is not a loop device", attached.device)))?;
+        super::loop_device::detach_number(number)
+    }
+
     fn mount(&self, image: File) -> Result<Box<dyn MountedImage>> {
         let device = LoopDevice::attach(&image, "rootfs-cache")?;
         // The loop device holds its own reference to the file.

@@ -28,9 +28,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rootfs_cache_layers::{oci_apply, overlay, scan};
 use sha2::{Digest, Sha256};
 
-use super::{AgentInstall, ConversionJob, Converter, SourceLayers, tail};
+use super::{AgentInstall, ConversionJob, Converter, SourceLayers};
 use crate::error::{Error, Result};
 use crate::ext4::{self, FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, tree::ResolveError};
+use crate::output_tail::tail;
 use crate::regular_file::IntoError as _;
 
 /// The writer's format version: part of the identity, so a change to what

@@ -1,5 +1,5 @@
-//! The tail of what a converter (or `e2fsck`) wrote to its stderr, made safe
-//! to print.
+//! The tail of what a program the host ran (a converter, `e2fsck`) wrote to
+//! its stderr, made safe to print.
 //!
 //! The text comes from a program the host does not trust and ends up in an
 //! error message that the CLI writes to a terminal. Raw control characters

@@ -1,0 +1,57 @@
+//! Why an image could not be written.
+
+use crate::layout::LayoutError;
+use crate::xattr::XattrError;
+
+/// Why an image could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The content needs more room than asked for.
+    #[error("the content needs at least {needed} bytes, more than the {size} bytes asked for")]
+    DoesNotFit {
+        /// Bytes needed.
+        needed: u64,
+        /// Bytes asked for.
+        size: u64,
+    },
+    /// The content needs a longer image than [`ImageOptions::max_bytes`](super::ImageOptions::max_bytes).
+    #[error("the content needs an image of {needed} bytes, more than the {max} bytes allowed")]
+    TooLarge {
+        /// Bytes the image would have.
+        needed: u64,
+        /// Bytes allowed.
+        max: u64,
+    },
+    /// Beyond what this writer supports.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A node's extended attributes cannot be stored.
+    #[error("cannot store the extended attributes of {path}: {source}")]
+    Xattrs {
+        /// The first path that names the node.
+        path: String,
+        /// Why not.
+        #[source]
+        source: XattrError,
+    },
+    /// Reading a source file failed or it changed while being copied.
+    #[error("{path}: {message}")]
+    Source {
+        /// The file.
+        path: String,
+        /// What happened.
+        message: String,
+    },
+    /// Writing the image failed.
+    #[error("writing the image: {0}")]
+    Write(#[source] std::io::Error),
+}
+
+impl From<LayoutError> for WriteError {
+    fn from(e: LayoutError) -> Self {
+        match e {
+            LayoutError::DoesNotFit { needed, size } => Self::DoesNotFit { needed, size },
+            LayoutError::TooLarge(m) => Self::Unsupported(m),
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! What the caller asks of an image, and what it gets.
+
+use crate::layout::Headroom;
+
+/// How to write an image.
+#[derive(Clone, Debug)]
+pub struct ImageOptions {
+    /// The image's exact size in bytes, or `None` to size it from the content.
+    pub size: Option<u64>,
+    /// Room to leave when sizing from the content.
+    pub headroom: Headroom,
+    /// Filesystem UUID.
+    pub uuid: [u8; 16],
+    /// Directory hash seed.
+    pub hash_seed: [u8; 16],
+    /// Volume label, at most 16 bytes.
+    pub label: String,
+    /// The longest image allowed: an image sized from its content that
+    /// would be longer fails with [`WriteError::TooLarge`](super::WriteError::TooLarge) before anything
+    /// is written.
+    pub max_bytes: Option<u64>,
+}
+
+/// What was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteReport {
+    /// The image file's length.
+    pub bytes: u64,
+    /// Blocks holding data or metadata.
+    pub used_blocks: u64,
+    /// Inodes in use.
+    pub used_inodes: u64,
+}

@@ -1,0 +1,72 @@
+//! What the host checks of a request before its guest runs, and what the
+//! guest will see: the rule that picks a source's root is here, once, for
+//! the library and the CLI's implicit policy alike.
+
+use std::path::{Path, PathBuf};
+
+use crate::bindings::rootfs::cache::types as wit;
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::request::Request;
+use crate::store::RequestScope;
+
+/// The largest size the guest accepts in a request (16 TiB, ext4's limit
+/// with 4 KiB blocks); a larger one is `invalid-request`.
+const MAX_VALID_IMAGE_BYTES: u64 = 16 << 40;
+
+/// Longest path accepted (Linux's `PATH_MAX`, including the NUL).
+const MAX_PATH_BYTES: usize = 4095;
+
+/// The directory the guest must see for `source`: an OCI layout is
+/// self-contained; an overlay2 layer resolves its lower layers among its
+/// siblings; and for anything else the parent shows the guest what it is.
+pub fn source_root(source: &Path) -> PathBuf {
+    if source.join("oci-layout").exists() {
+        source.to_path_buf()
+    } else {
+        source.parent().map_or_else(|| source.to_path_buf(), Path::to_path_buf)
+    }
+}
+
+/// `path` as UTF-8, which every path the guest sees must be.
+pub(crate) fn utf8<'a>(what: &str, path: &'a Path) -> Result<&'a str> {
+    path.to_str().ok_or_else(|| Error::InvalidRequest(format!("{what} {} is not valid UTF-8", path.display())))
+}
+
+/// Resolves a path given by the caller, which must exist.
+pub(crate) fn existing(what: &str, path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::InvalidRequest(format!("{what} is empty")));
+    }
+    if path.as_os_str().len() > MAX_PATH_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "{what} is {} bytes long; paths are limited to {MAX_PATH_BYTES}",
+            path.as_os_str().len()
+        )));
+    }
+    crate::real_path::real_path(path).map_err(|e| Error::io(format!("{what} {}", path.display()), &e))
+}
+
+/// Checks `request` before its guest runs: the source and the agent exist
+/// and are UTF-8, the source lies under the policy's roots, and the size is
+/// within its limit. Returns the request as the guest gets it and the scope
+/// its store is made with (the source root to preopen, the canonical agent).
+pub(crate) fn admit(policy: &Policy, request: &Request) -> Result<(wit::ConvertRequest, RequestScope)> {
+    let source = existing("source", &request.source)?;
+    let agent = existing("agent", &request.agent)?;
+    let source_str = utf8("source", &source)?;
+    policy.check_source_real("source", source_str, &source)?;
+    // A size beyond what any image may have is invalid, not denied: the
+    // guest says so.
+    policy.check_size(request.size.filter(|&size| size <= MAX_VALID_IMAGE_BYTES))?;
+    let agent_str = utf8("agent", &agent)?.to_owned();
+    let wit_request = wit::ConvertRequest {
+        source: source_str.to_owned(),
+        agent: agent_str.clone(),
+        size: request.size,
+        converter: request.converter.to_string(),
+        platform: request.platform.clone(),
+    };
+    let scope = RequestScope { roots: vec![source_root(&source)], agent: Some((agent_str, agent)) };
+    Ok((wit_request, scope))
+}

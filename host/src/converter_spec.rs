@@ -1,0 +1,49 @@
+//! Converter names, as requests, policies and the CLI spell them: parsed
+//! here once, into a [`ConverterSpec`] every other part of the host uses.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// A converter, as requests and the CLI name it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConverterSpec {
+    /// The `oci2rootfs` crate, in-process.
+    Oci2rootfs,
+    /// The exact converter (the default).
+    #[default]
+    Exact,
+    /// An external command with oci2rootfs's command-line contract.
+    Command(PathBuf),
+}
+
+impl FromStr for ConverterSpec {
+    type Err = Error;
+
+    /// `oci2rootfs`, `exact` or `command:<absolute path>`.
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "oci2rootfs" => Ok(Self::Oci2rootfs),
+            "exact" => Ok(Self::Exact),
+            _ => match text.strip_prefix("command:") {
+                Some(path) if Path::new(path).is_absolute() => Ok(Self::Command(PathBuf::from(path))),
+                Some(path) => Err(Error::InvalidRequest(format!("converter command {path:?} is not an absolute path"))),
+                None => Err(Error::InvalidRequest(format!(
+                    "converter {text:?} is unknown; use oci2rootfs, exact or command:<absolute path>"
+                ))),
+            },
+        }
+    }
+}
+
+impl fmt::Display for ConverterSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Oci2rootfs => f.write_str("oci2rootfs"),
+            Self::Exact => f.write_str("exact"),
+            Self::Command(path) => write!(f, "command:{}", path.display()),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The `host` interface: every call goes through one guard ([`call`]):
+//! measured, its payload bounded, checked against the policy, audited, and
+//! only then handed to a capability backend. The calls themselves are
+//! grouped by what they act on.
+
+mod call;
+mod conversion;
+mod files;
+mod locks;
+mod mounts;
+
+use serde_json::json;
+use wasmtime::component::Resource;
+
+use crate::bindings::rootfs::cache::host::{
+    self, Conversion, ConverterInfo, FileDigest, FsckResult, PathInfo, ProbeRequest,
+};
+use crate::bindings::rootfs::cache::types::{self, Error as WitError};
+use crate::error::HostCallError;
+use crate::observer::Phase;
+use crate::store::{BuildLockHandle, MountedImageHandle, StoreState};
+use call::HostResult;
+
+impl types::Host for StoreState {
+    fn convert_error(&mut self, err: HostCallError) -> wasmtime::Result<WitError> {
+        match err {
+            HostCallError::Guest(e) => Ok(WitError::from(&e)),
+            HostCallError::Trap(t) => Err(t),
+        }
+    }
+}
+
+impl host::Host for StoreState {
+    async fn probe(&mut self, requests: Vec<ProbeRequest>) -> HostResult<Vec<Result<PathInfo, WitError>>> {
+        let paths = requests.iter().map(|r| &r.path).collect::<Vec<_>>();
+        let call = self.begin("probe", json!({ "paths": paths }), &[requests.iter().map(|r| r.path.len()).sum()])?;
+        match self.answer_probe(&requests) {
+            (result, Some(refusal)) => self.finish_refused(call, result, &refusal),
+            (result, None) => self.finish(call, result),
+        }
+    }
+
+    async fn digest_file(&mut self, path: String) -> HostResult<FileDigest> {
+        let call = self.begin("digest-file", json!({ "path": path }), &[path.len()])?;
+        let result = self.digest_agent(&path);
+        self.finish(call, result)
+    }
+
+    async fn describe_converter(&mut self, converter: String) -> HostResult<ConverterInfo> {
+        let call = self.begin("describe-converter", json!({ "converter": converter }), &[converter.len()])?;
+        let result = self.describe_converter_checked(&converter);
+        self.finish(call, result)
+    }
+
+    async fn run_converter(&mut self, job: Conversion) -> HostResult<u64> {
+        let layers: usize =
+            job.layers.iter().map(|l| l.path.len() + l.media_type.len() + l.digest.len() + l.diff_id.len()).sum();
+        let call = self.begin(
+            "run-converter",
+            json!({ "converter": job.converter, "source": job.source, "layers": job.layers.len(), "output": job.output, "size": job.size }),
+            &[job.source.len(), job.output.len(), layers],
+        )?;
+        let result = self.run_conversion(&job).await;
+        self.finish(call, result)
+    }
+
+    async fn mount_image(&mut self, image: String) -> HostResult<Resource<MountedImageHandle>> {
+        let call = self.begin("mount-image", json!({ "image": image }), &[image.len()])?;
+        self.check_resources(&call)?;
+        self.phase(Phase::Mounting);
+        let result = self.mount_staged(&image).await;
+        let mounted = self.finish(call, result)?;
+        crate::test_hooks::pause("mounted");
+        let resource = self.table.push(MountedImageHandle { mount: Some(mounted) }).map_err(wasmtime::Error::new)?;
+        self.resources += 1;
+        Ok(resource)
+    }
+
+    async fn publish(
+        &mut self,
+        staged: String,
+        image: String,
+        manifest: String,
+        manifest_json: String,
+    ) -> HostResult<()> {
+        let call = self.begin(
+            "publish",
+            json!({ "staged": staged, "image": image, "manifest": manifest }),
+            &[staged.len(), image.len(), manifest.len(), manifest_json.len()],
+        )?;
+        self.phase(Phase::Publishing);
+        let result = self.publish_checked(&staged, &image, &manifest, manifest_json).await;
+        self.finish(call, result)
+    }
+
+    async fn remove(&mut self, path: String) -> HostResult<()> {
+        let call = self.begin("remove", json!({ "path": path }), &[path.len()])?;
+        let result = self.remove_file(&path);
+        self.finish(call, result)
+    }
+
+    async fn record_use(&mut self, manifest: String) -> HostResult<()> {
+        let call = self.begin("record-use", json!({ "manifest": manifest }), &[manifest.len()])?;
+        let result = self.record_use_of(&manifest);
+        self.finish(call, result)
+    }
+
+    async fn lock(&mut self, key: String) -> HostResult<Resource<BuildLockHandle>> {
+        let call = self.begin("lock", json!({ "key": key }), &[key.len()])?;
+        self.check_resources(&call)?;
+        let result = self.wait_for_lock(&key).await;
+        let held = self.finish(call, result)?;
+        self.lock_resource(held)
+    }
+
+    async fn try_lock(&mut self, key: String) -> HostResult<Option<Resource<BuildLockHandle>>> {
+        let call = self.begin("try-lock", json!({ "key": key }), &[key.len()])?;
+        self.check_resources(&call)?;
+        let result = self.lock_if_free(&key).await;
+        match self.finish(call, result)? {
+            Some(held) => Ok(Some(self.lock_resource(held)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn fsck(&mut self, image: String) -> HostResult<FsckResult> {
+        let call = self.begin("fsck", json!({ "image": image }), &[image.len()])?;
+        let result = self.check_image(&image).await;
+        self.finish(call, result)
+    }
+}
