@@ -6,9 +6,10 @@ use crate::sys::{self, Instant};
 use std::path::{Component, Path, PathBuf};
 
 use crate::capabilities::{BuildLock, Capabilities, MountedImage};
+use crate::error::SourceError;
 use crate::key::{CacheKey, KeyBuilder};
 use crate::manifest::{AgentRecord, FORMAT, MAX_MANIFEST_BYTES, Manifest};
-use crate::source::{Source, SourceError};
+use crate::source::Source;
 use crate::validate::{self, Expected, Hit, Lookup};
 use crate::wit::host::{Conversion, FileInstall, Layer};
 use crate::wit::types::{ConvertRequest, Entry, Error, ImageInfo, Outcome, SourceKind, Timings};
@@ -46,17 +47,6 @@ fn not_preopened(image: &str) -> String {
 pub struct Cache<'h, H> {
     host: &'h H,
     root: PathBuf,
-}
-
-impl From<SourceError> for Error {
-    fn from(e: SourceError) -> Self {
-        match e {
-            SourceError::NotFound(m) => Error::NotFound(m),
-            SourceError::Unsupported(m) => Error::UnsupportedSource(m),
-            SourceError::Io(m) => Error::Io(m),
-            SourceError::Host(e) => e,
-        }
-    }
 }
 
 fn now_secs() -> u64 {
@@ -434,7 +424,7 @@ impl<'h, H: Capabilities> Cache<'h, H> {
             last_used: 0,
             problem: None,
         };
-        let manifest = match crate::source::read_small(&manifest_path, MAX_MANIFEST_BYTES) {
+        let manifest = match crate::probe::read_small(&manifest_path, MAX_MANIFEST_BYTES) {
             Ok(bytes) => Manifest::parse(&bytes),
             Err(e) => Err(format!("no readable manifest: {e}")),
         };

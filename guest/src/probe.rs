@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::source::{SourceError, read_small};
+use crate::error::SourceError;
 use crate::wit::host::{PathInfo, PathKind, ProbeRequest};
 use crate::wit::types::Error;
 
@@ -28,23 +28,6 @@ pub fn ask(fs: &impl Probe, paths: &[(&Path, u32)]) -> Result<Vec<Result<PathInf
         return Err(SourceError::Io(format!("probe answered {} of {} paths", answers.len(), requests.len())));
     }
     Ok(answers)
-}
-
-/// The message of a probe error, as the source errors carry it.
-pub fn describe(error: &Error) -> String {
-    match error {
-        Error::Denied(d) => format!("denied by {}: {}", d.rule, d.detail),
-        Error::ConverterFailed(f) => f.stderr_tail.clone(),
-        Error::InvalidRequest(m)
-        | Error::NotFound(m)
-        | Error::UnsupportedSource(m)
-        | Error::Timeout(m)
-        | Error::MountFailed(m)
-        | Error::InjectFailed(m)
-        | Error::Corrupt(m)
-        | Error::NoSpace(m)
-        | Error::Io(m) => m.clone(),
-    }
 }
 
 /// A probe's failed answer for `path` as a source error: not-found says so
@@ -72,6 +55,15 @@ pub fn small_file(path: &Path, info: &PathInfo, limit: u64) -> Result<Vec<u8>, S
         return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
     }
     Ok(info.head.clone())
+}
+
+/// Reads a small file whole, refusing one longer than `limit` bytes.
+pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
+    let (bytes, _) = crate::sys::read(path, 0, limit + 1).map_err(|e| SourceError::io(path, &e))?;
+    if bytes.len() as u64 > limit {
+        return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
+    }
+    Ok(bytes)
 }
 
 /// The most a probe reads of one path (the WIT contract's limit).

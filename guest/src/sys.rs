@@ -389,18 +389,4 @@ mod tests {
         assert_eq!(read(&dir.path().join("file"), 1, 2).unwrap(), (b"12".to_vec(), 4));
         assert!(!is_escape(&err));
     }
-
-    #[test]
-    fn refusals_become_source_errors_of_their_class() {
-        use crate::source::SourceError;
-        let path = Path::new("/src/index.json");
-        let refused = SourceError::io(path, &refuse("a FIFO"));
-        assert_eq!(refused, SourceError::Unsupported("/src/index.json is a FIFO, not a regular file".into()));
-        let escaped = SourceError::io(path, &io::Error::new(io::ErrorKind::PermissionDenied, Escape));
-        let SourceError::Host(crate::wit::types::Error::Denied(denial)) = escaped else {
-            panic!("an escape is not a denial: {escaped:?}")
-        };
-        assert_eq!(denial.rule, "source_roots");
-        assert!(denial.detail.contains("leads outside"), "{}", denial.detail);
-    }
 }
