@@ -26,7 +26,7 @@ pub mod sys;
 pub mod validate;
 
 /// Bindings generated from `wit/` (their documentation is the WIT's).
-#[allow(missing_docs)]
+#[allow(missing_docs, reason = "generated from the WIT, whose comments are the documentation")]
 mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
