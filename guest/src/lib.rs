@@ -14,6 +14,8 @@ mod component;
 pub mod error;
 pub mod evict;
 pub mod ext4;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fake;
 pub mod flow;
 pub mod key;
 pub mod lifecycle;

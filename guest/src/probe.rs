@@ -108,65 +108,6 @@ pub fn read(fs: &impl Probe, path: &Path, expected: u64, limit: u64) -> Result<V
     contents(path, answer, limit)
 }
 
-/// [`Probe`] through `std::fs`, for native tests: cache-relative paths are
-/// looked up under `cache_root`.
-#[cfg(test)]
-pub struct StdProbe {
-    /// Where relative paths are looked up.
-    pub cache_root: std::path::PathBuf,
-}
-
-#[cfg(test)]
-impl Probe for StdProbe {
-    fn probe(&self, requests: &[ProbeRequest]) -> Result<Vec<Result<PathInfo, Error>>, Error> {
-        use std::io::Read as _;
-        use std::os::unix::ffi::OsStrExt as _;
-
-        let nanos = |t: std::io::Result<std::time::SystemTime>| {
-            t.ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64)
-        };
-        let one = |request: &ProbeRequest| -> std::io::Result<PathInfo> {
-            let path = self.cache_root.join(&request.path);
-            let meta = std::fs::symlink_metadata(&path)?;
-            let t = meta.file_type();
-            let kind = if t.is_file() {
-                PathKind::File
-            } else if t.is_dir() {
-                PathKind::Directory
-            } else if t.is_symlink() {
-                PathKind::Symlink
-            } else {
-                PathKind::Other
-            };
-            let link_target = t
-                .is_symlink()
-                .then(|| std::fs::read_link(&path).map(|p| p.as_os_str().as_bytes().to_vec()))
-                .transpose()?;
-            let mut head = Vec::new();
-            if t.is_file() {
-                std::fs::File::open(&path)?.take(u64::from(request.read_bytes)).read_to_end(&mut head)?;
-            }
-            Ok(PathInfo {
-                kind,
-                size: meta.len(),
-                modified_ns: nanos(meta.modified()),
-                created_ns: nanos(meta.created()),
-                link_target,
-                head,
-            })
-        };
-        Ok(requests
-            .iter()
-            .map(|r| {
-                one(r).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::NotFound(format!("{}: {e}", r.path)),
-                    _ => Error::Io(format!("{}: {e}", r.path)),
-                })
-            })
-            .collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,8 +122,8 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::fake::FsProbe;
     use crate::key::sha256_hex;
-    use crate::probe::StdProbe;
 
     /// A Docker-shaped chain under `root`: layers `a` (base), `b`, `c` (top).
     fn chain(root: &Path) -> PathBuf {
@@ -142,7 +142,7 @@ mod tests {
     }
 
     fn resolve_chain(top: &Path) -> Result<Source, SourceError> {
-        Source::resolve(top, "linux/amd64", &StdProbe { cache_root: "/nonexistent".into() })
+        Source::resolve(top, "linux/amd64", &FsProbe::new("/nonexistent"))
     }
 
     #[test]
@@ -234,7 +234,7 @@ mod tests {
     }
 
     fn resolve_oci(path: &Path) -> Result<OciImage, SourceError> {
-        match Source::resolve(path, "linux/amd64", &StdProbe { cache_root: "/nonexistent".into() })? {
+        match Source::resolve(path, "linux/amd64", &FsProbe::new("/nonexistent"))? {
             Source::Oci(image) => Ok(image),
             other => panic!("not an OCI image: {other:?}"),
         }
@@ -280,7 +280,7 @@ mod tests {
         std::os::unix::fs::symlink("sub/../link2", tmp.path().join("index.json")).unwrap();
         let image = resolve_oci(tmp.path()).unwrap();
         assert_eq!(image.manifest_digest, manifest);
-        let probe = StdProbe { cache_root: "/nonexistent".into() };
+        let probe = FsProbe::new("/nonexistent");
         let real = tmp.path().join("real/index.json");
         let answer = probe::ask(&probe, &[(&real, 0)]).unwrap().pop().unwrap().unwrap();
         assert_eq!((image.index_created_ns, image.index_modified_ns), (answer.created_ns, answer.modified_ns));

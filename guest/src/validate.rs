@@ -197,8 +197,8 @@ mod tests {
         Fixture { dir, key }
     }
 
-    fn probe(f: &Fixture) -> crate::probe::StdProbe {
-        crate::probe::StdProbe { cache_root: f.dir.path().to_path_buf() }
+    fn probe(f: &Fixture) -> crate::fake::FsProbe {
+        crate::fake::FsProbe::new(f.dir.path())
     }
 
     fn expected(key: &CacheKey) -> Expected<'_> {
