@@ -4,7 +4,7 @@
 //!
 //! By concern: `request` checks a request before anything is read,
 //! `convert` serves or builds an image, `inspect` reads an image's
-//! superblock and `list` lists the entries; `crate::lifecycle` adds sweep,
+//! superblock and `list` lists the entries; `lifecycle` adds sweep,
 //! gc and verify. Each adds its methods to [`Cache`].
 
 use std::path::{Path, PathBuf};
