@@ -1,8 +1,10 @@
 //! The host's capabilities as the guest logic sees them.
 //!
-//! In the component these are the WIT imports (see `component.rs`); in native
-//! tests a fake implements them, so the orchestration in [`crate::flow`] is
-//! tested without a wasm runtime.
+//! In the component these are the WIT imports (see `component.rs`). Natively
+//! the fake host in `fake.rs` (`rootfs_cache_guest::fake::FakeHost`, over a
+//! real cache directory, recording every call and failing any on request)
+//! implements them, so the orchestration of `flow` and `lifecycle` is tested
+//! without a wasm runtime (`guest/tests/flows.rs`).
 
 use crate::probe::Probe;
 use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult};

@@ -11,8 +11,11 @@
 pub mod capabilities;
 #[cfg(target_arch = "wasm32")]
 mod component;
+pub mod error;
 pub mod evict;
 pub mod ext4;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fake;
 pub mod flow;
 pub mod key;
 pub mod lifecycle;
@@ -25,7 +28,7 @@ pub mod sys;
 pub mod validate;
 
 /// Bindings generated from `wit/` (their documentation is the WIT's).
-#[allow(missing_docs)]
+#[allow(missing_docs, reason = "generated from the WIT, whose comments are the documentation")]
 mod bindings {
     wit_bindgen::generate!({
         path: "../wit",

@@ -4,10 +4,10 @@
 use std::path::Path;
 
 use crate::capabilities::Capabilities;
+use crate::error::SourceError;
 use crate::evict::{Candidate, eviction_order};
 use crate::flow::Cache;
 use crate::key::CacheKey;
-use crate::source::SourceError;
 use crate::wit::types::{Entry, Error, GcReport, SweepReport, VerifyReport};
 
 /// The key a temporary or lock file belongs to: its name starts with 64

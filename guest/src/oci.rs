@@ -9,9 +9,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::error::SourceError;
 use crate::key::sha256_hex;
 use crate::probe::{self, Probe};
-use crate::source::SourceError;
 use crate::wit::host::{PathInfo, PathKind};
 use crate::wit::types::Error;
 
@@ -509,114 +509,6 @@ fn select_image(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::StdProbe;
-    use crate::source::Source;
-
-    /// Writes `bytes` as a blob of `layout` and returns its descriptor JSON.
-    fn blob(layout: &Path, media_type: &str, bytes: &[u8], extra: &str) -> String {
-        let hex = sha256_hex(bytes);
-        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
-        format!(r#"{{"mediaType":"{media_type}","digest":"sha256:{hex}","size":{}{extra}}}"#, bytes.len())
-    }
-
-    /// A layout with one linux/amd64 image of two layers; `pad` spaces make
-    /// its manifest longer than one probe reads.
-    fn layout(root: &Path, pad: usize) -> (String, Vec<String>) {
-        std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
-        std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        let layer_type = "application/vnd.oci.image.layer.v1.tar+gzip";
-        let layers = [blob(root, layer_type, b"layer one", ""), blob(root, layer_type, b"layer two", "")];
-        let config = blob(root, "application/vnd.oci.image.config.v1+json", br#"{"os":"linux"}"#, "");
-        let manifest =
-            format!(r#"{{"schemaVersion":2,"config":{config},"layers":[{}]}}{}"#, layers.join(","), " ".repeat(pad));
-        let manifest = blob(
-            root,
-            "application/vnd.oci.image.manifest.v1+json",
-            manifest.as_bytes(),
-            r#","platform":{"os":"linux","architecture":"amd64"}"#,
-        );
-        let digest = manifest.split('"').nth(7).unwrap().to_owned();
-        std::fs::write(root.join("index.json"), format!(r#"{{"schemaVersion":2,"manifests":[{manifest}]}}"#)).unwrap();
-        let layer_digests = layers.iter().map(|l| l.split('"').nth(7).unwrap().to_owned()).collect();
-        (digest, layer_digests)
-    }
-
-    fn resolve(path: &Path) -> Result<OciImage, SourceError> {
-        match Source::resolve(path, "linux/amd64", &StdProbe { cache_root: "/nonexistent".into() })? {
-            Source::Oci(image) => Ok(image),
-            other => panic!("not an OCI image: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_layout_resolves_through_probes_to_its_manifest_and_layers() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (manifest, layers) = layout(tmp.path(), 0);
-        let image = resolve(tmp.path()).unwrap();
-        assert_eq!(image.manifest_digest, manifest);
-        assert_eq!(image.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>(), layers);
-        assert_eq!(image.platform, "linux/amd64");
-        let meta = std::fs::metadata(tmp.path().join("index.json")).unwrap();
-        let modified = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
-        assert_eq!(image.index_modified_ns, modified.as_nanos() as u64);
-    }
-
-    #[test]
-    fn what_one_probe_cannot_hold_is_read_whole_with_the_same_result() {
-        // A manifest longer than a probe reads, and an index.json that is a
-        // symlink (the probe does not follow it): both read through WASI.
-        let tmp = tempfile::tempdir().unwrap();
-        let (manifest, _) = layout(tmp.path(), probe::MAX_HEAD_BYTES as usize);
-        std::fs::rename(tmp.path().join("index.json"), tmp.path().join("index.real")).unwrap();
-        std::os::unix::fs::symlink("index.real", tmp.path().join("index.json")).unwrap();
-        let image = resolve(tmp.path()).unwrap();
-        assert_eq!(image.manifest_digest, manifest);
-        let meta = std::fs::metadata(tmp.path().join("index.real")).unwrap();
-        let modified = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
-        assert_eq!(image.index_modified_ns, modified.as_nanos() as u64, "the times are the link target's");
-    }
-
-    #[test]
-    fn a_symlinked_index_takes_both_times_from_the_probe_of_its_target() {
-        // index.json -> sub/../link2 -> real/index.json: resolved lexically,
-        // probed link by link, and the times are the probe's of the file.
-        let tmp = tempfile::tempdir().unwrap();
-        let (manifest, _) = layout(tmp.path(), 0);
-        std::fs::create_dir(tmp.path().join("real")).unwrap();
-        std::fs::rename(tmp.path().join("index.json"), tmp.path().join("real/index.json")).unwrap();
-        std::os::unix::fs::symlink("real/index.json", tmp.path().join("link2")).unwrap();
-        std::os::unix::fs::symlink("sub/../link2", tmp.path().join("index.json")).unwrap();
-        let image = resolve(tmp.path()).unwrap();
-        assert_eq!(image.manifest_digest, manifest);
-        let probe = StdProbe { cache_root: "/nonexistent".into() };
-        let real = tmp.path().join("real/index.json");
-        let answer = probe::ask(&probe, &[(&real, 0)]).unwrap().pop().unwrap().unwrap();
-        assert_eq!((image.index_created_ns, image.index_modified_ns), (answer.created_ns, answer.modified_ns));
-
-        // A link out of the layout, and a loop, are refused.
-        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
-        std::os::unix::fs::symlink("../elsewhere/index.json", tmp.path().join("index.json")).unwrap();
-        assert!(resolve(tmp.path()).unwrap_err().to_string().contains("not a file of the layout"));
-        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
-        std::os::unix::fs::symlink("index.json", tmp.path().join("index.json")).unwrap();
-        assert!(resolve(tmp.path()).unwrap_err().to_string().contains("more than 8 symlinks"));
-    }
-
-    #[test]
-    fn a_blob_that_does_not_match_its_digest_or_is_missing_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (manifest, _) = layout(tmp.path(), 0);
-        let path = tmp.path().join("blobs/sha256").join(manifest.strip_prefix("sha256:").unwrap());
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[0] ^= 1;
-        std::fs::write(&path, &bytes).unwrap();
-        assert!(resolve(tmp.path()).unwrap_err().to_string().contains("the layout is corrupt"));
-        std::fs::remove_file(&path).unwrap();
-        assert!(matches!(resolve(tmp.path()), Err(SourceError::NotFound(_))));
-        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
-        let err = resolve(tmp.path()).unwrap_err();
-        assert!(err.to_string().contains("index.json: no such file"), "{err}");
-    }
 
     #[test]
     fn platforms_parse_with_and_without_variant() {

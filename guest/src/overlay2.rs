@@ -11,8 +11,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use crate::error::SourceError;
 use crate::probe::{self, Probe};
-use crate::source::{LayerIdentity, SourceError};
 use crate::wit::host::{PathInfo, PathKind};
 use crate::wit::types::Error;
 
@@ -87,6 +87,39 @@ pub fn chain_of_link_target(target: &Path) -> Result<String, String> {
     match stack.as_slice() {
         [chain, diff] if diff == "diff" && chain != "l" => Ok(chain.clone()),
         _ => Err(format!("{} does not name <root>/<layer>/diff", target.display())),
+    }
+}
+
+/// What identifies one overlay2 layer at one point in time.
+///
+/// Docker never changes a committed layer, so the path, the short id and the
+/// `diff/` directory's birth and modification times identify its contents: a
+/// layer deleted and re-created at the same path gets new times, and so a new
+/// key, even when its inode number is reused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerIdentity {
+    /// The layer directory, `<root>/<chain-id>`.
+    pub dir: String,
+    /// The layer's short id (`link`).
+    pub link: String,
+    /// Birth time of `diff/` in ns (0 where the host records none).
+    pub created_ns: u64,
+    /// Modification time of `diff/` in ns.
+    pub modified_ns: u64,
+}
+
+impl LayerIdentity {
+    /// The identity of the layer directory `dir` whose short id is `link`,
+    /// from the probe's answer for its `diff/`.
+    pub fn from_diff(dir: &Path, link: String, diff: Result<PathInfo, Error>) -> Result<Self, SourceError> {
+        let diff_path = dir.join("diff");
+        let info = diff.map_err(|e| probe::source_error(&diff_path, &e))?;
+        if info.kind != PathKind::Directory {
+            return Err(SourceError::Unsupported(format!("{} is not a directory", diff_path.display())));
+        }
+        let dir =
+            dir.to_str().ok_or_else(|| SourceError::Unsupported(format!("{} is not UTF-8", dir.display())))?.to_owned();
+        Ok(Self { dir, link, created_ns: info.created_ns, modified_ns: info.modified_ns })
     }
 }
 
@@ -243,87 +276,6 @@ fn link_id(path: &Path, raw: &[u8]) -> Result<String, SourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::StdProbe;
-    use crate::source::Source;
-
-    /// A Docker-shaped chain under `root`: layers `a` (base), `b`, `c` (top).
-    fn chain(root: &Path) -> PathBuf {
-        std::fs::create_dir_all(root.join("l")).unwrap();
-        let mut lower = Vec::new();
-        for (dir, id) in [("a", "AAA"), ("b", "BBB"), ("c", "CCC")] {
-            std::fs::create_dir_all(root.join(dir).join("diff")).unwrap();
-            std::fs::write(root.join(dir).join("link"), id).unwrap();
-            if !lower.is_empty() {
-                std::fs::write(root.join(dir).join("lower"), lower.join(":")).unwrap();
-            }
-            std::os::unix::fs::symlink(format!("../{dir}/diff"), root.join("l").join(id)).unwrap();
-            lower.insert(0, format!("l/{id}"));
-        }
-        root.join("c")
-    }
-
-    fn resolve(top: &Path) -> Result<Source, SourceError> {
-        Source::resolve(top, "linux/amd64", &StdProbe { cache_root: "/nonexistent".into() })
-    }
-
-    #[test]
-    fn a_chain_resolves_top_first_through_its_links() {
-        let tmp = tempfile::tempdir().unwrap();
-        let top = chain(tmp.path());
-        let Source::Overlay2(chain) = resolve(&top).unwrap() else { panic!("not overlay2") };
-        let links: Vec<_> = chain.layers.iter().map(|l| l.link.as_str()).collect();
-        assert_eq!(links, ["CCC", "BBB", "AAA"]);
-        assert_eq!(chain.root, tmp.path());
-        assert!(chain.layers.iter().all(|l| l.modified_ns > 0));
-        assert_eq!(chain.diffs_bottom_up()[0], format!("{}/a/diff", tmp.path().display()));
-    }
-
-    #[test]
-    fn a_broken_chain_is_refused_with_the_reason() {
-        let tmp = tempfile::tempdir().unwrap();
-        let top = chain(tmp.path());
-        let l = tmp.path().join("l");
-        std::fs::remove_file(l.join("AAA")).unwrap();
-        std::os::unix::fs::symlink("../../etc/diff", l.join("AAA")).unwrap();
-        assert!(resolve(&top).unwrap_err().to_string().contains("escapes the overlay2 root"));
-        std::fs::remove_file(l.join("AAA")).unwrap();
-        assert!(resolve(&top).unwrap_err().to_string().contains("does not exist"));
-        std::fs::write(l.join("AAA"), "not a link").unwrap();
-        assert!(resolve(&top).unwrap_err().to_string().contains("is not a symlink"));
-        std::fs::remove_file(l.join("AAA")).unwrap();
-        std::os::unix::fs::symlink("../gone/diff", l.join("AAA")).unwrap();
-        assert!(resolve(&top).unwrap_err().to_string().contains("which does not exist"));
-    }
-
-    #[test]
-    fn a_layer_below_itself_under_another_id_is_a_cycle() {
-        let tmp = tempfile::tempdir().unwrap();
-        let top = chain(tmp.path());
-        let l = tmp.path().join("l");
-        // An alias of the top layer's own diff/, named in its lower.
-        std::os::unix::fs::symlink("../c/diff", l.join("SELF")).unwrap();
-        std::fs::write(top.join("lower"), "l/SELF:l/BBB:l/AAA").unwrap();
-        let err = resolve(&top).unwrap_err();
-        assert!(matches!(err, SourceError::Unsupported(_)), "{err:?}");
-        assert!(err.to_string().contains("itself: the chain is a cycle"), "{err}");
-        // Two ids for one layer.
-        std::os::unix::fs::symlink("../a/diff", l.join("ALIAS")).unwrap();
-        std::fs::write(top.join("lower"), "l/BBB:l/AAA:l/ALIAS").unwrap();
-        let err = resolve(&top).unwrap_err();
-        assert!(err.to_string().contains("l/AAA and l/ALIAS, which both point at"), "{err}");
-        // The layer's own id.
-        std::fs::write(top.join("lower"), "l/CCC").unwrap();
-        assert!(resolve(&top).unwrap_err().to_string().contains("the chain is a cycle"));
-    }
-
-    #[test]
-    fn neither_kind_and_missing_sources_are_told_apart() {
-        let tmp = tempfile::tempdir().unwrap();
-        assert!(matches!(resolve(&tmp.path().join("missing")), Err(SourceError::NotFound(_))));
-        std::fs::write(tmp.path().join("file"), "x").unwrap();
-        assert!(resolve(&tmp.path().join("file")).unwrap_err().to_string().contains("is a file"));
-        assert!(resolve(tmp.path()).unwrap_err().to_string().contains("neither an overlay2 layer"));
-    }
 
     #[test]
     fn lower_lists_nearest_first_and_tolerates_a_newline() {

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::source::{SourceError, read_small};
+use crate::error::SourceError;
 use crate::wit::host::{PathInfo, PathKind, ProbeRequest};
 use crate::wit::types::Error;
 
@@ -28,23 +28,6 @@ pub fn ask(fs: &impl Probe, paths: &[(&Path, u32)]) -> Result<Vec<Result<PathInf
         return Err(SourceError::Io(format!("probe answered {} of {} paths", answers.len(), requests.len())));
     }
     Ok(answers)
-}
-
-/// The message of a probe error, as the source errors carry it.
-pub fn describe(error: &Error) -> String {
-    match error {
-        Error::Denied(d) => format!("denied by {}: {}", d.rule, d.detail),
-        Error::ConverterFailed(f) => f.stderr_tail.clone(),
-        Error::InvalidRequest(m)
-        | Error::NotFound(m)
-        | Error::UnsupportedSource(m)
-        | Error::Timeout(m)
-        | Error::MountFailed(m)
-        | Error::InjectFailed(m)
-        | Error::Corrupt(m)
-        | Error::NoSpace(m)
-        | Error::Io(m) => m.clone(),
-    }
 }
 
 /// A probe's failed answer for `path` as a source error: not-found says so
@@ -72,6 +55,15 @@ pub fn small_file(path: &Path, info: &PathInfo, limit: u64) -> Result<Vec<u8>, S
         return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
     }
     Ok(info.head.clone())
+}
+
+/// Reads a small file whole, refusing one longer than `limit` bytes.
+pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
+    let (bytes, _) = crate::sys::read(path, 0, limit + 1).map_err(|e| SourceError::io(path, &e))?;
+    if bytes.len() as u64 > limit {
+        return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
+    }
+    Ok(bytes)
 }
 
 /// The most a probe reads of one path (the WIT contract's limit).
@@ -114,65 +106,6 @@ pub fn read(fs: &impl Probe, path: &Path, expected: u64, limit: u64) -> Result<V
     let answer =
         ask(fs, &[(path, expected as u32)])?.pop().ok_or_else(|| SourceError::Io("the probe gave no answer".into()))?;
     contents(path, answer, limit)
-}
-
-/// [`Probe`] through `std::fs`, for native tests: cache-relative paths are
-/// looked up under `cache_root`.
-#[cfg(test)]
-pub struct StdProbe {
-    /// Where relative paths are looked up.
-    pub cache_root: std::path::PathBuf,
-}
-
-#[cfg(test)]
-impl Probe for StdProbe {
-    fn probe(&self, requests: &[ProbeRequest]) -> Result<Vec<Result<PathInfo, Error>>, Error> {
-        use std::io::Read as _;
-        use std::os::unix::ffi::OsStrExt as _;
-
-        let nanos = |t: std::io::Result<std::time::SystemTime>| {
-            t.ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as u64)
-        };
-        let one = |request: &ProbeRequest| -> std::io::Result<PathInfo> {
-            let path = self.cache_root.join(&request.path);
-            let meta = std::fs::symlink_metadata(&path)?;
-            let t = meta.file_type();
-            let kind = if t.is_file() {
-                PathKind::File
-            } else if t.is_dir() {
-                PathKind::Directory
-            } else if t.is_symlink() {
-                PathKind::Symlink
-            } else {
-                PathKind::Other
-            };
-            let link_target = t
-                .is_symlink()
-                .then(|| std::fs::read_link(&path).map(|p| p.as_os_str().as_bytes().to_vec()))
-                .transpose()?;
-            let mut head = Vec::new();
-            if t.is_file() {
-                std::fs::File::open(&path)?.take(u64::from(request.read_bytes)).read_to_end(&mut head)?;
-            }
-            Ok(PathInfo {
-                kind,
-                size: meta.len(),
-                modified_ns: nanos(meta.modified()),
-                created_ns: nanos(meta.created()),
-                link_target,
-                head,
-            })
-        };
-        Ok(requests
-            .iter()
-            .map(|r| {
-                one(r).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => Error::NotFound(format!("{}: {e}", r.path)),
-                    _ => Error::Io(format!("{}: {e}", r.path)),
-                })
-            })
-            .collect())
-    }
 }
 
 #[cfg(test)]

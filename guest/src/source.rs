@@ -3,103 +3,15 @@
 
 use std::path::Path;
 
+pub use crate::error::SourceError;
 use crate::key::KeyBuilder;
 use crate::oci::OciImage;
+pub use crate::overlay2::LayerIdentity;
 use crate::overlay2::{self, Overlay2Chain};
+pub use crate::probe::read_small;
 use crate::probe::{self, Probe};
 use crate::wit::host::{PathInfo, PathKind};
 use crate::wit::types::Error;
-
-/// Why a source could not be used.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SourceError {
-    /// The path does not exist.
-    NotFound(String),
-    /// The path exists but is not a usable source.
-    Unsupported(String),
-    /// Reading the source failed.
-    Io(String),
-    /// A host call failed (a probe the host refused, say); its error
-    /// passes through unchanged.
-    Host(Error),
-}
-
-impl SourceError {
-    /// `path` does not exist.
-    pub fn not_found(path: &Path) -> Self {
-        Self::NotFound(format!("{}: no such file or directory", path.display()))
-    }
-
-    /// An I/O error on `path`, kept as one line. A path that is no regular
-    /// file ([`crate::sys::NotRegular`]) is an unsupported source; one that
-    /// leads out of the request's directories ([`crate::sys::Escape`]) is a
-    /// denial by the rule `source_roots`, as the host's probe says it.
-    pub fn io(path: &Path, err: &std::io::Error) -> Self {
-        if err.kind() == std::io::ErrorKind::NotFound {
-            Self::not_found(path)
-        } else if let Some(refusal) = crate::sys::not_regular(err) {
-            Self::Unsupported(format!("{} {refusal}", path.display()))
-        } else if crate::sys::is_escape(err) {
-            Self::Host(Error::Denied(crate::wit::types::Denial {
-                rule: "source_roots".into(),
-                detail: format!("{} {}", path.display(), crate::sys::Escape),
-            }))
-        } else {
-            Self::Io(format!("{}: {err}", path.display()))
-        }
-    }
-}
-
-impl std::fmt::Display for SourceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NotFound(m) | Self::Unsupported(m) | Self::Io(m) => f.write_str(m),
-            Self::Host(e) => f.write_str(&probe::describe(e)),
-        }
-    }
-}
-
-/// Reads a small file whole, refusing one longer than `limit` bytes.
-pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, SourceError> {
-    let (bytes, _) = crate::sys::read(path, 0, limit + 1).map_err(|e| SourceError::io(path, &e))?;
-    if bytes.len() as u64 > limit {
-        return Err(SourceError::Unsupported(format!("{} is larger than {limit} bytes", path.display())));
-    }
-    Ok(bytes)
-}
-
-/// What identifies one overlay2 layer at one point in time.
-///
-/// Docker never changes a committed layer, so the path, the short id and the
-/// `diff/` directory's birth and modification times identify its contents: a
-/// layer deleted and re-created at the same path gets new times, and so a new
-/// key, even when its inode number is reused.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LayerIdentity {
-    /// The layer directory, `<root>/<chain-id>`.
-    pub dir: String,
-    /// The layer's short id (`link`).
-    pub link: String,
-    /// Birth time of `diff/` in ns (0 where the host records none).
-    pub created_ns: u64,
-    /// Modification time of `diff/` in ns.
-    pub modified_ns: u64,
-}
-
-impl LayerIdentity {
-    /// The identity of the layer directory `dir` whose short id is `link`,
-    /// from the probe's answer for its `diff/`.
-    pub fn from_diff(dir: &Path, link: String, diff: Result<PathInfo, Error>) -> Result<Self, SourceError> {
-        let diff_path = dir.join("diff");
-        let info = diff.map_err(|e| probe::source_error(&diff_path, &e))?;
-        if info.kind != PathKind::Directory {
-            return Err(SourceError::Unsupported(format!("{} is not a directory", diff_path.display())));
-        }
-        let dir =
-            dir.to_str().ok_or_else(|| SourceError::Unsupported(format!("{} is not UTF-8", dir.display())))?.to_owned();
-        Ok(Self { dir, link, created_ns: info.created_ns, modified_ns: info.modified_ns })
-    }
-}
 
 /// The longest `link` file accepted (Docker writes 26 bytes).
 const MAX_LINK_BYTES: u64 = 256;
@@ -200,5 +112,201 @@ impl Source {
                     .text("platform", &image.platform);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Resolution through the first probe, of each kind of source.
+
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::fake::FsProbe;
+    use crate::key::sha256_hex;
+
+    /// A Docker-shaped chain under `root`: layers `a` (base), `b`, `c` (top).
+    fn chain(root: &Path) -> PathBuf {
+        std::fs::create_dir_all(root.join("l")).unwrap();
+        let mut lower = Vec::new();
+        for (dir, id) in [("a", "AAA"), ("b", "BBB"), ("c", "CCC")] {
+            std::fs::create_dir_all(root.join(dir).join("diff")).unwrap();
+            std::fs::write(root.join(dir).join("link"), id).unwrap();
+            if !lower.is_empty() {
+                std::fs::write(root.join(dir).join("lower"), lower.join(":")).unwrap();
+            }
+            std::os::unix::fs::symlink(format!("../{dir}/diff"), root.join("l").join(id)).unwrap();
+            lower.insert(0, format!("l/{id}"));
+        }
+        root.join("c")
+    }
+
+    fn resolve_chain(top: &Path) -> Result<Source, SourceError> {
+        Source::resolve(top, "linux/amd64", &FsProbe::new("/nonexistent"))
+    }
+
+    #[test]
+    fn a_chain_resolves_top_first_through_its_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = chain(tmp.path());
+        let Source::Overlay2(chain) = resolve_chain(&top).unwrap() else { panic!("not overlay2") };
+        let links: Vec<_> = chain.layers.iter().map(|l| l.link.as_str()).collect();
+        assert_eq!(links, ["CCC", "BBB", "AAA"]);
+        assert_eq!(chain.root, tmp.path());
+        assert!(chain.layers.iter().all(|l| l.modified_ns > 0));
+        assert_eq!(chain.diffs_bottom_up()[0], format!("{}/a/diff", tmp.path().display()));
+    }
+
+    #[test]
+    fn a_broken_chain_is_refused_with_the_reason() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = chain(tmp.path());
+        let l = tmp.path().join("l");
+        std::fs::remove_file(l.join("AAA")).unwrap();
+        std::os::unix::fs::symlink("../../etc/diff", l.join("AAA")).unwrap();
+        assert!(resolve_chain(&top).unwrap_err().to_string().contains("escapes the overlay2 root"));
+        std::fs::remove_file(l.join("AAA")).unwrap();
+        assert!(resolve_chain(&top).unwrap_err().to_string().contains("does not exist"));
+        std::fs::write(l.join("AAA"), "not a link").unwrap();
+        assert!(resolve_chain(&top).unwrap_err().to_string().contains("is not a symlink"));
+        std::fs::remove_file(l.join("AAA")).unwrap();
+        std::os::unix::fs::symlink("../gone/diff", l.join("AAA")).unwrap();
+        assert!(resolve_chain(&top).unwrap_err().to_string().contains("which does not exist"));
+    }
+
+    #[test]
+    fn a_layer_below_itself_under_another_id_is_a_cycle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = chain(tmp.path());
+        let l = tmp.path().join("l");
+        // An alias of the top layer's own diff/, named in its lower.
+        std::os::unix::fs::symlink("../c/diff", l.join("SELF")).unwrap();
+        std::fs::write(top.join("lower"), "l/SELF:l/BBB:l/AAA").unwrap();
+        let err = resolve_chain(&top).unwrap_err();
+        assert!(matches!(err, SourceError::Unsupported(_)), "{err:?}");
+        assert!(err.to_string().contains("itself: the chain is a cycle"), "{err}");
+        // Two ids for one layer.
+        std::os::unix::fs::symlink("../a/diff", l.join("ALIAS")).unwrap();
+        std::fs::write(top.join("lower"), "l/BBB:l/AAA:l/ALIAS").unwrap();
+        let err = resolve_chain(&top).unwrap_err();
+        assert!(err.to_string().contains("l/AAA and l/ALIAS, which both point at"), "{err}");
+        // The layer's own id.
+        std::fs::write(top.join("lower"), "l/CCC").unwrap();
+        assert!(resolve_chain(&top).unwrap_err().to_string().contains("the chain is a cycle"));
+    }
+
+    #[test]
+    fn neither_kind_and_missing_sources_are_told_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(matches!(resolve_chain(&tmp.path().join("missing")), Err(SourceError::NotFound(_))));
+        std::fs::write(tmp.path().join("file"), "x").unwrap();
+        assert!(resolve_chain(&tmp.path().join("file")).unwrap_err().to_string().contains("is a file"));
+        assert!(resolve_chain(tmp.path()).unwrap_err().to_string().contains("neither an overlay2 layer"));
+    }
+
+    /// Writes `bytes` as a blob of `layout` and returns its descriptor JSON.
+    fn blob(layout: &Path, media_type: &str, bytes: &[u8], extra: &str) -> String {
+        let hex = sha256_hex(bytes);
+        std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+        format!(r#"{{"mediaType":"{media_type}","digest":"sha256:{hex}","size":{}{extra}}}"#, bytes.len())
+    }
+
+    /// A layout with one linux/amd64 image of two layers; `pad` spaces make
+    /// its manifest longer than one probe reads.
+    fn layout(root: &Path, pad: usize) -> (String, Vec<String>) {
+        std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+        std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let layer_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let layers = [blob(root, layer_type, b"layer one", ""), blob(root, layer_type, b"layer two", "")];
+        let config = blob(root, "application/vnd.oci.image.config.v1+json", br#"{"os":"linux"}"#, "");
+        let manifest =
+            format!(r#"{{"schemaVersion":2,"config":{config},"layers":[{}]}}{}"#, layers.join(","), " ".repeat(pad));
+        let manifest = blob(
+            root,
+            "application/vnd.oci.image.manifest.v1+json",
+            manifest.as_bytes(),
+            r#","platform":{"os":"linux","architecture":"amd64"}"#,
+        );
+        let digest = manifest.split('"').nth(7).unwrap().to_owned();
+        std::fs::write(root.join("index.json"), format!(r#"{{"schemaVersion":2,"manifests":[{manifest}]}}"#)).unwrap();
+        let layer_digests = layers.iter().map(|l| l.split('"').nth(7).unwrap().to_owned()).collect();
+        (digest, layer_digests)
+    }
+
+    fn resolve_oci(path: &Path) -> Result<OciImage, SourceError> {
+        match Source::resolve(path, "linux/amd64", &FsProbe::new("/nonexistent"))? {
+            Source::Oci(image) => Ok(image),
+            other => panic!("not an OCI image: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_layout_resolves_through_probes_to_its_manifest_and_layers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (manifest, layers) = layout(tmp.path(), 0);
+        let image = resolve_oci(tmp.path()).unwrap();
+        assert_eq!(image.manifest_digest, manifest);
+        assert_eq!(image.layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>(), layers);
+        assert_eq!(image.platform, "linux/amd64");
+        let meta = std::fs::metadata(tmp.path().join("index.json")).unwrap();
+        let modified = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(image.index_modified_ns, modified.as_nanos() as u64);
+    }
+
+    #[test]
+    fn what_one_probe_cannot_hold_is_read_whole_with_the_same_result() {
+        // A manifest longer than a probe reads, and an index.json that is a
+        // symlink (the probe does not follow it): both read through WASI.
+        let tmp = tempfile::tempdir().unwrap();
+        let (manifest, _) = layout(tmp.path(), probe::MAX_HEAD_BYTES as usize);
+        std::fs::rename(tmp.path().join("index.json"), tmp.path().join("index.real")).unwrap();
+        std::os::unix::fs::symlink("index.real", tmp.path().join("index.json")).unwrap();
+        let image = resolve_oci(tmp.path()).unwrap();
+        assert_eq!(image.manifest_digest, manifest);
+        let meta = std::fs::metadata(tmp.path().join("index.real")).unwrap();
+        let modified = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap();
+        assert_eq!(image.index_modified_ns, modified.as_nanos() as u64, "the times are the link target's");
+    }
+
+    #[test]
+    fn a_symlinked_index_takes_both_times_from_the_probe_of_its_target() {
+        // index.json -> sub/../link2 -> real/index.json: resolved lexically,
+        // probed link by link, and the times are the probe's of the file.
+        let tmp = tempfile::tempdir().unwrap();
+        let (manifest, _) = layout(tmp.path(), 0);
+        std::fs::create_dir(tmp.path().join("real")).unwrap();
+        std::fs::rename(tmp.path().join("index.json"), tmp.path().join("real/index.json")).unwrap();
+        std::os::unix::fs::symlink("real/index.json", tmp.path().join("link2")).unwrap();
+        std::os::unix::fs::symlink("sub/../link2", tmp.path().join("index.json")).unwrap();
+        let image = resolve_oci(tmp.path()).unwrap();
+        assert_eq!(image.manifest_digest, manifest);
+        let probe = FsProbe::new("/nonexistent");
+        let real = tmp.path().join("real/index.json");
+        let answer = probe::ask(&probe, &[(&real, 0)]).unwrap().pop().unwrap().unwrap();
+        assert_eq!((image.index_created_ns, image.index_modified_ns), (answer.created_ns, answer.modified_ns));
+
+        // A link out of the layout, and a loop, are refused.
+        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
+        std::os::unix::fs::symlink("../elsewhere/index.json", tmp.path().join("index.json")).unwrap();
+        assert!(resolve_oci(tmp.path()).unwrap_err().to_string().contains("not a file of the layout"));
+        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
+        std::os::unix::fs::symlink("index.json", tmp.path().join("index.json")).unwrap();
+        assert!(resolve_oci(tmp.path()).unwrap_err().to_string().contains("more than 8 symlinks"));
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_its_digest_or_is_missing_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (manifest, _) = layout(tmp.path(), 0);
+        let path = tmp.path().join("blobs/sha256").join(manifest.strip_prefix("sha256:").unwrap());
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(resolve_oci(tmp.path()).unwrap_err().to_string().contains("the layout is corrupt"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(resolve_oci(tmp.path()), Err(SourceError::NotFound(_))));
+        std::fs::remove_file(tmp.path().join("index.json")).unwrap();
+        let err = resolve_oci(tmp.path()).unwrap_err();
+        assert!(err.to_string().contains("index.json: no such file"), "{err}");
     }
 }

@@ -24,45 +24,58 @@
 use std::io;
 use std::path::Path;
 
-/// What [`metadata`] tells about a path (symlinks followed).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Metadata {
-    /// Its length in bytes.
-    pub len: u64,
-    /// Birth time in ns since the Unix epoch, where the platform gives one
-    /// (WASI does not).
-    pub created_ns: Option<u64>,
-    /// Modification time in ns since the Unix epoch.
-    pub modified_ns: Option<u64>,
-}
+pub use types::{Escape, Metadata, NotRegular};
 
-/// The refusal of a path that is not a regular file, before it is opened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NotRegular {
-    /// What it is instead, with its article ("a FIFO").
-    pub kind: &'static str,
-}
+/// The types both implementations return, apart so that neither needs its
+/// parent.
+mod types {
+    use std::io;
 
-impl std::fmt::Display for NotRegular {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "is {}, not a regular file", self.kind)
+    /// What `sys::metadata` tells about a path (symlinks followed).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Metadata {
+        /// Its length in bytes.
+        pub len: u64,
+        /// Birth time in ns since the Unix epoch, where the platform gives one
+        /// (WASI does not).
+        pub created_ns: Option<u64>,
+        /// Modification time in ns since the Unix epoch.
+        pub modified_ns: Option<u64>,
+    }
+
+    /// The refusal of a path that is not a regular file, before it is opened.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct NotRegular {
+        /// What it is instead, with its article ("a FIFO").
+        pub kind: &'static str,
+    }
+
+    impl std::fmt::Display for NotRegular {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "is {}, not a regular file", self.kind)
+        }
+    }
+
+    impl std::error::Error for NotRegular {}
+
+    /// WASI's refusal of a path (or a symlink on it) that leads out of the
+    /// directories this request sees.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Escape;
+
+    impl std::fmt::Display for Escape {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("leads outside the directories of this request")
+        }
+    }
+
+    impl std::error::Error for Escape {}
+
+    /// The refusal of `kind` (with its article), before it is opened.
+    pub(super) fn refuse(kind: &'static str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, NotRegular { kind })
     }
 }
-
-impl std::error::Error for NotRegular {}
-
-/// WASI's refusal of a path (or a symlink on it) that leads out of the
-/// directories this request sees.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Escape;
-
-impl std::fmt::Display for Escape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("leads outside the directories of this request")
-    }
-}
-
-impl std::error::Error for Escape {}
 
 /// The [`NotRegular`] refusal `err` carries, if it is one.
 pub fn not_regular(err: &io::Error) -> Option<NotRegular> {
@@ -72,10 +85,6 @@ pub fn not_regular(err: &io::Error) -> Option<NotRegular> {
 /// Whether `err` is an [`Escape`].
 pub fn is_escape(err: &io::Error) -> bool {
     err.get_ref().is_some_and(|e| e.is::<Escape>())
-}
-
-fn refuse(kind: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, NotRegular { kind })
 }
 
 /// A monotonic point in time, for the outcome's timings.
@@ -123,7 +132,7 @@ mod imp {
     use std::path::Path;
     use std::time::{SystemTime, UNIX_EPOCH};
 
-    use super::Metadata;
+    use super::types::Metadata;
 
     #[derive(Clone, Copy, Debug)]
     pub struct Instant(std::time::Instant);
@@ -177,12 +186,12 @@ mod imp {
     pub fn read(path: &Path, offset: u64, len: u64) -> io::Result<(Vec<u8>, u64)> {
         let meta = std::fs::metadata(path)?;
         if !meta.is_file() {
-            return Err(super::refuse(kind(meta.file_type())));
+            return Err(super::types::refuse(kind(meta.file_type())));
         }
         let mut file = std::fs::File::open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(super::refuse(kind(meta.file_type())));
+            return Err(super::types::refuse(kind(meta.file_type())));
         }
         let size = meta.len();
         file.seek(SeekFrom::Start(offset))?;
@@ -201,7 +210,7 @@ mod imp {
     use wasip2::filesystem::preopens::get_directories;
     use wasip2::filesystem::types::{Descriptor, DescriptorFlags, DescriptorType, ErrorCode, OpenFlags, PathFlags};
 
-    use super::Metadata;
+    use super::types::Metadata;
 
     #[derive(Clone, Copy, Debug)]
     pub struct Instant(u64);
@@ -272,11 +281,11 @@ mod imp {
     /// The error for `code` on a path: a refusal to leave the preopen
     /// (wasmtime-wasi says `not-permitted` for a symlink that leads out,
     /// `cross-device` where the kernel's `RESOLVE_BENEATH` refused it) is an
-    /// [`Escape`](super::Escape); anything else as [`error`].
+    /// [`Escape`](super::types::Escape); anything else as [`error`].
     fn path_error(code: ErrorCode) -> io::Error {
         match code {
             ErrorCode::NotPermitted | ErrorCode::CrossDevice => {
-                io::Error::new(io::ErrorKind::PermissionDenied, super::Escape)
+                io::Error::new(io::ErrorKind::PermissionDenied, super::types::Escape)
             }
             other => error(other),
         }
@@ -346,14 +355,14 @@ mod imp {
         // Stat first: opening a FIFO would block (see the module's doc).
         let found = root.stat_at(PathFlags::SYMLINK_FOLLOW, &rest).map_err(path_error)?;
         if found.type_ != DescriptorType::RegularFile {
-            return Err(super::refuse(kind(found.type_)));
+            return Err(super::types::refuse(kind(found.type_)));
         }
         let file = root
             .open_at(PathFlags::SYMLINK_FOLLOW, &rest, OpenFlags::empty(), DescriptorFlags::READ)
             .map_err(path_error)?;
         let stat = file.stat().map_err(error)?;
         if stat.type_ != DescriptorType::RegularFile {
-            return Err(super::refuse(kind(stat.type_)));
+            return Err(super::types::refuse(kind(stat.type_)));
         }
         let size = stat.size;
         let mut bytes = Vec::new();
@@ -388,19 +397,5 @@ mod tests {
         std::fs::write(dir.path().join("file"), b"0123").unwrap();
         assert_eq!(read(&dir.path().join("file"), 1, 2).unwrap(), (b"12".to_vec(), 4));
         assert!(!is_escape(&err));
-    }
-
-    #[test]
-    fn refusals_become_source_errors_of_their_class() {
-        use crate::source::SourceError;
-        let path = Path::new("/src/index.json");
-        let refused = SourceError::io(path, &refuse("a FIFO"));
-        assert_eq!(refused, SourceError::Unsupported("/src/index.json is a FIFO, not a regular file".into()));
-        let escaped = SourceError::io(path, &io::Error::new(io::ErrorKind::PermissionDenied, Escape));
-        let SourceError::Host(crate::wit::types::Error::Denied(denial)) = escaped else {
-            panic!("an escape is not a denial: {escaped:?}")
-        };
-        assert_eq!(denial.rule, "source_roots");
-        assert!(denial.detail.contains("leads outside"), "{}", denial.detail);
     }
 }

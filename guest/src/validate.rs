@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
+use crate::error::{SourceError, describe};
 use crate::ext4::{SUPERBLOCK_LEN, SUPERBLOCK_OFFSET, Superblock};
 use crate::key::CacheKey;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::probe::{self, Probe};
-use crate::source::SourceError;
 use crate::wit::host::{PathInfo, PathKind};
 use crate::wit::types::Error;
 
@@ -107,7 +107,7 @@ fn judge_entry(manifest: Result<PathInfo, Error>, image: Result<PathInfo, Error>
                 Err(_) => Lookup::Miss,
             };
         }
-        Err(e) => return Lookup::Corrupt(format!("opening the manifest: {}", probe::describe(&e))),
+        Err(e) => return Lookup::Corrupt(format!("opening the manifest: {}", describe(&e))),
     };
     if manifest_info.size > MAX_MANIFEST_BYTES {
         return Lookup::Corrupt(format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"));
@@ -123,7 +123,7 @@ fn judge_entry(manifest: Result<PathInfo, Error>, image: Result<PathInfo, Error>
     let image = match image {
         Ok(info) if info.kind == PathKind::File => info,
         Ok(_) => return Lookup::Corrupt("the image is not a regular file".into()),
-        Err(e) => return Lookup::Corrupt(format!("the image: {}", probe::describe(&e))),
+        Err(e) => return Lookup::Corrupt(format!("the image: {}", describe(&e))),
     };
     let start = SUPERBLOCK_OFFSET as usize;
     let sb = image.head.get(start..start + SUPERBLOCK_LEN).and_then(Superblock::parse);
@@ -197,8 +197,8 @@ mod tests {
         Fixture { dir, key }
     }
 
-    fn probe(f: &Fixture) -> crate::probe::StdProbe {
-        crate::probe::StdProbe { cache_root: f.dir.path().to_path_buf() }
+    fn probe(f: &Fixture) -> crate::fake::FsProbe {
+        crate::fake::FsProbe::new(f.dir.path())
     }
 
     fn expected(key: &CacheKey) -> Expected<'_> {

@@ -1,0 +1,773 @@
+//! The guest's whole flows (convert, inspect, list, sweep, gc, verify),
+//! natively, against the fake host over real files: overlay2 chains and OCI
+//! layouts made in temporary directories, and a real cache directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rootfs_cache_guest::fake::{Call, Capability, ConverterOutput, DEFAULT_IMAGE_BYTES, FakeHost, write_image};
+use rootfs_cache_guest::flow::{AGENT_MODE, AGENT_TARGET, Cache};
+use rootfs_cache_guest::key::sha256_hex;
+use rootfs_cache_guest::manifest::Manifest;
+use rootfs_cache_guest::wit::host::FsckResult;
+use rootfs_cache_guest::wit::types::{ConvertRequest, ConverterFailure, Denial, Error, Outcome, SourceKind};
+
+const MIB: u64 = 1 << 20;
+
+/// A Docker-shaped overlay2 chain under `root`: one layer per id, the first
+/// the base, each with a file in its `diff/`. Returns the top layer's
+/// directory.
+fn overlay2(root: &Path, ids: &[&str]) -> PathBuf {
+    std::fs::create_dir_all(root.join("l")).unwrap();
+    let mut lower: Vec<String> = Vec::new();
+    let mut top = PathBuf::new();
+    for id in ids {
+        let dir = root.join(id.to_lowercase());
+        std::fs::create_dir_all(dir.join("diff")).unwrap();
+        std::fs::write(dir.join("diff").join(format!("{id}.txt")), id).unwrap();
+        std::fs::write(dir.join("link"), id).unwrap();
+        if !lower.is_empty() {
+            std::fs::write(dir.join("lower"), lower.join(":")).unwrap();
+        }
+        std::os::unix::fs::symlink(format!("../{}/diff", id.to_lowercase()), root.join("l").join(id)).unwrap();
+        lower.insert(0, format!("l/{id}"));
+        top = dir;
+    }
+    top
+}
+
+/// Writes `bytes` as a blob of the layout at `root`; returns its digest.
+fn blob(root: &Path, bytes: &[u8]) -> String {
+    let hex = sha256_hex(bytes);
+    std::fs::write(root.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// The descriptor JSON of a blob.
+fn descriptor(media_type: &str, digest: &str, size: usize, extra: &str) -> String {
+    format!(r#"{{"mediaType":"{media_type}","digest":"{digest}","size":{size}{extra}}}"#)
+}
+
+/// An OCI image layout at `root` with one linux/amd64 image of two gzip
+/// layers. Returns the manifest's digest, and the layers' digests and diff
+/// IDs.
+fn oci_layout(root: &Path) -> (String, Vec<(String, String)>) {
+    std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
+    std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let layers: Vec<(String, String, usize)> = [&b"layer one"[..], b"layer two"]
+        .iter()
+        .map(|bytes| {
+            (blob(root, bytes), format!("sha256:{}", sha256_hex(&[bytes, &b" unpacked"[..]].concat())), bytes.len())
+        })
+        .collect();
+    let diff_ids: Vec<String> = layers.iter().map(|(_, id, _)| format!("\"{id}\"")).collect();
+    let config = format!(
+        r#"{{"os":"linux","architecture":"amd64","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids.join(",")
+    );
+    let config_digest = blob(root, config.as_bytes());
+    let layer_descriptors: Vec<String> = layers.iter().map(|(d, _, size)| descriptor(gzip, d, *size, "")).collect();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"config":{},"layers":[{}]}}"#,
+        descriptor("application/vnd.oci.image.config.v1+json", &config_digest, config.len(), ""),
+        layer_descriptors.join(",")
+    );
+    let manifest_digest = blob(root, manifest.as_bytes());
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+        descriptor(
+            "application/vnd.oci.image.manifest.v1+json",
+            &manifest_digest,
+            manifest.len(),
+            r#","platform":{"os":"linux","architecture":"amd64"}"#
+        )
+    );
+    std::fs::write(root.join("index.json"), index).unwrap();
+    (manifest_digest, layers.into_iter().map(|(d, id, _)| (d, id)).collect())
+}
+
+/// A cache with its fake host, an agent and an overlay2 chain `a`, `b`, `c`
+/// (top) to convert.
+struct Env {
+    dir: tempfile::TempDir,
+    host: FakeHost,
+    agent: String,
+    source: String,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(dir.path().join("cache")).unwrap();
+        let agent = dir.path().join("vm-agent");
+        std::fs::write(&agent, b"#!/bin/sh\necho agent\n").unwrap();
+        let top = overlay2(&dir.path().join("overlay2"), &["AAA", "BBB", "CCC"]);
+        Self { host, agent: path(&agent), source: path(&top), dir }
+    }
+
+    fn cache(&self) -> Cache<'_, FakeHost> {
+        Cache::new(&self.host, self.host.cache_dir())
+    }
+
+    fn request(&self) -> ConvertRequest {
+        request(&self.source, &self.agent)
+    }
+
+    fn convert(&self) -> Result<Outcome, Error> {
+        self.cache().convert(&self.request())
+    }
+
+    /// `<cache>/<relative>`.
+    fn at(&self, relative: &str) -> PathBuf {
+        self.host.cache_dir().join(relative)
+    }
+
+    /// The names in the cache area `area`, sorted.
+    fn names(&self, area: &str) -> Vec<String> {
+        let mut names: Vec<String> =
+            std::fs::read_dir(self.at(area)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    }
+
+    fn manifest(&self, key: &str) -> Manifest {
+        Manifest::parse(&std::fs::read(self.at(&format!("images/{key}.json"))).unwrap()).unwrap()
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+fn request(source: &str, agent: &str) -> ConvertRequest {
+    ConvertRequest {
+        source: source.into(),
+        agent: agent.into(),
+        size: None,
+        converter: "oci2rootfs".into(),
+        platform: None,
+    }
+}
+
+/// Sets a file's modification time to `secs` after the Unix epoch.
+fn set_mtime(path: &Path, secs: u64) {
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_modified(UNIX_EPOCH + Duration::from_secs(secs)).unwrap();
+}
+
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// Where `wanted` first appears in `calls`.
+fn position(calls: &[Call], wanted: impl Fn(&Call) -> bool) -> usize {
+    calls.iter().position(wanted).unwrap_or_else(|| panic!("no such call in {calls:#?}"))
+}
+
+fn converter_failure() -> Error {
+    Error::ConverterFailed(ConverterFailure {
+        converter: "oci2rootfs".into(),
+        exit_status: Some(1),
+        stderr_tail: "mkfs.ext4: out of cheese".into(),
+    })
+}
+
+fn denial(rule: &str) -> Error {
+    Error::Denied(Denial { rule: rule.into(), detail: "refused by the test".into() })
+}
+
+// --- convert ---------------------------------------------------------------
+
+#[test]
+fn a_miss_builds_and_publishes_the_entry_with_its_manifest() {
+    let env = Env::new();
+    let outcome = env.convert().unwrap();
+    assert!(!outcome.cached);
+    assert_eq!(outcome.kind, SourceKind::Overlay2);
+    assert_eq!(outcome.rebuilt_because, None);
+    assert_eq!(outcome.image, format!("images/{}.ext4", outcome.key));
+    assert_eq!(outcome.image_bytes, DEFAULT_IMAGE_BYTES);
+
+    let jobs = env.host.jobs();
+    assert_eq!(jobs.len(), 1);
+    let job = &jobs[0];
+    let overlay2 = env.dir.path().join("overlay2");
+    let diffs: Vec<String> = job.layers.iter().map(|l| l.path.clone()).collect();
+    assert_eq!(diffs, ["aaa", "bbb", "ccc"].map(|d| format!("{}/{d}/diff", overlay2.display())));
+    assert!(job.output.starts_with(&format!("tmp/{}.", outcome.key)), "{}", job.output);
+    assert_eq!(
+        (job.key.as_str(), job.source.as_str(), job.agent.as_ref()),
+        (outcome.key.as_str(), env.source.as_str(), None)
+    );
+
+    // The converter does not install the agent: the guest mounts and installs it.
+    let agent_sha256 = sha256_hex(&std::fs::read(&env.agent).unwrap());
+    let installs = env.host.installs();
+    assert_eq!(installs.len(), 1);
+    let (image, file) = &installs[0];
+    assert_eq!(image, &job.output);
+    assert_eq!((file.source.as_str(), file.sha256.as_str()), (env.agent.as_str(), agent_sha256.as_str()));
+    assert_eq!((file.target.as_str(), file.mode), (AGENT_TARGET, AGENT_MODE));
+    assert_eq!(env.host.count(Capability::Unmount), 1);
+
+    // Published: the image under its key, the manifest beside it, nothing left in tmp/.
+    assert_eq!(env.names("images"), [format!("{}.ext4", outcome.key), format!("{}.json", outcome.key)]);
+    assert!(env.names("tmp").is_empty());
+    assert!(!env.host.is_held(&outcome.key));
+    let manifest = env.manifest(&outcome.key);
+    assert_eq!(manifest.key, outcome.key);
+    assert_eq!(manifest.kind, "overlay2");
+    assert_eq!(manifest.source, env.source);
+    assert_eq!(manifest.layers, diffs);
+    assert_eq!(manifest.platform, None);
+    assert_eq!(
+        (manifest.agent.path.as_str(), manifest.agent.sha256.as_str()),
+        (env.agent.as_str(), agent_sha256.as_str())
+    );
+    assert_eq!(manifest.agent.size, std::fs::metadata(&env.agent).unwrap().len());
+    assert_eq!(manifest.converter, "fake 1");
+    assert_eq!(manifest.requested_size, None);
+    assert_eq!(manifest.image_bytes, DEFAULT_IMAGE_BYTES);
+    assert!(manifest.builder.starts_with("rootfs-cache-guest "), "{}", manifest.builder);
+    let published = env.host.calls().into_iter().find_map(|c| match c {
+        Call::Publish { staged, image, manifest_json, .. } => Some((staged, image, manifest_json)),
+        _ => None,
+    });
+    let (staged, image, json) = published.unwrap();
+    assert_eq!((staged, image), (job.output.clone(), outcome.image.clone()));
+    assert_eq!(json.as_bytes(), std::fs::read(env.at(&format!("images/{}.json", outcome.key))).unwrap());
+    // A build records no use.
+    assert_eq!(env.host.count(Capability::RecordUse), 0);
+}
+
+#[test]
+fn a_hit_runs_no_converter_and_records_its_use_at_most_once_a_minute() {
+    let env = Env::new();
+    let built = env.convert().unwrap();
+    let manifest = env.at(&format!("images/{}.json", built.key));
+
+    // Built just now: the hit is served without recording its use.
+    let hit = env.convert().unwrap();
+    assert!(hit.cached);
+    assert_eq!(
+        (hit.key.as_str(), hit.image.as_str(), hit.image_bytes),
+        (built.key.as_str(), built.image.as_str(), built.image_bytes)
+    );
+    assert_eq!(hit.rebuilt_because, None);
+    assert_eq!(env.host.count(Capability::RunConverter), 1);
+    assert_eq!(env.host.count(Capability::Lock), 1, "a hit takes no lock");
+    assert_eq!(env.host.count(Capability::RecordUse), 0);
+
+    // Last used long ago: this hit records its use, which touches the manifest.
+    set_mtime(&manifest, 1_000_000);
+    assert!(env.convert().unwrap().cached);
+    assert_eq!(env.host.calls().last(), Some(&Call::RecordUse(format!("images/{}.json", built.key))));
+    assert!(mtime(&manifest) > UNIX_EPOCH + Duration::from_secs(1_000_000));
+    // ... and the next one, within the minute, does not.
+    assert!(env.convert().unwrap().cached);
+    assert_eq!(env.host.count(Capability::RecordUse), 1);
+    assert_eq!(env.host.count(Capability::RunConverter), 1);
+}
+
+#[test]
+fn an_oci_layout_is_built_from_its_verified_layers() {
+    let env = Env::new();
+    let layout = env.dir.path().join("layout");
+    let (manifest_digest, layers) = oci_layout(&layout);
+    let outcome = env.cache().convert(&request(&path(&layout), &env.agent)).unwrap();
+    assert_eq!(outcome.kind, SourceKind::OciLayout);
+    let job = &env.host.jobs()[0];
+    assert_eq!(job.platform, "linux/amd64");
+    let got: Vec<(String, String, String)> =
+        job.layers.iter().map(|l| (l.digest.clone(), l.diff_id.clone(), l.media_type.clone())).collect();
+    let want: Vec<(String, String, String)> = layers
+        .iter()
+        .map(|(d, id)| (d.clone(), id.clone(), "application/vnd.oci.image.layer.v1.tar+gzip".into()))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(job.layers[0].path, format!("{}/blobs/sha256/{}", layout.display(), &layers[0].0[7..]));
+    assert_eq!(job.layers[0].size, 9);
+    let manifest = env.manifest(&outcome.key);
+    assert_eq!(manifest.kind, "oci-layout");
+    assert_eq!(manifest.platform, Some(format!("linux/amd64 {manifest_digest}")));
+    assert_eq!(manifest.layers, job.layers.iter().map(|l| l.path.clone()).collect::<Vec<_>>());
+    // Another platform is another image, which this layout does not have.
+    let mut arm = request(&path(&layout), &env.agent);
+    arm.platform = Some("linux/arm64".into());
+    let err = env.cache().convert(&arm).unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedSource(m) if m.contains("no image for linux/arm64")), "{err:?}");
+}
+
+#[test]
+fn a_converter_that_installs_the_agent_needs_no_mount() {
+    let env = Env::new();
+    env.host.set_converter("exact 1", true);
+    let outcome = env.convert().unwrap();
+    assert_eq!(env.host.count(Capability::MountImage), 0);
+    let job = &env.host.jobs()[0];
+    let agent = job.agent.as_ref().expect("the job carries the agent");
+    assert_eq!(
+        (agent.target.as_str(), agent.mode, agent.source.as_str()),
+        (AGENT_TARGET, AGENT_MODE, env.agent.as_str())
+    );
+    assert_eq!(env.manifest(&outcome.key).converter, "exact 1");
+    // The converter's identity is part of the key: the other converter's entry is another one.
+    env.host.set_converter("fake 1", false);
+    assert_ne!(env.convert().unwrap().key, outcome.key);
+}
+
+#[test]
+fn a_requested_size_is_passed_on_and_recorded() {
+    let env = Env::new();
+    let mut sized = env.request();
+    sized.size = Some(4 * MIB);
+    let outcome = env.cache().convert(&sized).unwrap();
+    assert_eq!(outcome.image_bytes, 4 * MIB);
+    assert_eq!(env.host.jobs()[0].size, Some(4 * MIB));
+    assert_eq!(env.manifest(&outcome.key).requested_size, Some(4 * MIB));
+    assert_ne!(env.convert().unwrap().key, outcome.key, "the size is part of the key");
+}
+
+// --- rebuilds --------------------------------------------------------------
+
+/// Breaks the built entry with `damage`, converts again and checks that it
+/// was rebuilt, its old files removed (manifest first) before the converter
+/// ran. Returns why it was rebuilt.
+fn rebuilt_after(damage: impl FnOnce(&Env, &str)) -> String {
+    let env = Env::new();
+    let key = env.convert().unwrap().key;
+    damage(&env, &key);
+    env.host.clear_calls();
+    let outcome = env.convert().unwrap();
+    assert!(!outcome.cached);
+    assert_eq!(outcome.key, key);
+    let calls = env.host.calls();
+    let manifest_gone = position(&calls, |c| *c == Call::Remove(format!("images/{key}.json")));
+    let image_gone = position(&calls, |c| *c == Call::Remove(format!("images/{key}.ext4")));
+    let converted = position(&calls, |c| matches!(c, Call::RunConverter(_)));
+    assert!(manifest_gone < image_gone && image_gone < converted, "{calls:#?}");
+    // The new entry is whole again.
+    assert_eq!(env.manifest(&key).key, key);
+    assert!(env.convert().unwrap().cached);
+    outcome.rebuilt_because.expect("a rebuild says why")
+}
+
+#[test]
+fn a_truncated_image_is_rebuilt() {
+    let why = rebuilt_after(|env, key| {
+        let image = std::fs::OpenOptions::new().write(true).open(env.at(&format!("images/{key}.ext4"))).unwrap();
+        image.set_len(DEFAULT_IMAGE_BYTES / 2).unwrap();
+    });
+    assert!(why.contains(&format!("the image has {} bytes, its manifest records", DEFAULT_IMAGE_BYTES / 2)), "{why}");
+}
+
+#[test]
+fn a_missing_image_is_rebuilt() {
+    let why = rebuilt_after(|env, key| std::fs::remove_file(env.at(&format!("images/{key}.ext4"))).unwrap());
+    assert!(why.starts_with("the image: "), "{why}");
+}
+
+#[test]
+fn a_manifest_of_another_key_is_rebuilt() {
+    let why = rebuilt_after(|env, key| {
+        let path = env.at(&format!("images/{key}.json"));
+        let json = std::fs::read_to_string(&path).unwrap().replace(key, &"0".repeat(64));
+        std::fs::write(&path, json).unwrap();
+    });
+    assert!(why.starts_with("the manifest records key"), "{why}");
+}
+
+#[test]
+fn an_image_without_manifest_is_rebuilt() {
+    let why = rebuilt_after(|env, key| std::fs::remove_file(env.at(&format!("images/{key}.json"))).unwrap());
+    assert!(why.contains("has no manifest"), "{why}");
+}
+
+// --- locks -----------------------------------------------------------------
+
+#[test]
+fn an_entry_published_while_waiting_for_the_lock_is_served_as_a_hit() {
+    let env = Env::new();
+    let key = env.convert().unwrap().key;
+    // Another builder holds the key and publishes the entry while we wait.
+    let aside = env.dir.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for name in [format!("{key}.ext4"), format!("{key}.json")] {
+        std::fs::rename(env.at(&format!("images/{name}")), aside.join(&name)).unwrap();
+    }
+    env.host.hold(&key);
+    let (images, key_for_hook) = (env.at("images"), key.clone());
+    env.host.on_lock(&key, move || {
+        for name in [format!("{key_for_hook}.ext4"), format!("{key_for_hook}.json")] {
+            std::fs::rename(aside.join(&name), images.join(&name)).unwrap();
+        }
+    });
+    env.host.clear_calls();
+    let outcome = env.convert().unwrap();
+    assert!(outcome.cached);
+    assert_eq!(outcome.rebuilt_because, None);
+    assert_eq!(env.host.count(Capability::Lock), 1);
+    assert_eq!(env.host.count(Capability::RunConverter), 0);
+    assert_eq!(env.host.count(Capability::Publish), 0);
+    assert!(!env.host.is_held(&key), "the lock was let go");
+    assert!(!env.at(&format!("locks/{key}.lock")).exists());
+}
+
+#[test]
+fn a_failed_converter_leaves_nothing_and_fails_the_lock() {
+    let env = Env::new();
+    env.host.fail(Capability::RunConverter, converter_failure());
+    assert_eq!(env.convert().unwrap_err(), converter_failure());
+    let calls = env.host.calls();
+    let Some(Call::RunConverter(job)) = calls.iter().find(|c| matches!(c, Call::RunConverter(_))).cloned() else {
+        panic!("no converter ran")
+    };
+    assert!(calls.contains(&Call::Remove(job.output.clone())), "the staged image is removed: {calls:#?}");
+    assert!(calls.contains(&Call::LockFail { key: job.key.clone(), reason: converter_failure() }));
+    assert_eq!(env.host.count(Capability::Publish), 0);
+    assert!(env.names("tmp").is_empty());
+    assert!(env.names("images").is_empty());
+    assert!(!env.host.is_held(&job.key));
+}
+
+#[test]
+fn a_failure_after_the_converter_wrote_removes_its_image() {
+    let env = Env::new();
+    let failure = Error::MountFailed("no loop device".into());
+    env.host.fail(Capability::MountImage, failure.clone());
+    assert_eq!(env.convert().unwrap_err(), failure);
+    let job = env.host.jobs().pop().unwrap();
+    assert!(env.host.removed().contains(&job.output));
+    assert!(env.names("tmp").is_empty(), "the converter's image was removed");
+    assert!(env.names("images").is_empty());
+}
+
+// --- errors ------------------------------------------------------------------
+
+#[test]
+fn malformed_requests_are_invalid_before_any_host_call() {
+    let env = Env::new();
+    let with = |change: &dyn Fn(&mut ConvertRequest)| {
+        let mut request = env.request();
+        change(&mut request);
+        request
+    };
+    let bad = [
+        with(&|r| r.source = "relative/path".into()),
+        with(&|r| r.source = String::new()),
+        with(&|r| r.source = format!("{}/../x", env.source)),
+        with(&|r| r.agent = "agent".into()),
+        with(&|r| r.converter = "mkfs".into()),
+        with(&|r| r.converter = "command:relative".into()),
+        with(&|r| r.size = Some(1)),
+        with(&|r| r.size = Some(u64::MAX)),
+        with(&|r| r.platform = Some("linux".into())),
+    ];
+    for request in bad {
+        let err = env.cache().convert(&request).unwrap_err();
+        assert!(matches!(err, Error::InvalidRequest(_)), "{request:?}: {err:?}");
+    }
+    assert_eq!(env.host.calls(), []);
+}
+
+#[test]
+fn sources_that_are_missing_or_of_no_kind_are_told_apart() {
+    let env = Env::new();
+    let missing = env.dir.path().join("missing");
+    let err = env.cache().convert(&request(&path(&missing), &env.agent)).unwrap_err();
+    assert_eq!(err, Error::NotFound(format!("{}: no such file or directory", missing.display())));
+    let err = env.cache().convert(&request(&path(env.dir.path()), &env.agent)).unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedSource(m) if m.contains("is neither an overlay2 layer")), "{err:?}");
+    let agentless = request(&env.source, &path(&env.dir.path().join("no-agent")));
+    assert!(matches!(env.cache().convert(&agentless).unwrap_err(), Error::NotFound(_)));
+    // A broken chain is an unsupported source.
+    std::fs::remove_file(env.dir.path().join("overlay2/l/AAA")).unwrap();
+    let err = env.convert().unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedSource(m) if m.contains("does not exist")), "{err:?}");
+    assert_eq!(env.host.count(Capability::RunConverter), 0);
+}
+
+#[test]
+fn a_probe_outside_the_source_roots_is_denied() {
+    let env = Env::new();
+    let host = env.host.clone().with_source_roots([env.dir.path().join("elsewhere")]);
+    let err = Cache::new(&host, host.cache_dir()).convert(&env.request()).unwrap_err();
+    assert!(matches!(&err, Error::Denied(d) if d.rule == "source_roots"), "{err:?}");
+}
+
+/// Every capability's error reaches the caller unchanged; one that fails
+/// after the build started also leaves no temporary image and fails the
+/// lock with it.
+#[test]
+fn every_error_of_every_capability_passes_through_unchanged() {
+    let cases = [
+        (Capability::Probe, denial("source_roots")),
+        (Capability::Probe, Error::Io("probe: broken pipe".into())),
+        (Capability::DigestFile, denial("agents")),
+        (Capability::DigestFile, Error::NotFound("/agent: gone".into())),
+        (Capability::DescribeConverter, denial("converters")),
+        (Capability::DescribeConverter, Error::InvalidRequest("unknown converter".into())),
+        (Capability::Lock, Error::Io("locks/x.lock: read-only filesystem".into())),
+        (Capability::Lock, converter_failure()),
+        (Capability::RunConverter, converter_failure()),
+        (Capability::RunConverter, Error::Timeout("the converter ran for 600 s".into())),
+        (Capability::RunConverter, Error::NoSpace("tmp/x: no space left on device".into())),
+        (Capability::RunConverter, Error::UnsupportedSource("layer digest mismatch".into())),
+        (Capability::RunConverter, denial("max_image_bytes")),
+        (Capability::MountImage, Error::MountFailed("no loop device".into())),
+        (Capability::Install, Error::InjectFailed("agent digest mismatch".into())),
+        (Capability::Install, Error::NoSpace("image full".into())),
+        (Capability::Unmount, Error::MountFailed("umount: busy".into())),
+        (Capability::Publish, Error::NoSpace("images/: no space left on device".into())),
+        (Capability::Publish, Error::Io("fsync: input/output error".into())),
+        (Capability::Publish, Error::Corrupt("test".into())),
+    ];
+    for (capability, error) in cases {
+        let env = Env::new();
+        env.host.fail(capability, error.clone());
+        assert_eq!(env.convert().unwrap_err(), error, "{capability:?}");
+        assert!(env.names("images").is_empty(), "{capability:?} published");
+        assert!(env.names("tmp").is_empty(), "{capability:?} left a temporary image");
+        let built = env.host.count(Capability::RunConverter) > 0;
+        let failed: Vec<Error> = env
+            .host
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::LockFail { reason, .. } => Some(reason),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed, if built { vec![error.clone()] } else { vec![] }, "{capability:?}");
+        if capability == Capability::Install {
+            // The mount was dropped, which unmounts.
+            assert!(env.host.calls().iter().any(|c| matches!(c, Call::DropMount(_))));
+        }
+    }
+}
+
+#[test]
+fn garbage_from_the_converter_is_corrupt_and_never_mounted() {
+    let env = Env::new();
+    env.host.set_converter_output(ConverterOutput::Garbage);
+    let err = env.convert().unwrap_err();
+    assert!(matches!(&err, Error::Corrupt(m) if m.starts_with("the converter produced an unusable image")), "{err:?}");
+    assert_eq!(env.host.count(Capability::MountImage), 0);
+    assert!(env.names("tmp").is_empty());
+    assert!(env.names("images").is_empty());
+}
+
+#[test]
+fn failures_around_a_hit_or_a_rebuild_pass_through() {
+    let env = Env::new();
+    let key = env.convert().unwrap().key;
+    set_mtime(&env.at(&format!("images/{key}.json")), 1_000_000);
+    env.host.fail(Capability::RecordUse, Error::Io("utimensat: read-only".into()));
+    assert_eq!(env.convert().unwrap_err(), Error::Io("utimensat: read-only".into()));
+    env.host.succeed(Capability::RecordUse);
+
+    std::fs::remove_file(env.at(&format!("images/{key}.ext4"))).unwrap();
+    env.host.fail(Capability::Remove, denial("cache_dir"));
+    assert_eq!(env.convert().unwrap_err(), denial("cache_dir"));
+    assert_eq!(env.host.count(Capability::RunConverter), 1, "nothing was built over an entry it could not remove");
+}
+
+// --- inspect -----------------------------------------------------------------
+
+#[test]
+fn inspect_reads_images_by_cache_path_or_absolute_path() {
+    let env = Env::new();
+    let outcome = env.convert().unwrap();
+    env.host.clear_calls();
+    let info = env.cache().inspect(&outcome.image).unwrap();
+    assert!(info.magic);
+    assert_eq!(
+        (info.file_bytes, info.block_size, info.blocks_count),
+        (DEFAULT_IMAGE_BYTES, 4096, DEFAULT_IMAGE_BYTES / 4096)
+    );
+    assert_eq!((info.label.as_str(), info.geometry_error), ("fake-rootfs", None));
+
+    let absolute = env.dir.path().join("elsewhere.ext4");
+    write_image(&absolute, 2 * MIB, ConverterOutput::Valid).unwrap();
+    let info = env.cache().inspect(&path(&absolute)).unwrap();
+    assert_eq!((info.magic, info.file_bytes, info.geometry_error), (true, 2 * MIB, None));
+
+    let garbage = env.dir.path().join("garbage.ext4");
+    std::fs::write(&garbage, vec![0u8; 64 << 10]).unwrap();
+    let info = env.cache().inspect(&path(&garbage)).unwrap();
+    assert!(!info.magic);
+    assert!(info.geometry_error.unwrap().contains("no ext4 magic"));
+    std::fs::write(&garbage, b"short").unwrap();
+    let info = env.cache().inspect(&path(&garbage)).unwrap();
+    assert_eq!(info.geometry_error.as_deref(), Some("5 bytes is too short for an ext4 superblock"));
+
+    for bad in ["", "../outside.ext4", "images/../../x", "/a/../b", "/a//b"] {
+        assert!(matches!(env.cache().inspect(bad), Err(Error::InvalidRequest(_))), "{bad:?}");
+    }
+    assert!(matches!(env.cache().inspect("images/missing.ext4"), Err(Error::NotFound(_))));
+    assert!(
+        matches!(env.cache().inspect(&path(env.dir.path())), Err(Error::InvalidRequest(m)) if m.contains("is a directory"))
+    );
+    assert_eq!(env.host.calls(), [], "inspect reads the image itself");
+}
+
+// --- list --------------------------------------------------------------------
+
+#[test]
+fn list_shows_every_entry_and_what_is_wrong_with_the_broken_ones() {
+    let env = Env::new();
+    assert_eq!(env.cache().list().unwrap(), []);
+    let overlay = env.convert().unwrap();
+    let layout = env.dir.path().join("layout");
+    oci_layout(&layout);
+    let oci = env.cache().convert(&request(&path(&layout), &env.agent)).unwrap();
+    std::fs::write(env.at("images/not-a-key.json"), "{}").unwrap();
+
+    let entries = env.cache().list().unwrap();
+    let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+    let mut want = vec![overlay.key.as_str(), oci.key.as_str()];
+    want.sort();
+    assert_eq!(keys, want, "sorted by key, stray names skipped");
+    let of = |key: &str| env.cache().list().unwrap().into_iter().find(|e| e.key == key).unwrap();
+    let entry = of(&overlay.key);
+    assert_eq!(
+        (entry.kind, entry.source.as_str(), entry.problem.as_deref()),
+        (SourceKind::Overlay2, env.source.as_str(), None)
+    );
+    assert_eq!((entry.converter.as_str(), entry.image_bytes), ("fake 1", DEFAULT_IMAGE_BYTES));
+    assert_eq!(entry.agent_sha256, sha256_hex(&std::fs::read(&env.agent).unwrap()));
+    assert_eq!(entry.image, overlay.image);
+    assert!(entry.created > 0 && entry.last_used >= entry.created - 1);
+    assert_eq!(of(&oci.key).kind, SourceKind::OciLayout);
+
+    // Broken: a truncated image, then no manifest, then another key's manifest.
+    let image = std::fs::OpenOptions::new().write(true).open(env.at(&overlay.image)).unwrap();
+    image.set_len(MIB).unwrap();
+    let problem = of(&overlay.key).problem.unwrap();
+    assert!(problem.contains("manifest records"), "{problem}");
+    let manifest = env.at(&format!("images/{}.json", oci.key));
+    let json = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, json.replace(&oci.key, &"0".repeat(64))).unwrap();
+    assert_eq!(of(&oci.key).problem, Some(format!("the manifest records key {}", "0".repeat(64))));
+    std::fs::remove_file(&manifest).unwrap();
+    let entry = of(&oci.key);
+    assert!(entry.problem.unwrap().starts_with("no readable manifest: "));
+    assert_eq!((entry.source.as_str(), entry.image_bytes), ("", DEFAULT_IMAGE_BYTES));
+}
+
+// --- sweep -------------------------------------------------------------------
+
+#[test]
+fn sweep_removes_what_dead_builders_left_and_keeps_live_ones() {
+    let env = Env::new();
+    let (dead, live, stale, busy_lock) = ("1".repeat(64), "2".repeat(64), "3".repeat(64), "4".repeat(64));
+    for name in [format!("{dead}.99-1.ext4"), format!("{dead}.99-2.ext4"), format!("{live}.98-1.ext4"), "stray".into()]
+    {
+        std::fs::write(env.at(&format!("tmp/{name}")), "partial").unwrap();
+    }
+    for key in [&dead, &live, &stale, &busy_lock] {
+        std::fs::write(env.at(&format!("locks/{key}.lock")), "").unwrap();
+    }
+    env.host.hold(&live);
+    env.host.hold(&busy_lock);
+
+    let report = env.cache().sweep().unwrap();
+    assert_eq!(report.removed, [format!("tmp/{dead}.99-1.ext4"), format!("tmp/{dead}.99-2.ext4")]);
+    assert_eq!(report.busy, [format!("tmp/{live}.98-1.ext4")]);
+    assert_eq!(report.stale_locks, 1);
+    assert_eq!(env.names("tmp"), [format!("{live}.98-1.ext4"), "stray".into()]);
+    // The dead builder's and the stale lock files went with their locks.
+    assert_eq!(env.names("locks"), [format!("{live}.lock"), format!("{busy_lock}.lock")]);
+
+    env.host.fail(Capability::TryLock, Error::Io("flock: interrupted".into()));
+    assert_eq!(env.cache().sweep().unwrap_err(), Error::Io("flock: interrupted".into()));
+}
+
+// --- gc ----------------------------------------------------------------------
+
+/// Three entries of 4, 8 and 12 MiB (one source, three sizes), last used
+/// in that order. Returns their keys.
+fn three_entries(env: &Env) -> [String; 3] {
+    [4, 8, 12].map(|mib| {
+        let mut sized = env.request();
+        sized.size = Some(mib * MIB);
+        let key = env.cache().convert(&sized).unwrap().key;
+        set_mtime(&env.at(&format!("images/{key}.json")), 1_000_000 + mib);
+        key
+    })
+}
+
+#[test]
+fn gc_evicts_the_least_recently_used_first_down_to_the_limit() {
+    let env = Env::new();
+    let [small, medium, large] = three_entries(&env);
+    let report = env.cache().gc(20 * MIB, &[]).unwrap();
+    assert_eq!(report.removed.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), [small.as_str()]);
+    assert_eq!((report.bytes_before, report.bytes_after, report.kept_pinned), (24 * MIB, 20 * MIB, 0));
+    assert!(!env.at(&format!("images/{small}.ext4")).exists());
+    assert!(!env.at(&format!("images/{small}.json")).exists());
+
+    // A pinned entry stays, even when it is the least recently used left.
+    set_mtime(&env.at(&format!("images/{large}.json")), 1);
+    let report = env.cache().gc(0, &[format!("images/{large}.ext4")]).unwrap();
+    assert_eq!(report.removed.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), [medium.as_str()]);
+    assert_eq!((report.bytes_after, report.kept_pinned), (12 * MIB, 1));
+    assert_eq!(env.names("images"), [format!("{large}.ext4"), format!("{large}.json")]);
+}
+
+#[test]
+fn gc_with_a_bad_pin_evicts_nothing() {
+    let env = Env::new();
+    three_entries(&env);
+    let before = env.names("images");
+    env.host.clear_calls();
+    let err = env.cache().gc(0, &["abc".into()]).unwrap_err();
+    assert!(matches!(&err, Error::InvalidRequest(m) if m.contains("nothing was evicted")), "{err:?}");
+    let err = env.cache().gc(0, &["f".repeat(64)]).unwrap_err();
+    assert!(matches!(&err, Error::NotFound(m) if m.contains("nothing was evicted")), "{err:?}");
+    assert_eq!(env.names("images"), before);
+    assert_eq!(env.host.count(Capability::Remove), 0);
+}
+
+#[test]
+fn gc_keeps_an_entry_being_rebuilt() {
+    let env = Env::new();
+    let [small, ..] = three_entries(&env);
+    env.host.hold(&small);
+    let report = env.cache().gc(20 * MIB, &[]).unwrap();
+    assert!(report.removed.iter().all(|e| e.key != small));
+    assert_eq!(report.kept_pinned, 1);
+    assert!(env.at(&format!("images/{small}.ext4")).exists());
+}
+
+// --- verify ------------------------------------------------------------------
+
+#[test]
+fn verify_removes_entries_that_fail_fsck_or_validation() {
+    let env = Env::new();
+    let [small, medium, large] = three_entries(&env);
+    // Without fsck, only validation: nothing is wrong, and e2fsck never runs.
+    let report = env.cache().verify(false).unwrap();
+    assert_eq!((report.checked, report.broken.len()), (3, 0));
+    assert_eq!(env.host.count(Capability::Fsck), 0);
+
+    env.host.set_fsck_of(
+        &format!("images/{medium}.ext4"),
+        FsckResult { clean: false, exit_status: 4, output_tail: "inode 12 has a bad extent".into() },
+    );
+    let truncated = std::fs::OpenOptions::new().write(true).open(env.at(&format!("images/{small}.ext4"))).unwrap();
+    truncated.set_len(MIB).unwrap();
+    let report = env.cache().verify(true).unwrap();
+    assert_eq!(report.checked, 3);
+    let broken: Vec<(&str, &str)> =
+        report.broken.iter().map(|e| (e.key.as_str(), e.problem.as_deref().unwrap_or(""))).collect();
+    assert_eq!(broken.len(), 2, "{broken:?}");
+    assert!(broken.contains(&(medium.as_str(), "e2fsck -fn exited 4: inode 12 has a bad extent")), "{broken:?}");
+    assert!(broken.iter().any(|(key, problem)| *key == small && problem.contains("manifest records")), "{broken:?}");
+    assert_eq!(env.host.count(Capability::Fsck), 2, "a broken entry is not fsck'd");
+    assert_eq!(env.names("images"), [format!("{large}.ext4"), format!("{large}.json")]);
+
+    env.host.fail(Capability::Fsck, Error::Timeout("e2fsck ran for 600 s".into()));
+    assert_eq!(env.cache().verify(true).unwrap_err(), Error::Timeout("e2fsck ran for 600 s".into()));
+}
