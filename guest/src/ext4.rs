@@ -1,9 +1,9 @@
 //! The ext4 superblock: just enough of it to tell a sound image from a broken one.
 //!
-//! The original code trusted any file with the two magic bytes at 0x438. A
-//! zeroed tail, a truncated copy or a superblock from another filesystem size
-//! all passed. [`Superblock::check_geometry`] also checks that what the
-//! superblock declares fits in the file and is self-consistent.
+//! The two magic bytes at 0x438 are not enough: a zeroed tail, a truncated
+//! copy or a superblock from another filesystem size all have them.
+//! [`Superblock::check_geometry`] also checks that what the superblock
+//! declares fits in the file and is self-consistent.
 
 /// Byte offset of the primary superblock in the image.
 pub const SUPERBLOCK_OFFSET: u64 = 1024;

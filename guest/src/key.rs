@@ -1,11 +1,11 @@
 //! The cache key: SHA-256 over everything that changes the bytes built.
 //!
-//! The original code keyed the cache on `DefaultHasher` over the layer's path:
-//! a hasher whose output may change between compiler versions, over an input
-//! that stays the same when the layer, the agent or the options change. This
-//! key hashes an explicit, versioned, length-prefixed encoding, so it is the
-//! same in every process, on every machine and under every compiler, and it
-//! changes whenever any input changes.
+//! The key hashes an explicit, versioned, length-prefixed encoding of every
+//! input (the source's identity, the agent's digest, the converter's identity,
+//! the options), so it is the same in every process, on every machine and
+//! under every compiler, and it changes whenever any input changes. (A
+//! `std` hasher gives neither: its output may change between compiler
+//! versions.)
 
 use sha2::{Digest, Sha256};
 use std::fmt;

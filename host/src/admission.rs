@@ -14,7 +14,7 @@ use crate::store::RequestScope;
 /// with 4 KiB blocks); a larger one is `invalid-request`.
 const MAX_VALID_IMAGE_BYTES: u64 = 16 << 40;
 
-/// Longest path accepted (Linux's `PATH_MAX`, including the NUL).
+/// Longest path accepted (Linux's `PATH_MAX`, 4096, less its terminating NUL).
 const MAX_PATH_BYTES: usize = 4095;
 
 /// The directory the guest must see for `source`: an OCI layout is

@@ -47,3 +47,32 @@ impl fmt::Display for ConverterSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_parses_once_and_prints_back() {
+        for text in ["exact", "oci2rootfs", "command:/usr/bin/conv"] {
+            let spec: ConverterSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+        }
+        assert_eq!("command:/x".parse::<ConverterSpec>().unwrap(), ConverterSpec::Command("/x".into()));
+        assert_eq!(ConverterSpec::default(), ConverterSpec::Exact);
+    }
+
+    #[test]
+    fn an_unknown_name_or_a_relative_command_is_an_invalid_request() {
+        let unknown = "magic".parse::<ConverterSpec>().unwrap_err();
+        assert_eq!(
+            unknown,
+            Error::InvalidRequest(
+                "converter \"magic\" is unknown; use oci2rootfs, exact or command:<absolute path>".into()
+            )
+        );
+        let relative = "command:bin/conv".parse::<ConverterSpec>().unwrap_err();
+        assert_eq!(relative.class(), "invalid-request");
+        assert!(relative.to_string().contains("not an absolute path"), "{relative}");
+    }
+}

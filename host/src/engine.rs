@@ -313,9 +313,9 @@ impl GuestEngine {
         Ok(Self { engine, pre, ticker_stop, preopens: Preopens::default(), load_path })
     }
 
-    /// A store for one request, with the cache and `source_roots` preopened
-    /// read-only (handles shared between requests, see [`Preopens`]), and
-    /// the policy's memory and time limits.
+    /// A store for one request: the cache and the scope's roots preopened
+    /// read-only (handles shared between requests, see [`Preopens`]), the
+    /// scope's resolved agent, and the policy's memory and time limits.
     pub(crate) fn store(&self, shared: &Arc<Shared>, scope: RequestScope) -> Result<Store<StoreState>> {
         let limits = &shared.policy.limits;
         let (wasi, source_roots) = self.preopens.context(shared.cache.path(), &scope.roots)?;

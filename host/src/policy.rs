@@ -275,11 +275,16 @@ fn absolute(what: &str, path: &Path) -> Result<PathBuf> {
 
 /// `command:<path>` with its path canonicalised; built-in names unchanged.
 fn canonical_converter(name: &str) -> Result<String> {
-    match name.parse::<ConverterSpec>() {
-        Ok(ConverterSpec::Command(path)) => Ok(format!("command:{}", canonical("converter command", &path)?.display())),
-        Ok(builtin) => Ok(builtin.to_string()),
-        Err(Error::InvalidRequest(why)) => Err(Error::Config(format!("policy: {why}"))),
-        Err(other) => Err(other),
+    match (name.parse::<ConverterSpec>(), name.strip_prefix("command:")) {
+        (Ok(ConverterSpec::Command(path)), _) => {
+            Ok(format!("command:{}", canonical("converter command", &path)?.display()))
+        }
+        (Ok(builtin), _) => Ok(builtin.to_string()),
+        // A relative command: `canonical` says so.
+        (Err(_), Some(path)) => canonical("converter command", Path::new(path)).map(|_| name.to_owned()),
+        (Err(_), None) => Err(Error::Config(format!(
+            "converter {name:?} is unknown; use exact, oci2rootfs or command:<absolute path>"
+        ))),
     }
 }
 

@@ -110,7 +110,7 @@ pub struct Entry {
     pub problem: Option<String>,
 }
 
-/// What [`RootfsCache::sweep`] found and did.
+/// What [`RootfsCache::sweep`](crate::RootfsCache::sweep) found and did.
 #[non_exhaustive]
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
@@ -125,7 +125,7 @@ pub struct SweepReport {
     pub detached_loop_devices: Vec<String>,
 }
 
-/// What [`RootfsCache::gc`] did.
+/// What [`RootfsCache::gc`](crate::RootfsCache::gc) did.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GcReport {
@@ -139,7 +139,7 @@ pub struct GcReport {
     pub kept_pinned: u32,
 }
 
-/// What [`RootfsCache::verify`] found and did.
+/// What [`RootfsCache::verify`](crate::RootfsCache::verify) found and did.
 #[non_exhaustive]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {

@@ -323,3 +323,26 @@ async fn list_and_inspect_describe_entries() {
     let info = w.cache.inspect(&outcome.image).await.unwrap();
     assert!(info.geometry_error.unwrap().contains("but the file has 4096 bytes"));
 }
+
+#[tokio::test]
+async fn the_sweep_detaches_what_dead_builders_left_through_the_mounter_and_audits_it() {
+    let w = World::with_policy(|dir| Policy { audit_log: Some(dir.join("audit.jsonl")), ..Policy::default() });
+    let tmp = w.cache_dir().join("tmp");
+    let key = "ab".repeat(32);
+    let left = tmp.join(format!("{key}.4242-0.ext4"));
+    w.fake.mounter.leave_attached("/dev/loop42", &left);
+    // A device on a file that carries no key is not the cache's to detach.
+    w.fake.mounter.leave_attached("/dev/loop43", tmp.join("stray.ext4"));
+    // Nor is one outside the cache's tmp/.
+    w.fake.mounter.leave_attached("/dev/loop44", w.dir.path().join(format!("{key}.1-0.ext4")));
+
+    let report = w.cache.sweep().await.unwrap();
+    assert_eq!(report.detached_loop_devices, vec!["/dev/loop42".to_owned()]);
+    let detached = w.fake.mounter.detached();
+    assert_eq!(detached.len(), 1, "{detached:?}");
+    assert_eq!(detached[0].backing, left);
+
+    let log = std::fs::read_to_string(w.dir.path().join("audit.jsonl")).unwrap();
+    let line = log.lines().find(|l| l.contains("\"detach\"")).expect("the detach is in the audit log");
+    assert!(line.contains("/dev/loop42") && line.contains(&key), "{line}");
+}

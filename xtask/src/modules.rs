@@ -46,10 +46,11 @@ struct Crate {
     modules: BTreeMap<ModPath, Module>,
 }
 
+/// Whether `attrs` hold exactly `#[cfg(test)]`.
 fn is_test(attrs: &[syn::Attribute]) -> bool {
     attrs
         .iter()
-        .any(|a| a.path().is_ident("cfg") && a.meta.require_list().is_ok_and(|l| l.tokens.to_string().contains("test")))
+        .any(|a| a.path().is_ident("cfg") && a.meta.require_list().is_ok_and(|l| l.tokens.to_string() == "test"))
 }
 
 impl Crate {

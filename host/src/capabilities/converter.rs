@@ -1,10 +1,15 @@
 //! The converter capability: turn a resolved source into an ext4 image file.
 //!
-//! Backends:
+//! Backends, picked by name through a [`ConverterRegistry`]
+//! ([`native::NativeConverters`], or the fake adapter's registry):
+//! - [`exact::ExactConverter`] (the default): merges the layers into a tree
+//!   (`rootfs-cache-layers`) and writes it with the ext4 writer
+//!   (`rootfs-cache-ext4`), installing the agent itself; reproducible.
 //! - [`oci2rootfs::Oci2rootfs`]: the `oci2rootfs` crate, in-process, on a
-//!   blocking thread (the converter the original code ran).
+//!   blocking thread.
 //! - [`command::CommandConverter`]: any program with oci2rootfs's command-line
-//!   contract, `CMD SOURCE --output OUT --size BYTES`, killed on timeout.
+//!   contract, `CMD SOURCE --output OUT --size BYTES`, in its own PID
+//!   namespace, killed on timeout.
 //! - [`fake::FakeConverter`]: writes a small, valid ext4 superblock and
 //!   records every job; no privileges needed.
 
@@ -99,6 +104,7 @@ pub trait Converter: Send + Sync {
 
 /// Picks the backend for a converter.
 pub trait ConverterRegistry: Send + Sync {
-    /// The backend of `converter`. Errors: `NotFound` for a missing command.
+    /// The backend of `converter`. Errors (a command's): `NotFound` when it
+    /// is missing, `InvalidRequest` when it is no regular file, `Io`.
     fn get(&self, converter: &ConverterSpec) -> Result<Arc<dyn Converter>>;
 }

@@ -3,8 +3,8 @@
 //!
 //! | capability | trait | native | fake |
 //! |---|---|---|---|
-//! | converter | [`converter::Converter`] (via [`converter::ConverterRegistry`]) | `oci2rootfs` in-process, external command | [`converter::fake::FakeConverter`] |
-//! | image mounter | [`mounter::ImageMounter`] | [`mounter::loop_mount::LoopMounter`]; rootless: [`mounter::debugfs::DebugfsInstaller`] | [`mounter::fake::FakeMounter`] |
+//! | converter | [`converter::Converter`] (via [`converter::ConverterRegistry`]) | [`converter::native::NativeConverters`]: `exact` (the default), `oci2rootfs` in-process, external command | [`converter::fake::FakeConverter`] |
+//! | image mounter (and the sweep's detach) | [`mounter::ImageMounter`] | [`mounter::loop_mount::LoopMounter`]; rootless: [`mounter::debugfs::DebugfsInstaller`] | [`mounter::fake::FakeMounter`] (records) |
 //! | publisher | [`publisher::Publisher`] | [`publisher::DurablePublisher`] | the same, without fsync |
 //! | lock | [`lock::CrossProcessLock`] behind [`lock::LockService`] | [`lock::Flock`] | [`lock::InProcessOnly`] |
 //!

@@ -1,7 +1,9 @@
-//! The `host` interface: every call goes through one guard ([`call`]):
-//! measured, its payload bounded, checked against the policy, audited, and
-//! only then handed to a capability backend. The calls themselves are
-//! grouped by what they act on.
+//! The `host` interface. Every call that acts goes through one guard
+//! ([`call`]): measured, its payload bounded, and at the end audited with its
+//! verdict. In between, the files grouped by what the calls act on check it
+//! against the policy and hand it to a capability backend. (A resource's
+//! `token`, `fail` and `drop` act on what the guest already holds: they are
+//! not guarded.)
 
 mod call;
 mod conversion;

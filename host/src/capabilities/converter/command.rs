@@ -7,20 +7,20 @@
 //!   its own, under an init that dies with the builder; when that init exits,
 //!   the kernel kills everything the converter started, so no grandchild
 //!   keeps writing into the cache after a SIGKILL, a timeout or the
-//!   converter's own exit ([`process_tree`]; without namespaces, a process
+//!   converter's own exit (`command/process_tree.rs`; without namespaces, a process
 //!   group with PDEATHSIG, as before). Its stdin is null; its stderr is
 //!   kept (the last 64 KiB; 4 KiB go into the error).
 //! - **Its output is never used in place.** It writes
 //!   `tmp/<key>.<pid>-<n>.converter.ext4`; after it exits 0, the host checks
 //!   that this is a regular file and copies it into a file it creates
 //!   itself at the job's output, then removes the converter's name
-//!   ([`output`]). A converter can make its output a hardlink to a file
+//!   (`command/output.rs`). A converter can make its output a hardlink to a file
 //!   outside the cache, a symlink, a FIFO, or leave it mounted or open for
 //!   writing elsewhere: the image the host mounts, installs the agent into
 //!   and publishes is still an inode that only the host has ever held.
 //! - **Its failures say what happened**: the exit status, or the signal that
 //!   killed it ("killed by signal 11 (SIGSEGV)"), with its stderr tail made
-//!   safe for a terminal (see [`super::tail`]); "No space left on device" is
+//!   safe for a terminal (`host/src/output_tail.rs`); "No space left on device" is
 //!   `NoSpace`, and running past the deadline is `Timeout`.
 
 mod output;

@@ -1,8 +1,7 @@
 //! The `oci2rootfs` crate, run in-process on a blocking thread.
 //!
-//! This is the converter the original code ran as an external binary, used as
-//! a library. It does not install the agent itself, so the guest mounts the
-//! image afterwards. Its defects (lost xattrs, devices and mtimes, leaked
+//! The crate is used as a library. It does not install the agent itself, so
+//! the guest mounts the image afterwards. Its defects (lost xattrs, devices and mtimes, leaked
 //! inodes, a fixed 512 MiB default size) are why the `exact` converter exists.
 
 use std::path::Path;

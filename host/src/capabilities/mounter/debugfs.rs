@@ -34,6 +34,17 @@ pub struct DebugfsImage {
 }
 
 impl ImageMounter for DebugfsInstaller {
+    /// Loop devices a loop mounter of an earlier, privileged process left
+    /// attached to this cache's images (detaching them needs the privilege
+    /// this process may lack: the sweep then warns).
+    fn attached_under(&self, dir: &std::path::Path) -> Vec<super::AttachedImage> {
+        super::loop_device::attached_images_under(dir)
+    }
+
+    fn detach(&self, attached: &super::AttachedImage) -> Result<()> {
+        super::loop_device::detach_attached(attached)
+    }
+
     fn mount(&self, image: File) -> Result<Box<dyn MountedImage>> {
         // debugfs is another process: it reaches our open file through our pid.
         let path =

@@ -217,3 +217,22 @@ pub fn detach_number(number: u32) -> Result<()> {
     // A sweep does not wait: it reports what it asked to detach.
     LoopDevice { device, number, backing: None }.detach(Duration::ZERO)
 }
+
+/// Every loop device attached to an image under `dir`, for a mounter's
+/// [`ImageMounter::attached_under`](super::ImageMounter::attached_under).
+pub fn attached_images_under(dir: &std::path::Path) -> Vec<super::AttachedImage> {
+    attached_under(dir)
+        .into_iter()
+        .map(|(number, backing)| super::AttachedImage { device: format!("/dev/loop{number}"), backing })
+        .collect()
+}
+
+/// Detaches one of [`attached_images_under`]'s devices.
+pub fn detach_attached(attached: &super::AttachedImage) -> Result<()> {
+    let number = attached
+        .device
+        .strip_prefix("/dev/loop")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| Error::MountFailed(format!("{} is not a loop device", attached.device)))?;
+    detach_number(number)
+}

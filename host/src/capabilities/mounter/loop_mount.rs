@@ -73,19 +73,11 @@ fn mount_detached(device: &LoopDevice) -> Result<OwnedFd> {
 
 impl ImageMounter for LoopMounter {
     fn attached_under(&self, dir: &std::path::Path) -> Vec<super::AttachedImage> {
-        super::loop_device::attached_under(dir)
-            .into_iter()
-            .map(|(number, backing)| super::AttachedImage { device: format!("/dev/loop{number}"), backing })
-            .collect()
+        super::loop_device::attached_images_under(dir)
     }
 
     fn detach(&self, attached: &super::AttachedImage) -> Result<()> {
-        let number = attached
-            .device
-            .strip_prefix("/dev/loop")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| crate::error::Error::MountFailed(format!("{} is not a loop device", attached.device)))?;
-        super::loop_device::detach_number(number)
+        super::loop_device::detach_attached(attached)
     }
 
     fn mount(&self, image: File) -> Result<Box<dyn MountedImage>> {
