@@ -70,6 +70,7 @@ mod test_hooks;
 
 pub use admission::source_root;
 pub use cache::RootfsCache;
+pub use capabilities::converter::exact::Ext4Profile;
 pub use capabilities::{Capabilities, FakeHandles};
 pub use config::Config;
 pub use converter_spec::ConverterSpec;

@@ -4,8 +4,9 @@
 //!
 //! Only the features the writer uses are encoded: 4 KiB blocks, 256-byte
 //! inodes with nanosecond timestamps, extents, file types in directory
-//! entries, sparse superblock backups, extended attributes; no journal, no
-//! checksums, no flex groups, no hashed directories.
+//! entries, sparse superblock backups, extended attributes, and (unless
+//! asked not to) a clean jbd2 journal; no checksums, no flex groups, no
+//! hashed directories.
 
 use super::tree::Timestamp;
 
@@ -29,6 +30,8 @@ pub const ROOT_INODE: u32 = 2;
 pub const DESC_SIZE: u64 = 32;
 /// Longest extent of initialised blocks.
 pub const MAX_EXTENT_LEN: u64 = 32768;
+/// The journal's inode (`EXT4_JOURNAL_INO`).
+pub const JOURNAL_INODE: u32 = 8;
 /// Most links one inode may have (`EXT4_LINK_MAX`); a directory with more
 /// subdirectories counts 1 under `dir_nlink`.
 pub const MAX_LINKS: u32 = 65000;
@@ -69,6 +72,7 @@ pub mod ftype {
     pub const LNK: u8 = 7;
 }
 
+const COMPAT_HAS_JOURNAL: u32 = 0x0004;
 const COMPAT_EXT_ATTR: u32 = 0x0008;
 const INCOMPAT_FILETYPE: u32 = 0x0002;
 const INCOMPAT_EXTENTS: u32 = 0x0040;
@@ -131,6 +135,9 @@ pub struct SuperblockFields {
     pub hash_seed: [u8; 16],
     /// Volume label (at most 16 bytes).
     pub label: [u8; 16],
+    /// The journal inode's `i_block` and size, when there is a journal: the
+    /// superblock keeps a copy (`s_jnl_blocks`) for e2fsck.
+    pub journal: Option<([u8; 60], u64)>,
 }
 
 /// The 1024-byte superblock, as stored in group `group`.
@@ -154,7 +161,7 @@ pub fn superblock(f: &SuperblockFields, group: u16) -> [u8; 1024] {
     put32(&mut b, 0x54, FIRST_INODE);
     put16(&mut b, 0x58, INODE_SIZE as u16);
     put16(&mut b, 0x5A, group);
-    put32(&mut b, 0x5C, COMPAT_EXT_ATTR);
+    put32(&mut b, 0x5C, COMPAT_EXT_ATTR | if f.journal.is_some() { COMPAT_HAS_JOURNAL } else { 0 });
     put32(&mut b, 0x60, INCOMPAT_FILETYPE | INCOMPAT_EXTENTS);
     put32(&mut b, 0x64, RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_DIR_NLINK | RO_COMPAT_EXTRA_ISIZE);
     b[0x68..0x78].copy_from_slice(&f.uuid);
@@ -164,6 +171,32 @@ pub fn superblock(f: &SuperblockFields, group: u16) -> [u8; 1024] {
     put16(&mut b, 0x15C, EXTRA_ISIZE);
     put16(&mut b, 0x15E, EXTRA_ISIZE);
     put32(&mut b, 0x160, 0x0001); // signed directory hash, as on x86
+    if let Some((iblock, size)) = &f.journal {
+        put32(&mut b, 0xE0, JOURNAL_INODE);
+        b[0xFD] = 1; // s_jnl_backup_type: EXT3_JNL_BACKUP_BLOCKS
+        b[0x10C..0x10C + 60].copy_from_slice(iblock);
+        put32(&mut b, 0x10C + 60, (size >> 32) as u32);
+        put32(&mut b, 0x10C + 64, *size as u32);
+    }
+    b
+}
+
+/// The superblock of a clean, empty jbd2 journal of `blocks` blocks (the
+/// first block of the journal inode; the rest stays zero), as `mke2fs`
+/// writes it for an internal journal: version 2, the log starting at block
+/// 1, sequence 1, `s_start` 0 (nothing to replay), one user, the
+/// filesystem's UUID. Big-endian, like every jbd2 structure.
+pub fn journal_superblock(blocks: u32, uuid: &[u8; 16]) -> [u8; 1024] {
+    let mut b = [0u8; 1024];
+    let be32 = |b: &mut [u8; 1024], at: usize, v: u32| b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    be32(&mut b, 0x00, 0xC03B_3998); // h_magic
+    be32(&mut b, 0x04, 4); // h_blocktype: superblock v2
+    be32(&mut b, 0x0C, BLOCK_SIZE as u32); // s_blocksize
+    be32(&mut b, 0x10, blocks); // s_maxlen
+    be32(&mut b, 0x14, 1); // s_first
+    be32(&mut b, 0x18, 1); // s_sequence
+    b[0x30..0x40].copy_from_slice(uuid);
+    be32(&mut b, 0x40, 1); // s_nr_users
     b
 }
 

@@ -26,6 +26,7 @@
 //!     hash_seed: [9; 16],
 //!     label: "rootfs".into(),
 //!     max_bytes: Some(1 << 30),
+//!     journal: true, // a clean jbd2 journal, sized as mke2fs sizes it
 //! };
 //! let out = tempfile::tempfile()?;
 //! let report = write_image(&tree, &out, &options)?;

@@ -18,6 +18,7 @@ pub mod publisher;
 
 use std::sync::Arc;
 
+use converter::exact::ExactConverter;
 use converter::fake::FakeConverter;
 use converter::native::NativeConverters;
 use converter::{Converter, ConverterRegistry};
@@ -51,13 +52,20 @@ impl Capabilities {
     /// it sizes an image from its content. Without `CAP_SYS_ADMIN` the agent
     /// is installed with `debugfs` instead of a loop mount.
     pub fn native_with(headroom: crate::ext4::Headroom) -> Self {
+        Self::native_with_exact(ExactConverter { headroom, ..ExactConverter::default() })
+    }
+
+    /// The native backends, the exact converter configured as given (its
+    /// headroom and ext4 profile). Without `CAP_SYS_ADMIN` the agent is
+    /// installed with `debugfs` instead of a loop mount.
+    pub fn native_with_exact(exact: ExactConverter) -> Self {
         let mounter: Arc<dyn ImageMounter> = if mounter::debugfs::can_mount() {
             Arc::new(mounter::loop_mount::LoopMounter::default())
         } else {
             Arc::new(mounter::debugfs::DebugfsInstaller)
         };
         Self {
-            converters: Arc::new(NativeConverters::with_headroom(headroom)),
+            converters: Arc::new(NativeConverters::with_exact(exact)),
             mounter,
             publisher: Arc::new(DurablePublisher::default()),
             cross_process_lock: Arc::new(lock::Flock),

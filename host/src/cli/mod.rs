@@ -114,6 +114,12 @@ struct ConvertArgs {
     #[arg(long, default_value_t = 20, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=1000))]
     free_space: u32,
 
+    /// The ext4 features of the exact converter's images: `default` has a
+    /// journal (a VM's root disk that survives being killed), `minimal` has
+    /// none (read-only uses). Part of the cache key.
+    #[arg(long, value_enum, default_value_t = ProfileArg::Default, value_name = "PROFILE")]
+    ext4_profile: ProfileArg,
+
     /// Free inodes the exact converter leaves, in percent of those used (at
     /// least 4096).
     #[arg(long, default_value_t = 20, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=1000))]
@@ -143,6 +149,15 @@ struct InspectArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `--ext4-profile`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ProfileArg {
+    /// With a journal.
+    Default,
+    /// Without a journal.
+    Minimal,
 }
 
 /// How the agent is installed.
@@ -242,7 +257,12 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
             free_inodes_percent: args.free_inodes,
             ..Default::default()
         };
-        let mut caps = rootfs_cache::Capabilities::native_with(headroom);
+        let profile = match args.ext4_profile {
+            ProfileArg::Default => rootfs_cache::Ext4Profile::Default,
+            ProfileArg::Minimal => rootfs_cache::Ext4Profile::Minimal,
+        };
+        let exact = rootfs_cache::capabilities::converter::exact::ExactConverter { headroom, profile };
+        let mut caps = rootfs_cache::Capabilities::native_with_exact(exact);
         caps = match args.inject {
             Injection::Auto => caps,
             Injection::Mount => caps.with_mount_injection(),

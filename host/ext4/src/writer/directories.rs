@@ -1,6 +1,6 @@
 //! Phase 4, the directories: each directory's entries, packed into its blocks.
 
-use crate::format::{self, BLOCK_SIZE, ROOT_INODE, ftype};
+use crate::format::{self, BLOCK_SIZE, FIRST_INODE, ROOT_INODE, ftype};
 use crate::tree::Tree;
 
 use super::allocate::Allocation;
@@ -15,7 +15,11 @@ pub(super) fn write(tree: &Tree, plan: &Plan, allocation: &Allocation, image: &I
             Some(id) if tree.node(id).is_dir() => entries(tree, &plan.numbering, id),
             Some(_) => continue,
             // The synthetic lost+found.
-            None => vec![(ino, ftype::DIR, b".".to_vec()), (ROOT_INODE, ftype::DIR, b"..".to_vec())],
+            None if ino == FIRST_INODE => {
+                vec![(ino, ftype::DIR, b".".to_vec()), (ROOT_INODE, ftype::DIR, b"..".to_vec())]
+            }
+            // The journal.
+            None => continue,
         };
         image.write_blocks(&allocation.inodes[ino as usize].extents, &blocks(&entries, inode.data_blocks))?;
     }

@@ -2,7 +2,7 @@
 //! attribute block, encoded into the inode table.
 
 use crate::format::{
-    self, BLOCK_SIZE, EXTENTS_FL, EXTENTS_PER_BLOCK, Extent, ExtentNode, INODE_SIZE, InodeFields, mode,
+    self, BLOCK_SIZE, EXTENTS_FL, EXTENTS_PER_BLOCK, Extent, ExtentNode, INODE_SIZE, InodeFields, JOURNAL_INODE, mode,
 };
 use crate::tree::{Kind, Tree};
 use crate::xattr::Placement;
@@ -29,12 +29,15 @@ pub(super) fn encode(
                 let n = tree.node(id);
                 (n.meta.perm & 0o7777, n.meta.uid, n.meta.gid, n.meta.mtime, Some(&n.kind))
             }
+            // The journal: a regular file only the kernel reads.
+            None if ino == JOURNAL_INODE => (0o600, 0, 0, tree.node(Tree::ROOT).meta.mtime, None),
             // The synthetic lost+found.
             None => (0o700, 0, 0, tree.node(Tree::ROOT).meta.mtime, None),
         };
         let mut block = [0u8; 60];
         let mut flags = 0u32;
         let (type_bits, size) = match kind {
+            None if ino == JOURNAL_INODE => (mode::REG, inode.data_blocks * BLOCK_SIZE),
             None | Some(Kind::Dir(_)) => (mode::DIR, inode.data_blocks * BLOCK_SIZE),
             Some(Kind::File { size, .. }) => (mode::REG, *size),
             Some(Kind::Symlink(target)) => {

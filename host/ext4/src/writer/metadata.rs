@@ -1,7 +1,7 @@
 //! Phase 7, the metadata: inode tables, bitmaps, group descriptors and
 //! superblocks, with their backups.
 
-use crate::format::{self, BLOCK_SIZE, GroupDesc, INODE_SIZE, SuperblockFields};
+use crate::format::{self, BLOCK_SIZE, FIRST_INODE, GroupDesc, INODE_SIZE, JOURNAL_INODE, SuperblockFields};
 use crate::layout::Geometry;
 use crate::tree::Tree;
 
@@ -25,7 +25,11 @@ pub(super) fn write(
     let used_inodes = u64::from(plan.numbering.max_ino);
     let mut dirs_per_group = vec![0u16; geometry.groups.len()];
     for (ino, inode) in plan.written() {
-        if inode.node.is_none_or(|id| tree.node(id).is_dir()) {
+        let is_dir = match inode.node {
+            Some(id) => tree.node(id).is_dir(),
+            None => ino == FIRST_INODE,
+        };
+        if is_dir {
             dirs_per_group[((ino - 1) / ipg) as usize] += 1;
         }
     }
@@ -72,6 +76,12 @@ pub(super) fn write(
         uuid: options.uuid,
         hash_seed: options.hash_seed,
         label,
+        journal: (plan.journal_blocks() > 0).then(|| {
+            let at = (JOURNAL_INODE as usize - 1) * INODE_SIZE;
+            let mut iblock = [0u8; 60];
+            iblock.copy_from_slice(&itable[at + 0x28..at + 0x28 + 60]);
+            (iblock, plan.journal_blocks() * BLOCK_SIZE)
+        }),
     };
     for (g, group) in geometry.groups.iter().enumerate() {
         if !group.has_super {

@@ -25,6 +25,7 @@ mod error;
 mod file_data;
 mod image;
 mod inodes;
+mod journal;
 mod metadata;
 mod options;
 mod plan;
@@ -36,12 +37,13 @@ use image::Image;
 pub use options::{ImageOptions, WriteReport};
 
 use crate::format::BLOCK_SIZE;
+use crate::layout;
 use crate::tree::Tree;
 
 /// Writes `tree` into `out`, which must be an empty file opened for writing.
 pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<WriteReport, WriteError> {
-    let plan = plan::plan(tree)?;
-    let geometry = allocate::geometry(&plan, options)?;
+    let mut plan = plan::plan(tree)?;
+    let geometry = size_journal(&mut plan, options)?;
     let allocation = allocate::allocate(&plan, &geometry, options)?;
     // The file is sized first, so every block not written stays a hole.
     let bytes = options.size.unwrap_or(geometry.blocks * BLOCK_SIZE);
@@ -50,6 +52,9 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
     directories::write(tree, &plan, &allocation, &image)?;
     data::write(tree, &plan, &allocation, &image)?;
     let itable = inodes::encode(tree, &plan, &allocation, &image)?;
+    if plan.journal_blocks() > 0 {
+        journal::write(&allocation, plan.journal_blocks(), &options.uuid, &image)?;
+    }
     let free_blocks = metadata::write(tree, &plan, &geometry, &allocation, &itable, options, &image)?;
     data::start_writeback(out);
     Ok(WriteReport {
@@ -57,4 +62,31 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
         used_blocks: geometry.blocks - free_blocks,
         used_inodes: u64::from(plan.numbering.max_ino),
     })
+}
+
+/// Gives the plan its journal, when the options ask for one, and returns
+/// the geometry that holds both. The journal's size depends on the
+/// filesystem's, which depends on the journal's: sized from the content,
+/// the two are iterated to their fixed point (the size rule only grows, so
+/// a few rounds reach it), and an image sized from its content always gets
+/// at least the smallest journal. An image of a size asked for below 8 MiB
+/// gets none, as from `mke2fs`.
+fn size_journal(plan: &mut plan::Plan, options: &ImageOptions) -> Result<layout::Geometry, WriteError> {
+    let mut geometry = allocate::geometry(plan, options)?;
+    if !options.journal {
+        return Ok(geometry);
+    }
+    for _ in 0..16 {
+        let wanted = match (journal::mke2fs_blocks(geometry.blocks), options.size) {
+            (Some(blocks), _) => blocks,
+            (None, None) => journal::MIN_BLOCKS,
+            (None, Some(_)) => return Ok(geometry),
+        };
+        if wanted == plan.journal_blocks() {
+            return Ok(geometry);
+        }
+        plan.set_journal(wanted);
+        geometry = allocate::geometry(plan, options)?;
+    }
+    Err(WriteError::Unsupported("the journal's size did not settle".into()))
 }

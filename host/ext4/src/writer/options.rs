@@ -19,6 +19,10 @@ pub struct ImageOptions {
     /// would be longer fails with [`WriteError::TooLarge`](super::WriteError::TooLarge) before anything
     /// is written.
     pub max_bytes: Option<u64>,
+    /// Whether to give the image a jbd2 journal (`has_journal`), sized by
+    /// `mke2fs`'s rule: what a VM writing to its root disk needs to survive
+    /// being killed. Without it the image is what read-only uses need.
+    pub journal: bool,
 }
 
 /// What was written.

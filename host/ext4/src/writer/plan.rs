@@ -1,7 +1,7 @@
 //! Phase 1, the plan: inode numbers, link counts, and what each inode
 //! holds and how many blocks it needs, before any block is placed.
 
-use crate::format::{self, BLOCK_SIZE, FIRST_INODE, MAX_LINKS, ROOT_INODE, ftype};
+use crate::format::{self, BLOCK_SIZE, FIRST_INODE, JOURNAL_INODE, MAX_LINKS, ROOT_INODE, ftype};
 use crate::tree::{Kind, NodeId, Tree};
 use crate::xattr::{self, Placement};
 
@@ -47,12 +47,23 @@ impl Plan {
     /// The inodes to write, with their numbers: those of the tree's nodes
     /// and a synthetic `lost+found`.
     pub fn written(&self) -> impl Iterator<Item = (u32, &InodePlan)> {
-        self.inodes
-            .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(ino, plan)| (ino as u32, plan))
-            .filter(|&(ino, plan)| plan.node.is_some() || (ino == FIRST_INODE && self.numbering.synthetic_lost_found))
+        self.inodes.iter().enumerate().skip(1).map(|(ino, plan)| (ino as u32, plan)).filter(|&(ino, plan)| {
+            plan.node.is_some()
+                || (ino == FIRST_INODE && self.numbering.synthetic_lost_found)
+                || (ino == JOURNAL_INODE && plan.data_blocks > 0)
+        })
+    }
+
+    /// Gives the journal inode `blocks` blocks (0: no journal).
+    pub fn set_journal(&mut self, blocks: u64) {
+        let journal = &mut self.inodes[JOURNAL_INODE as usize];
+        journal.links = u16::from(blocks > 0);
+        journal.data_blocks = blocks;
+    }
+
+    /// The journal's blocks (0 without one).
+    pub fn journal_blocks(&self) -> u64 {
+        self.inodes[JOURNAL_INODE as usize].data_blocks
     }
 }
 

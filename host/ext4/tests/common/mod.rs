@@ -104,6 +104,7 @@ pub fn options() -> ImageOptions {
         hash_seed: *b"hash-seed-012345",
         label: "test".into(),
         max_bytes: None,
+        journal: false,
     }
 }
 

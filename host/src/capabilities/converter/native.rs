@@ -20,7 +20,12 @@ impl NativeConverters {
     /// The native converters, the exact one leaving `headroom` free when it
     /// sizes an image from its content.
     pub fn with_headroom(headroom: crate::ext4::Headroom) -> Self {
-        Self { exact: Arc::new(exact::ExactConverter { headroom }), ..Self::default() }
+        Self::with_exact(exact::ExactConverter { headroom, ..Default::default() })
+    }
+
+    /// The native converters, `exact` configured as given.
+    pub fn with_exact(exact: exact::ExactConverter) -> Self {
+        Self { exact: Arc::new(exact), ..Self::default() }
     }
 }
 

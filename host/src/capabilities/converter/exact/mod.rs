@@ -35,14 +35,39 @@ use crate::output_tail::tail;
 use crate::regular_file::IntoError as _;
 
 /// The writer's format version: part of the identity, so a change to what
-/// the converter writes gives new keys.
-const FORMAT_VERSION: u32 = 1;
+/// the converter writes gives new keys. (2: the default profile has a
+/// journal.)
+const FORMAT_VERSION: u32 = 2;
+
+/// Which ext4 features the exact converter's images have. Part of its
+/// identity, and so of every key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Ext4Profile {
+    /// A root disk for a VM that writes to it: with a clean jbd2 journal
+    /// (`has_journal`) sized as `mke2fs` sizes it, so a VM killed while
+    /// writing leaves an image the kernel repairs by replaying the journal.
+    #[default]
+    Default,
+    /// No journal: the smallest image, for read-only uses.
+    Minimal,
+}
+
+impl std::fmt::Display for Ext4Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Default => "default",
+            Self::Minimal => "minimal",
+        })
+    }
+}
 
 /// The exact converter.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct ExactConverter {
     /// Room left when the image is sized from its content.
     pub headroom: Headroom,
+    /// The ext4 features of its images.
+    pub profile: Ext4Profile,
 }
 
 fn failed(message: String) -> Error {
@@ -202,6 +227,7 @@ impl ExactConverter {
             hash_seed: derived(&job.key, "hash-seed"),
             label: "rootfs".into(),
             max_bytes: Some(job.max_bytes),
+            journal: self.profile == Ext4Profile::Default,
         };
         let out = std::fs::OpenOptions::new()
             .write(true)
@@ -233,8 +259,8 @@ impl Converter for ExactConverter {
     fn identity(&self) -> String {
         let h = &self.headroom;
         format!(
-            "exact {FORMAT_VERSION} (free space {}% min {} B, free inodes {}% min {})",
-            h.free_space_percent, h.min_free_bytes, h.free_inodes_percent, h.min_free_inodes
+            "exact {FORMAT_VERSION} (ext4 profile {}, free space {}% min {} B, free inodes {}% min {})",
+            self.profile, h.free_space_percent, h.min_free_bytes, h.free_inodes_percent, h.min_free_inodes
         )
     }
 
@@ -246,7 +272,7 @@ impl Converter for ExactConverter {
         let cancel = Arc::new(AtomicBool::new(false));
         let timeout = job.timeout;
         let output = job.output.clone();
-        let this = Self { headroom: self.headroom };
+        let this = *self;
         let flag = cancel.clone();
         let work = tokio::task::spawn_blocking(move || this.run(&job, &flag));
         match tokio::time::timeout(timeout, work).await {
