@@ -66,7 +66,45 @@ pub enum LayoutError {
     },
     /// Beyond ext4's limits without the 64bit feature.
     TooLarge(String),
+    /// More inodes than the groups `blocks` gives can hold (at most
+    /// [`MAX_INODES_PER_GROUP`] each).
+    InodesDoNotFit {
+        /// Inodes asked for.
+        inodes: u64,
+        /// Groups the blocks give.
+        groups: u64,
+    },
+    /// Too few blocks for even one group's metadata.
+    TooSmall {
+        /// Blocks asked for.
+        blocks: u64,
+    },
+    /// More inodes than an image can hold, whatever its size.
+    TooManyInodes {
+        /// Inodes the content needs.
+        inodes: u64,
+        /// The most an image holds: [`MAX_INODES`].
+        max: u64,
+    },
 }
+
+/// The most inodes one group holds: one bit each in its one inode-bitmap
+/// block (8 × the block size: 32,768 with 4 KiB blocks).
+pub const MAX_INODES_PER_GROUP: u64 = 8 * BLOCK_SIZE;
+
+/// The most blocks an image has without the `64bit` feature.
+const MAX_BLOCKS: u64 = u32::MAX as u64;
+
+/// The most inodes an image holds. ext4 counts inodes in 32 bits (at most
+/// 2^32 − 1); with 32,768 blocks per group and at most 2^32 − 1 blocks there
+/// are at most 131,072 groups, and inodes per group are a multiple of the 16
+/// that fill an inode-table block, so, as mke2fs caps `-N`, 131,072 groups of
+/// 32,752: 4,292,870,144.
+pub const MAX_INODES: u64 = {
+    let groups = MAX_BLOCKS.div_ceil(BLOCKS_PER_GROUP);
+    let per_group = u32::MAX as u64 / groups / INODES_PER_BLOCK as u64 * INODES_PER_BLOCK as u64;
+    per_group * groups
+};
 
 impl Geometry {
     /// Lays out `blocks` blocks with room for `inodes` inodes.
@@ -81,8 +119,11 @@ impl Geometry {
                 .div_ceil(group_count)
                 .next_multiple_of(u64::from(INODES_PER_BLOCK))
                 .max(u64::from(INODES_PER_BLOCK));
-            if ipg > BLOCKS_PER_GROUP {
-                return Err(LayoutError::TooLarge(format!("{inodes} inodes do not fit in {group_count} groups")));
+            if ipg > MAX_INODES_PER_GROUP {
+                return Err(LayoutError::InodesDoNotFit { inodes, groups: group_count });
+            }
+            if ipg * group_count > u64::from(u32::MAX) {
+                return Err(LayoutError::TooManyInodes { inodes, max: MAX_INODES });
             }
             let gdt_blocks = (group_count * DESC_SIZE).div_ceil(BLOCK_SIZE);
             let itable_blocks = ipg * INODE_SIZE as u64 / BLOCK_SIZE;
@@ -106,7 +147,7 @@ impl Geometry {
             let last = groups.last().expect("at least one group");
             if last.first_data + 16 > last.start + last.blocks {
                 if group_count == 1 {
-                    return Err(LayoutError::TooLarge(format!("{blocks} blocks is too small for a filesystem")));
+                    return Err(LayoutError::TooSmall { blocks });
                 }
                 blocks = last.start;
                 continue;
@@ -132,33 +173,72 @@ impl Geometry {
 
     /// The geometry for content of `data_blocks` blocks and `inodes` inodes:
     /// exactly `size` bytes when given, else sized with `headroom`.
+    ///
+    /// # Inodes
+    ///
+    /// Groups keep 32,768 blocks, and a group holds at most
+    /// [`MAX_INODES_PER_GROUP`] inodes (one inode-bitmap block), so the
+    /// inodes set a least number of groups, `⌈inodes / 32,768⌉`. mke2fs
+    /// spreads the inodes it is asked for over the groups a device's size
+    /// gives (`⌈inodes / groups⌉`, rounded up to fill inode-table blocks),
+    /// and when they do not fit it shrinks the groups (`s_blocks_per_group`)
+    /// rather than grow a device it cannot grow. Here the size is ours to
+    /// choose: sized from the content, an image whose inodes do not fit in
+    /// the groups its data needs gets more groups instead
+    /// ([`min_blocks_for_inodes`](Self::min_blocks_for_inodes)), each with
+    /// the same even share of the inodes mke2fs would give it, the last one
+    /// only as long as its metadata and 16 blocks. So every image keeps the
+    /// one group size every image had, and every tree that fitted before
+    /// gets the geometry (and the bytes) it got before: the extra groups are
+    /// added only where [`new`](Self::new) finds the inodes do not fit. The
+    /// cost is at most one block per inode (at most 32,768 inodes per
+    /// 32,768-block group), a quarter of mke2fs's default 16 KiB per inode,
+    /// and the blocks no inode uses are holes in the image file.
+    ///
+    /// With a `size` too small for the inodes (or the data), the error names
+    /// the least size that holds them, [`LayoutError::DoesNotFit`]; more
+    /// than [`MAX_INODES`] inodes is [`LayoutError::TooManyInodes`].
     pub fn for_content(
         data_blocks: u64,
         inodes: u64,
         size: Option<u64>,
         headroom: &Headroom,
     ) -> Result<Self, LayoutError> {
+        if inodes > MAX_INODES {
+            return Err(LayoutError::TooManyInodes { inodes, max: MAX_INODES });
+        }
         let free_inodes =
             (inodes * u64::from(headroom.free_inodes_percent) / 100).max(u64::from(headroom.min_free_inodes));
         match size {
-            Some(size) => {
-                let blocks = size / BLOCK_SIZE;
-                // Like mke2fs: an inode per 16 KiB, unless the content needs more.
-                let wanted = (inodes + free_inodes).max(size / 16384).min(blocks / 2);
-                let geometry = Self::new(blocks, wanted.max(inodes))?;
-                if geometry.data_blocks() < data_blocks || geometry.inodes() < inodes {
-                    let overhead = geometry.metadata_blocks();
-                    return Err(LayoutError::DoesNotFit { needed: (data_blocks + overhead) * BLOCK_SIZE, size });
+            Some(size) => match Self::for_size(inodes, free_inodes, size) {
+                Ok(geometry) if geometry.holds(data_blocks, inodes) => Ok(geometry),
+                Ok(_) | Err(LayoutError::InodesDoNotFit { .. } | LayoutError::TooSmall { .. }) => {
+                    Err(LayoutError::DoesNotFit {
+                        needed: Self::size_needed(data_blocks, inodes, free_inodes, size)?,
+                        size,
+                    })
                 }
-                Ok(geometry)
-            }
+                Err(e) => Err(e),
+            },
             None => {
                 let free = (data_blocks * u64::from(headroom.free_space_percent) / 100)
                     .max(headroom.min_free_bytes.div_ceil(BLOCK_SIZE));
-                let want_inodes = inodes + free_inodes;
+                let want_inodes = (inodes + free_inodes).min(MAX_INODES);
                 let mut blocks = data_blocks + free;
                 loop {
-                    let geometry = Self::new(blocks, want_inodes)?;
+                    let geometry = match Self::new(blocks, want_inodes) {
+                        Ok(geometry) => geometry,
+                        Err(LayoutError::InodesDoNotFit { .. }) => {
+                            // Only content that failed here before gets
+                            // here: more groups for its inodes. Past
+                            // `min_blocks_for_inodes`, every size holds them.
+                            let at_least = Self::min_blocks_for_inodes(want_inodes);
+                            debug_assert!(at_least > blocks, "{blocks} blocks for {want_inodes} inodes");
+                            blocks = at_least.max(blocks + 1);
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let needed = data_blocks + free + geometry.metadata_blocks();
                     if geometry.blocks >= needed {
                         return Ok(geometry);
@@ -170,18 +250,77 @@ impl Geometry {
                         // metadata, and the content fits in no more than was
                         // asked for: asking for `needed` again would give the
                         // same geometry forever (about one size in 250 did).
-                        // Ask for room for that group's metadata instead: an
-                        // upper bound of it (one more group never needs more
-                        // inode-table blocks, or more than one more
-                        // descriptor block), and 16 blocks.
-                        let group = geometry.groups.len() as u64;
-                        let backup = if has_superblock(group) { 1 + geometry.gdt_blocks + 1 } else { 0 };
-                        let itable = u64::from(geometry.inodes_per_group) * INODE_SIZE as u64 / BLOCK_SIZE;
-                        geometry.blocks + backup + 2 + itable + 16
+                        geometry.past_one_more_group()
                     };
                 }
             }
         }
+    }
+
+    /// The geometry of an image of exactly `size` bytes.
+    fn for_size(inodes: u64, free_inodes: u64, size: u64) -> Result<Self, LayoutError> {
+        let blocks = size / BLOCK_SIZE;
+        // Like mke2fs: an inode per 16 KiB, unless the content needs more.
+        let wanted = (inodes + free_inodes).max(size / 16384).min(blocks / 2);
+        Self::new(blocks, wanted.max(inodes))
+    }
+
+    /// Whether content of `data_blocks` blocks and `inodes` inodes fits.
+    fn holds(&self, data_blocks: u64, inodes: u64) -> bool {
+        self.data_blocks() >= data_blocks && self.inodes() >= inodes
+    }
+
+    /// The least size past `size` (in whole blocks) whose
+    /// [`for_size`](Self::for_size) geometry holds the content: what a
+    /// [`LayoutError::DoesNotFit`] names, so asking for it succeeds.
+    fn size_needed(data_blocks: u64, inodes: u64, free_inodes: u64, size: u64) -> Result<u64, LayoutError> {
+        let itable = inodes.next_multiple_of(u64::from(INODES_PER_BLOCK)) * INODE_SIZE as u64 / BLOCK_SIZE;
+        let mut blocks =
+            (size / BLOCK_SIZE + 1).max(Self::min_blocks_for_inodes(inodes)).max(data_blocks + itable + 2 + 1 + 16);
+        loop {
+            let next = match Self::for_size(inodes, free_inodes, blocks * BLOCK_SIZE) {
+                Ok(geometry) if geometry.holds(data_blocks, inodes) => return Ok(blocks * BLOCK_SIZE),
+                Ok(geometry) if geometry.blocks < blocks => {
+                    // The last group was dropped: make it long enough.
+                    (data_blocks + geometry.metadata_blocks()).max(geometry.past_one_more_group())
+                }
+                Ok(geometry) => data_blocks + geometry.metadata_blocks(),
+                Err(LayoutError::InodesDoNotFit { .. }) => Self::min_blocks_for_inodes(inodes),
+                Err(LayoutError::TooSmall { .. }) => blocks + 16,
+                Err(e) => return Err(e),
+            };
+            blocks = next.max(blocks + 1);
+        }
+    }
+
+    /// The blocks that keep, after this geometry's last group, one more group
+    /// with room for its metadata: an upper bound of it (one more group never
+    /// needs more inode-table blocks, or more than one more descriptor
+    /// block), and 16 blocks.
+    fn past_one_more_group(&self) -> u64 {
+        let group = self.groups.len() as u64;
+        let backup = if has_superblock(group) { 1 + self.gdt_blocks + 1 } else { 0 };
+        let itable = u64::from(self.inodes_per_group) * INODE_SIZE as u64 / BLOCK_SIZE;
+        self.blocks + backup + 2 + itable + 16
+    }
+
+    /// The fewest blocks with enough groups for `inodes` inodes: with
+    /// `g = ⌈inodes / 32,768⌉` groups of `⌈inodes / g⌉` inodes (rounded up
+    /// as [`new`](Self::new) does), `g − 1` whole groups and a last one just
+    /// long enough for its metadata and 16 blocks (`new` drops a shorter
+    /// one). Any more blocks give at least as many groups, so they hold the
+    /// inodes too. 0 when one group holds them.
+    pub fn min_blocks_for_inodes(inodes: u64) -> u64 {
+        let groups = inodes.div_ceil(MAX_INODES_PER_GROUP).max(1);
+        if groups == 1 {
+            return 0;
+        }
+        let ipg =
+            inodes.div_ceil(groups).next_multiple_of(u64::from(INODES_PER_BLOCK)).max(u64::from(INODES_PER_BLOCK));
+        let gdt_blocks = (groups * DESC_SIZE).div_ceil(BLOCK_SIZE);
+        let last = groups - 1;
+        let backup = if has_superblock(last) { 1 + gdt_blocks } else { 0 };
+        last * BLOCKS_PER_GROUP + backup + 2 + ipg * INODE_SIZE as u64 / BLOCK_SIZE + 16
     }
 }
 
@@ -285,5 +424,156 @@ mod tests {
         let g = Geometry::for_content(100_000, 5000, None, &h).unwrap();
         assert!(g.data_blocks() >= 120_000);
         assert!(g.inodes() >= 5000 + 4096);
+    }
+
+    /// Checks a geometry the way e2fsck and the guest would: every group
+    /// holds its metadata, the inodes per group fill whole inode-table
+    /// blocks and fit one bitmap block, and the count fits 32 bits.
+    fn assert_sound(g: &Geometry) {
+        assert!(u64::from(g.inodes_per_group) <= MAX_INODES_PER_GROUP, "{}", g.inodes_per_group);
+        assert_eq!(u64::from(g.inodes_per_group) % u64::from(INODES_PER_BLOCK), 0);
+        assert!(g.inodes() <= u64::from(u32::MAX));
+        assert_eq!(g.groups.len() as u64, g.blocks.div_ceil(BLOCKS_PER_GROUP));
+        for group in &g.groups {
+            assert!(group.first_data + 16 <= group.start + group.blocks, "{group:?}");
+        }
+    }
+
+    #[test]
+    fn the_inode_limit_is_what_mke2fs_would_allow() {
+        assert_eq!(MAX_INODES, 131_072 * 32_752);
+        assert!(MAX_INODES <= u64::from(u32::MAX));
+        let g = Geometry::new(MAX_BLOCKS, MAX_INODES).unwrap();
+        assert_eq!(g.inodes(), MAX_INODES);
+        assert_sound(&g);
+    }
+
+    #[test]
+    fn many_inodes_and_little_data_get_enough_groups() {
+        // The layer: 100,000 empty files in 100 directories.
+        let h = Headroom::default();
+        let inodes = 100_000 + 100 + 11;
+        let g = Geometry::for_content(8, inodes, None, &h).unwrap();
+        assert!(g.inodes() >= inodes + inodes / 5, "{}", g.inodes());
+        assert_eq!(g.groups.len(), 4);
+        assert_sound(&g);
+        // No more groups than the inodes need, and the last one is short.
+        assert!(g.blocks < 3 * BLOCKS_PER_GROUP + 4096, "{}", g.blocks);
+    }
+
+    #[test]
+    fn every_inode_count_and_data_size_converges_to_a_sound_geometry() {
+        let h = Headroom::default();
+        let inode_counts = (0..40u64)
+            .map(|i| 20_000 + i * 1_237)
+            .chain([27_300, 27_305, 27_306, 32_768, 65_536, 131_072, 250_000, 1_000_000])
+            .chain((0..24u64).map(|i| 300_000 + i * 27_307));
+        for inodes in inode_counts {
+            for data_blocks in [0, 1, 5_000, 23_883, 30_000, 32_700, 70_000, 381_700] {
+                let g = Geometry::for_content(data_blocks, inodes, None, &h).unwrap();
+                let free = (data_blocks / 5).max((32 << 20) / BLOCK_SIZE);
+                let free_inodes = (inodes / 5).max(4096);
+                assert!(g.data_blocks() >= data_blocks + free, "{inodes} {data_blocks}: {}", g.blocks);
+                assert!(g.inodes() >= inodes + free_inodes, "{inodes} {data_blocks}: {}", g.inodes());
+                assert_sound(&g);
+            }
+        }
+    }
+
+    #[test]
+    fn the_least_blocks_for_inodes_hold_them_and_one_fewer_does_not() {
+        for inodes in [32_769, 40_000, 65_536, 65_537, 98_305, 120_019, 1_000_000, 3_000_000] {
+            let at_least = Geometry::min_blocks_for_inodes(inodes);
+            let g = Geometry::new(at_least, inodes).unwrap();
+            assert!(g.inodes() >= inodes);
+            assert_sound(&g);
+            assert!(matches!(Geometry::new(at_least - 1, inodes), Err(LayoutError::InodesDoNotFit { .. })), "{inodes}");
+        }
+        assert_eq!(Geometry::min_blocks_for_inodes(32_768), 0);
+    }
+
+    #[test]
+    fn a_size_too_small_for_the_inodes_names_a_size_that_holds_them() {
+        let h = Headroom::default();
+        for (data_blocks, inodes, size) in
+            [(100, 40_000, 64 << 20), (100, 120_019, 128 << 20), (20_000, 70_000, 200 << 20), (10, 5_000, 1 << 20)]
+        {
+            let err = Geometry::for_content(data_blocks, inodes, Some(size), &h).unwrap_err();
+            let LayoutError::DoesNotFit { needed, size: asked } = err else { panic!("{inodes}: {err:?}") };
+            assert_eq!(asked, size);
+            assert!(needed > size, "{needed}");
+            let g = Geometry::for_content(data_blocks, inodes, Some(needed), &h).unwrap();
+            assert!(g.inodes() >= inodes && g.data_blocks() >= data_blocks);
+            assert_sound(&g);
+        }
+    }
+
+    #[test]
+    fn more_inodes_than_ext4_holds_are_refused_naming_the_limit() {
+        let h = Headroom::default();
+        for size in [None, Some(1 << 40)] {
+            let err = Geometry::for_content(0, MAX_INODES + 1, size, &h).unwrap_err();
+            assert_eq!(err, LayoutError::TooManyInodes { inodes: MAX_INODES + 1, max: MAX_INODES });
+        }
+        // As many as it holds fit, the headroom cut to what is left.
+        let g = Geometry::for_content(0, MAX_INODES - 1000, None, &h).unwrap();
+        assert_eq!(g.inodes(), MAX_INODES);
+    }
+
+    /// `for_content` as it was before inodes could add groups, kept to
+    /// show that every content it laid out still gets the same geometry.
+    fn before(data_blocks: u64, inodes: u64, size: Option<u64>, headroom: &Headroom) -> Option<Geometry> {
+        let free_inodes =
+            (inodes * u64::from(headroom.free_inodes_percent) / 100).max(u64::from(headroom.min_free_inodes));
+        match size {
+            Some(size) => {
+                let blocks = size / BLOCK_SIZE;
+                let wanted = (inodes + free_inodes).max(size / 16384).min(blocks / 2);
+                let geometry = Geometry::new(blocks, wanted.max(inodes)).ok()?;
+                (geometry.data_blocks() >= data_blocks && geometry.inodes() >= inodes).then_some(geometry)
+            }
+            None => {
+                let free = (data_blocks * u64::from(headroom.free_space_percent) / 100)
+                    .max(headroom.min_free_bytes.div_ceil(BLOCK_SIZE));
+                let mut blocks = data_blocks + free;
+                loop {
+                    let geometry = Geometry::new(blocks, inodes + free_inodes).ok()?;
+                    let needed = data_blocks + free + geometry.metadata_blocks();
+                    if geometry.blocks >= needed {
+                        return Some(geometry);
+                    }
+                    blocks = if needed > blocks { needed } else { geometry.past_one_more_group() };
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn content_that_fitted_before_gets_the_same_geometry_and_only_the_rest_a_new_one() {
+        let h = Headroom::default();
+        let (mut same, mut new) = (0, 0);
+        for inodes in (0..60u64).map(|i| 1 + i * 1_699).chain(27_290..27_320).chain([54_000, 54_700, 110_000]) {
+            for data_blocks in (0..30u64).map(|i| i * 13_001).chain([23_883, 32_700, 65_000, 300_000]) {
+                for size in [None, Some(64 << 20), Some(129 << 20), Some(600 << 20), Some(1 << 30)] {
+                    let now = Geometry::for_content(data_blocks, inodes, size, &h);
+                    match before(data_blocks, inodes, size, &h) {
+                        Some(before) => {
+                            assert_eq!(now.as_ref(), Ok(&before), "{inodes} {data_blocks} {size:?}");
+                            same += 1;
+                        }
+                        None if size.is_none() => {
+                            assert_sound(&now.unwrap());
+                            new += 1;
+                        }
+                        None => {
+                            let Err(LayoutError::DoesNotFit { needed, .. }) = now else { panic!("{now:?}") };
+                            let g = Geometry::for_content(data_blocks, inodes, Some(needed), &h).unwrap();
+                            assert_sound(&g);
+                        }
+                    }
+                }
+            }
+        }
+        assert!(same > 1000 && new > 100, "{same} {new}");
     }
 }

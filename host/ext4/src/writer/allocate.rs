@@ -43,7 +43,9 @@ fn content_blocks(plan: &Plan) -> u64 {
 }
 
 /// The geometry for the plan: the size asked for, or sized from the content
-/// with the options' headroom, refused past `max_bytes`.
+/// (with enough groups for its inodes) with the options' headroom, refused
+/// past `max_bytes` or past [`MAX_INODES`](crate::layout::MAX_INODES) inodes,
+/// before anything is written.
 pub(super) fn geometry(plan: &Plan, options: &ImageOptions) -> Result<Geometry, WriteError> {
     let geometry = Geometry::for_content(
         content_blocks(plan),

@@ -22,6 +22,14 @@ pub enum WriteError {
         /// Bytes allowed.
         max: u64,
     },
+    /// More inodes than an ext4 image holds, whatever its size.
+    #[error("the content needs {inodes} inodes, more than the {max} an ext4 image holds")]
+    TooManyInodes {
+        /// Inodes the content needs (at least).
+        inodes: u64,
+        /// The most an image holds: [`MAX_INODES`](crate::layout::MAX_INODES).
+        max: u64,
+    },
     /// Beyond what this writer supports.
     #[error("{0}")]
     Unsupported(String),
@@ -52,6 +60,13 @@ impl From<LayoutError> for WriteError {
         match e {
             LayoutError::DoesNotFit { needed, size } => Self::DoesNotFit { needed, size },
             LayoutError::TooLarge(m) => Self::Unsupported(m),
+            LayoutError::TooManyInodes { inodes, max } => Self::TooManyInodes { inodes, max },
+            LayoutError::InodesDoNotFit { inodes, groups } => {
+                Self::Unsupported(format!("{inodes} inodes do not fit in {groups} groups"))
+            }
+            LayoutError::TooSmall { blocks } => {
+                Self::Unsupported(format!("{blocks} blocks is too small for a filesystem"))
+            }
         }
     }
 }

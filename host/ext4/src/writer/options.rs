@@ -5,7 +5,12 @@ use crate::layout::Headroom;
 /// How to write an image.
 #[derive(Clone, Debug)]
 pub struct ImageOptions {
-    /// The image's exact size in bytes, or `None` to size it from the content.
+    /// The image's exact size in bytes, or `None` to size it from the content
+    /// (its data and its inodes: see
+    /// [`Geometry::for_content`](crate::layout::Geometry::for_content)). A size
+    /// too small for either fails with
+    /// [`WriteError::DoesNotFit`](super::WriteError::DoesNotFit), naming a size
+    /// that holds them.
     pub size: Option<u64>,
     /// Room to leave when sizing from the content.
     pub headroom: Headroom,

@@ -2,6 +2,7 @@
 //! holds and how many blocks it needs, before any block is placed.
 
 use crate::format::{self, BLOCK_SIZE, FIRST_INODE, JOURNAL_INODE, MAX_LINKS, ROOT_INODE, ftype};
+use crate::layout::MAX_INODES;
 use crate::tree::{Kind, NodeId, Tree};
 use crate::xattr::{self, Placement};
 
@@ -140,7 +141,9 @@ fn number(tree: &Tree) -> Result<Numbering, WriteError> {
             }
             if ino_of[id] == 0 {
                 ino_of[id] = next_ino;
-                next_ino = next_ino.checked_add(1).ok_or_else(|| WriteError::Unsupported("too many inodes".into()))?;
+                next_ino = next_ino
+                    .checked_add(1)
+                    .ok_or(WriteError::TooManyInodes { inodes: u64::from(u32::MAX) + 1, max: MAX_INODES })?;
             }
             if tree.node(id).is_dir() {
                 parent_of[id] = ino_of[dir];

@@ -247,6 +247,7 @@ impl ExactConverter {
                 format!("the content needs an image of {needed} bytes, larger than the allowed {max}"),
             ),
             ext4::WriteError::Write(io) => Error::io("writing the image", &io),
+            too_many @ ext4::WriteError::TooManyInodes { .. } => Error::UnsupportedSource(too_many.to_string()),
             other => failed(other.to_string()),
         })?;
         drop(keep_alive);
