@@ -7,7 +7,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rootfs_cache_tests::{Overlay2, agent, cli, require_root, snapshot, standard_chain};
+use rootfs_cache_tests::{Overlay2, agent, cli, fsck, require_root, snapshot, standard_chain};
 
 fn os(s: impl AsRef<OsStr>) -> OsString {
     s.as_ref().to_owned()
@@ -316,4 +316,75 @@ fn bad_policies_and_hostile_sources_give_one_line_a_non_zero_exit_and_an_unchang
     ];
     assert!(cases.len() + 20 >= 30, "the corpus (with the other test's 20) has fewer than 30 cases");
     assert_each_refused(cases, &cache, &before);
+}
+
+/// Whether an image's superblock has `has_journal` (`s_feature_compat`, 0x4).
+fn has_journal(image: &Path) -> bool {
+    use std::os::unix::fs::FileExt as _;
+    let mut compat = [0u8; 4];
+    std::fs::File::open(image).unwrap().read_exact_at(&mut compat, 1024 + 0x5C).unwrap();
+    u32::from_le_bytes(compat) & 0x4 != 0
+}
+
+/// `convert … --json` of `top` into `cache` with `extra` arguments: the image and its key.
+fn convert_json(cache: &Path, top: &Path, agent: &Path, extra: &[&str]) -> (PathBuf, String) {
+    let mut args = vec![os("--cache-dir"), os(cache), os("convert"), os(top), os("--agent"), os(agent), os("--json")];
+    args.extend(extra.iter().map(os));
+    let (code, out, err) = run(&args);
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (PathBuf::from(json["image"].as_str().unwrap()), json["key"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn the_default_profile_has_a_journal_minimal_has_none_and_each_is_its_own_key() {
+    require_root!();
+    let d = tempfile::tempdir().unwrap();
+    let top = standard_chain(&d.path().join("overlay2"));
+    let agent = agent(d.path(), "agent", "profile");
+    let cache = d.path().join("cache");
+    let (journaled, key) = convert_json(&cache, &top, &agent, &[]);
+    assert!(has_journal(&journaled), "the default profile wrote no journal");
+    let (minimal, minimal_key) = convert_json(&cache, &top, &agent, &["--ext4-profile", "minimal"]);
+    assert!(!has_journal(&minimal), "the minimal profile wrote a journal");
+    assert_ne!(key, minimal_key, "the profile is not part of the key");
+    for image in [&journaled, &minimal] {
+        let (status, report) = fsck(image);
+        assert_eq!(status, 0, "{report}");
+    }
+    let before = snapshot(&cache);
+    let bad = vec![os("--cache-dir"), os(&cache), os("convert"), os(&top), os("--agent"), os(&agent)];
+    assert_each_refused(
+        vec![("an unknown profile", [bad, vec![os("--ext4-profile"), os("tiny")]].concat(), 2)],
+        &cache,
+        &before,
+    );
+}
+
+/// Issue 12: 100,000 empty files in 100 directories failed at the default
+/// size ("120019 inodes do not fit in 1 groups").
+#[test]
+fn a_hundred_thousand_empty_files_convert_at_the_default_size() {
+    require_root!();
+    let d = tempfile::tempdir().unwrap();
+    let mut chain = Overlay2::new(&d.path().join("overlay2"));
+    let top = chain.layer(|l| {
+        for dir in 0..100 {
+            let dir = l.diff.join(format!("d{dir:03}"));
+            std::fs::create_dir(&dir).unwrap();
+            for file in 0..1000 {
+                std::fs::File::create(dir.join(format!("f{file:04}"))).unwrap();
+            }
+        }
+    });
+    let agent = agent(d.path(), "agent", "many");
+    let (image, _) = convert_json(&d.path().join("cache"), &top, &agent, &[]);
+    let (status, report) = fsck(&image);
+    assert_eq!(status, 0, "{report}");
+    // e2fsck's summary: "<image>: <used>/<total> files (…), …".
+    let used: u64 = report
+        .split_whitespace()
+        .find_map(|w| w.split_once('/').filter(|(_, rest)| !rest.is_empty()).and_then(|(n, _)| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no file count in e2fsck's summary: {report}"));
+    assert!(used >= 100_100, "only {used} inodes in use: {report}");
 }
