@@ -32,15 +32,14 @@ fn fixture_chains() -> Vec<(String, PathBuf)> {
         return Vec::new();
     };
     let list: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("ROOTFS_FIXTURES")).unwrap();
-    let mut chains: Vec<(String, PathBuf)> = list
-        .as_array()
+    let mut seen = std::collections::HashSet::new();
+    list.as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["name"].as_str().unwrap().to_string(), f["overlay2"].as_str().unwrap().into()))
-        .collect();
-    // Fixtures that share a chain (the zstd export of an image) boot once.
-    chains.dedup_by(|a, b| a.1 == b.1);
-    chains
+        .map(|f| (f["name"].as_str().unwrap().to_string(), PathBuf::from(f["overlay2"].as_str().unwrap())))
+        // Fixtures that share a chain (the zstd export of an image) boot once.
+        .filter(|(_, chain)| seen.insert(chain.clone()))
+        .collect()
 }
 
 fn show(path: &[u8]) -> String {
