@@ -206,3 +206,27 @@ pub fn differences(reference: &Path, image: &Path, ignore: &[&[u8]]) -> Vec<Stri
     }
     diffs
 }
+
+/// What the image adds to the container's tree: lost+found, and the agent
+/// where `/sbin` leads inside the tree (`/usr/sbin` on merged-usr systems),
+/// or `/sbin` itself when the tree has none.
+pub fn added_by_image(reference: &Path) -> Vec<Vec<u8>> {
+    let mut sbin = b"sbin".to_vec();
+    for _ in 0..8 {
+        match std::fs::read_link(reference.join(String::from_utf8_lossy(&sbin).as_ref())) {
+            Ok(target) => {
+                let target = target.to_string_lossy().into_owned();
+                sbin = match target.strip_prefix('/') {
+                    Some(absolute) => absolute.as_bytes().to_vec(),
+                    None => target.into_bytes(),
+                };
+            }
+            Err(_) => break,
+        }
+    }
+    if reference.join(String::from_utf8_lossy(&sbin).as_ref()).is_dir() {
+        vec![b"lost+found".to_vec(), [sbin.as_slice(), b"/vm-agent"].concat()]
+    } else {
+        vec![b"lost+found".to_vec(), sbin]
+    }
+}

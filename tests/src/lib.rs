@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 pub mod compare;
 pub mod oci;
+pub mod vm;
 
 /// A child forked from this process that holds copies of every descriptor
 /// the process had at the fork, as a child forked by any thread of an

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rootfs_cache::{Config, ConverterSpec, Request, RootfsCache};
-use rootfs_cache_tests::compare::differences;
+use rootfs_cache_tests::compare::{added_by_image, differences};
 use rootfs_cache_tests::{OverlayMount, ReadOnlyMount, agent, fsck, require_root};
 
 struct Fixture {
@@ -43,32 +43,8 @@ fn fixtures() -> Option<Vec<Fixture>> {
     )
 }
 
-/// What the image adds to the container's tree: lost+found, and the agent
-/// where `/sbin` leads inside the tree (`/usr/sbin` on merged-usr systems),
-/// or `/sbin` itself when the tree has none.
-fn added(reference: &Path) -> Vec<Vec<u8>> {
-    let mut sbin = b"sbin".to_vec();
-    for _ in 0..8 {
-        match std::fs::read_link(reference.join(String::from_utf8_lossy(&sbin).as_ref())) {
-            Ok(target) => {
-                let target = target.to_string_lossy().into_owned();
-                sbin = match target.strip_prefix('/') {
-                    Some(absolute) => absolute.as_bytes().to_vec(),
-                    None => target.into_bytes(),
-                };
-            }
-            Err(_) => break,
-        }
-    }
-    if reference.join(String::from_utf8_lossy(&sbin).as_ref()).is_dir() {
-        vec![b"lost+found".to_vec(), [sbin.as_slice(), b"/vm-agent"].concat()]
-    } else {
-        vec![b"lost+found".to_vec(), sbin]
-    }
-}
-
 fn diff(reference: &Path, image: &Path) -> Vec<String> {
-    let added = added(reference);
+    let added = added_by_image(reference);
     let ignore: Vec<&[u8]> = added.iter().map(Vec::as_slice).collect();
     differences(reference, image, &ignore)
 }

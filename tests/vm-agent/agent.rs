@@ -1,0 +1,397 @@
+//! The micro-VM test agent: `/sbin/vm-agent`, PID 1 of a VM booted from an
+//! image (see `tests/src/vm.rs`). Std only, linked statically, so the image
+//! needs no shell and no libraries.
+//!
+//! It checks that it is PID 1, walks the whole tree and prints one line per
+//! entry between `BEGIN-REPORT` and `END-REPORT`; then it mounts `/proc`
+//! (creating the directory if the image has none: the walk never sees a
+//! mounted `/proc`), checks that `/` is ext4 mounted read-write, writes a
+//! file, renames one, deletes one, calls `sync` and powers the VM off.
+//!
+//! Every line it prints starts with a tag. Entry lines are
+//! `E <kind> <mode> <uid> <gid> <size> <mtime> <rdev> <ino> <nlink> <sha256|-> <target|-> <xattrs|-> <path>`
+//! with the mode in octal, `rdev` in hex, the target and path hex-encoded
+//! (names need not be UTF-8) and xattrs as `name=sha256(value)` joined by
+//! commas, names hex-encoded. Other lines: `PID1 <pid>`,
+//! `ROOT <fstype> <options> <source>`, `CREATED <path>`,
+//! `WROTE <path> <sha256>`, `RENAMED <from> <to>`, `DELETED <path>`,
+//! `SYNCED`, `AGENT-ERROR <message>`, `POWER-OFF`.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+unsafe extern "C" {
+    fn mount(source: *const i8, target: *const i8, fstype: *const i8, flags: u64, data: *const u8) -> i32;
+    fn llistxattr(path: *const i8, list: *mut u8, size: usize) -> isize;
+    fn lgetxattr(path: *const i8, name: *const i8, value: *mut u8, size: usize) -> isize;
+    fn sync();
+    fn reboot(cmd: i32) -> i32;
+}
+
+/// `RB_POWER_OFF` (`LINUX_REBOOT_CMD_POWER_OFF`).
+const RB_POWER_OFF: i32 = 0x4321_fedc_u32 as i32;
+
+/// The file the agent writes.
+const WRITTEN: &str = "/vm-agent-wrote-this";
+/// What the agent appends to the name of the file it renames.
+const RENAMED_SUFFIX: &str = ".vm-agent-renamed";
+
+fn main() {
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let mut errors = Vec::new();
+    let mut candidates = Vec::new();
+    writeln!(out, "BEGIN-REPORT").ok();
+    writeln!(out, "PID1 {}", std::process::id()).ok();
+    if std::process::id() != 1 {
+        // Never mount, write or power off anything but a VM.
+        writeln!(out, "AGENT-ERROR running as PID {}, not 1: refusing to touch this machine", std::process::id()).ok();
+        out.flush().ok();
+        std::process::exit(2);
+    }
+    walk(&mut out, &mut errors, &mut candidates);
+    writeln!(out, "END-REPORT").ok();
+    // /proc is mounted after the walk, so the walk shows the image's own
+    // directory (or its absence).
+    if fs::symlink_metadata("/proc").is_err() {
+        match fs::create_dir("/proc") {
+            Ok(()) => writeln!(out, "CREATED {}", hex(b"/proc")).map(drop).unwrap_or(()),
+            Err(e) => errors.push(format!("mkdir /proc: {e}")),
+        }
+    }
+    if let Err(e) = mount_proc() {
+        errors.push(format!("mount proc: {e}"));
+    }
+    match root_mount() {
+        Ok((fstype, options, source)) => {
+            writeln!(out, "ROOT {fstype} {options} {source}").ok();
+            if fstype != "ext4" || !options.split(',').any(|o| o == "rw") {
+                errors.push(format!("/ is {fstype} ({options}), not ext4 read-write"));
+            }
+        }
+        Err(e) => errors.push(format!("reading /proc/self/mountinfo: {e}")),
+    }
+    out.flush().ok();
+
+    // The writes, after the walk so that it shows the image as built.
+    if let Err(e) = write_file(&mut out) {
+        errors.push(format!("writing {WRITTEN}: {e}"));
+    }
+    let mut candidates = candidates.into_iter();
+    if let Some(from) = candidates.next() {
+        let mut to = from.clone().into_os_string();
+        to.push(RENAMED_SUFFIX);
+        match fs::rename(&from, &to) {
+            Ok(()) => {
+                writeln!(out, "RENAMED {} {}", hex(from.as_os_str().as_bytes()), hex(to.as_bytes())).ok();
+            }
+            Err(e) => errors.push(format!("rename {}: {e}", from.display())),
+        }
+    }
+    if let Some(doomed) = candidates.next() {
+        match fs::remove_file(&doomed) {
+            Ok(()) => writeln!(out, "DELETED {}", hex(doomed.as_os_str().as_bytes())).map(drop).unwrap_or(()),
+            Err(e) => errors.push(format!("delete {}: {e}", doomed.display())),
+        }
+    }
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { sync() };
+    writeln!(out, "SYNCED").ok();
+    for e in &errors {
+        writeln!(out, "AGENT-ERROR {}", e.replace('\n', " ")).ok();
+    }
+    writeln!(out, "POWER-OFF").ok();
+    out.flush().ok();
+    drop(out);
+    // SAFETY: powers the machine off; returns only on failure.
+    unsafe { reboot(RB_POWER_OFF) };
+    eprintln!("AGENT-ERROR reboot(RB_POWER_OFF): {}", io::Error::last_os_error());
+    // Exiting PID 1 panics the kernel, which then reboots (`panic=-1`), and
+    // QEMU exits (`-no-reboot`).
+}
+
+fn mount_proc() -> io::Result<()> {
+    let c = |s: &str| CString::new(s).unwrap();
+    let (src, target, fstype) = (c("proc"), c("/proc"), c("proc"));
+    // SAFETY: NUL-terminated strings; no data.
+    let rc = unsafe { mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// The filesystem type, mount options and source of the mount at `/`.
+fn root_mount() -> io::Result<(String, String, String)> {
+    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    // The last line for `/` is the one on top.
+    let line = text
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some("/"))
+        .last()
+        .ok_or_else(|| io::Error::other("no mount at /"))?;
+    let fields: Vec<&str> = line.split(' ').collect();
+    let dash = fields.iter().position(|f| *f == "-").ok_or_else(|| io::Error::other("no separator"))?;
+    let get = |i: usize| fields.get(i).copied().unwrap_or("?").to_string();
+    Ok((get(dash + 1), get(5), get(dash + 2)))
+}
+
+/// Prints every entry in sorted depth-first order; collects the regular
+/// files the agent may rename and delete (not its own, one name only, with
+/// content).
+fn walk(out: &mut impl Write, errors: &mut Vec<String>, candidates: &mut Vec<PathBuf>) {
+    // Through `/sbin` even where it is a symlink (merged /usr).
+    let own_inode = fs::metadata("/sbin/vm-agent").ok().map(|m| m.ino());
+    let mut stack = vec![PathBuf::from("/")];
+    while let Some(path) = stack.pop() {
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                errors.push(format!("lstat {}: {e}", path.display()));
+                continue;
+            }
+        };
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            'd'
+        } else if ft.is_symlink() {
+            'l'
+        } else if ft.is_char_device() {
+            'c'
+        } else if ft.is_block_device() {
+            'b'
+        } else if ft.is_fifo() {
+            'p'
+        } else if ft.is_socket() {
+            's'
+        } else {
+            'f'
+        };
+        let digest = if kind == 'f' {
+            match sha256_file(&path) {
+                Ok(d) => d,
+                Err(e) => {
+                    errors.push(format!("read {}: {e}", path.display()));
+                    "-".into()
+                }
+            }
+        } else {
+            "-".into()
+        };
+        let target = if kind == 'l' {
+            fs::read_link(&path).map(|t| hex(t.as_os_str().as_bytes())).unwrap_or_else(|e| {
+                errors.push(format!("readlink {}: {e}", path.display()));
+                "-".into()
+            })
+        } else {
+            "-".into()
+        };
+        let xattrs = xattrs(&path).unwrap_or_else(|e| {
+            errors.push(format!("xattrs of {}: {e}", path.display()));
+            Vec::new()
+        });
+        let xattrs = if xattrs.is_empty() { "-".to_string() } else { xattrs.join(",") };
+        let rdev = if matches!(kind, 'c' | 'b') { meta.rdev() } else { 0 };
+        writeln!(
+            out,
+            "E {kind} {:o} {} {} {} {}.{:09} {rdev:x} {} {} {digest} {target} {xattrs} {}",
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid(),
+            if kind == 'd' { 0 } else { meta.size() },
+            meta.mtime(),
+            meta.mtime_nsec(),
+            meta.ino(),
+            meta.nlink(),
+            hex(path.as_os_str().as_bytes()),
+        )
+        .ok();
+        if kind == 'f' && meta.nlink() == 1 && meta.size() > 0 && Some(meta.ino()) != own_inode {
+            candidates.push(path.clone());
+        }
+        if kind == 'd' {
+            let mut children: Vec<PathBuf> = match fs::read_dir(&path) {
+                Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+                Err(e) => {
+                    errors.push(format!("readdir {}: {e}", path.display()));
+                    Vec::new()
+                }
+            };
+            children.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+            stack.extend(children.into_iter().rev());
+        }
+    }
+}
+
+fn write_file(out: &mut impl Write) -> io::Result<()> {
+    // Several blocks, so the write allocates more than an inline inode.
+    let mut content = Vec::new();
+    for i in 0..20_000u32 {
+        content.extend_from_slice(format!("line {i} written by the VM agent\n").as_bytes());
+    }
+    let mut f = File::create(WRITTEN)?;
+    f.write_all(&content)?;
+    f.sync_all()?;
+    writeln!(out, "WROTE {} {}", hex(WRITTEN.as_bytes()), to_hex(&Sha256::digest(&content)))?;
+    Ok(())
+}
+
+fn xattrs(path: &Path) -> io::Result<Vec<String>> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut names = vec![0u8; 65536];
+    // SAFETY: a valid path and a buffer of the given length.
+    let n = unsafe { llistxattr(c_path.as_ptr(), names.as_mut_ptr(), names.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut out = Vec::new();
+    let mut value = vec![0u8; 65536];
+    let mut list: Vec<&[u8]> = names[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()).collect();
+    list.sort();
+    for name in list {
+        let c_name = CString::new(name).unwrap();
+        // SAFETY: valid strings and a buffer of the given length.
+        let len = unsafe { lgetxattr(c_path.as_ptr(), c_name.as_ptr(), value.as_mut_ptr(), value.len()) };
+        if len < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        out.push(format!("{}={}", hex(name), to_hex(&Sha256::digest(&value[..len as usize]))));
+    }
+    Ok(out)
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(to_hex(&h.finish()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    to_hex(bytes)
+}
+
+fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// SHA-256 (FIPS 180-4).
+struct Sha256 {
+    state: [u32; 8],
+    block: [u8; 64],
+    filled: usize,
+    length: u64,
+}
+
+const K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2,
+];
+
+impl Sha256 {
+    fn new() -> Self {
+        Self {
+            state: [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19],
+            block: [0; 64],
+            filled: 0,
+            length: 0,
+        }
+    }
+
+    fn digest(data: &[u8]) -> [u8; 32] {
+        let mut h = Self::new();
+        h.update(data);
+        h.finish()
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        self.length += data.len() as u64;
+        if self.filled > 0 {
+            let take = (64 - self.filled).min(data.len());
+            self.block[self.filled..self.filled + take].copy_from_slice(&data[..take]);
+            self.filled += take;
+            data = &data[take..];
+            if self.filled < 64 {
+                return;
+            }
+            let block = self.block;
+            self.compress(&block);
+            self.filled = 0;
+        }
+        let mut chunks = data.chunks_exact(64);
+        for chunk in &mut chunks {
+            self.compress(chunk.try_into().unwrap());
+        }
+        let rest = chunks.remainder();
+        self.block[..rest.len()].copy_from_slice(rest);
+        self.filled = rest.len();
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        let bits = self.length.wrapping_mul(8);
+        let mut pad = vec![0x80u8];
+        let used = (self.length % 64) as usize;
+        let zeros = if used < 56 { 55 - used } else { 119 - used };
+        pad.extend(std::iter::repeat_n(0u8, zeros));
+        pad.extend_from_slice(&bits.to_be_bytes());
+        let length = self.length;
+        self.update(&pad);
+        self.length = length;
+        let mut out = [0u8; 32];
+        for (i, word) in self.state.iter().enumerate() {
+            out[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+        }
+        out
+    }
+
+    fn compress(&mut self, block: &[u8; 64]) {
+        let mut w = [0u32; 64];
+        for i in 0..16 {
+            w[i] = u32::from_be_bytes(block[i * 4..i * 4 + 4].try_into().unwrap());
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = self.state;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = h.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            h = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (s, v) in self.state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *s = s.wrapping_add(v);
+        }
+    }
+}
