@@ -10,10 +10,12 @@
 //! `/sbin/vm-agent`, and the agent itself, compiled from
 //! `tests/vm-agent/agent.rs` (std only, statically linked). [`Vm::boot`] runs
 //! QEMU under a timeout and parses the agent's report from the serial
-//! console into a [`BootReport`].
+//! console into a [`BootReport`]. [`Vm::start`] runs QEMU without waiting,
+//! with more kernel parameters (the agent's churn mode), and returns a
+//! [`Running`] VM that the caller can watch for a console line and kill.
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 mod parts;
@@ -121,6 +123,13 @@ impl Vm {
     /// The QEMU command line that boots `image` (raw ext4, written to by
     /// the guest) as `/dev/vda`.
     pub fn command(&self, image: &Path) -> Command {
+        self.command_with(image, &[])
+    }
+
+    /// [`Vm::command`] with `params` appended to the kernel command line
+    /// (the agent reads `vm_agent.*` ones from `/proc/cmdline`).
+    pub fn command_with(&self, image: &Path, params: &[&str]) -> Command {
+        let cmdline = std::iter::once(CMDLINE).chain(params.iter().copied()).collect::<Vec<_>>().join(" ");
         let mut qemu = Command::new("qemu-system-x86_64");
         let cpu = if self.accel == "kvm" { "host" } else { "qemu64" };
         qemu.args(["-M", &format!("microvm,accel={}", self.accel), "-cpu", cpu, "-m", "512"])
@@ -129,7 +138,7 @@ impl Vm {
             .arg(&self.kernel)
             .arg("-initrd")
             .arg(&self.initrd)
-            .args(["-append", CMDLINE])
+            .args(["-append", &cmdline])
             .arg("-drive")
             .arg(format!("id=root,file={},format=raw,if=none", image.display().to_string().replace(',', ",,")))
             .args(["-device", "virtio-blk-device,drive=root", "-no-reboot"]);
@@ -145,34 +154,31 @@ impl Vm {
         BootReport::parse(&console, elapsed)
     }
 
+    /// Boots `image` (which the agent changes: boot a copy) with `params`
+    /// appended to the kernel command line, and returns at once: the
+    /// caller waits for the console, kills the VM, or drops it (which kills
+    /// it too).
+    pub fn start(&self, image: &Path, params: &[&str]) -> Result<Running, VmError> {
+        Running::spawn(self.command_with(image, params))
+    }
+
     /// Runs QEMU under `timeout`; returns the console and the time taken.
-    fn run(&self, mut qemu: Command, timeout: Duration) -> Result<(String, Duration), VmError> {
-        let logs = tempfile::tempdir().map_err(failed)?;
-        let console_path = logs.path().join("console");
-        let stderr_path = logs.path().join("stderr");
-        let console_file = std::fs::File::create(&console_path).map_err(failed)?;
-        let stderr_file = std::fs::File::create(&stderr_path).map_err(failed)?;
-        let started = Instant::now();
-        let mut child = qemu
-            .stdin(Stdio::null())
-            .stdout(console_file)
-            .stderr(stderr_file)
-            .spawn()
-            .map_err(|e| failed(format!("starting qemu-system-x86_64: {e}")))?;
+    fn run(&self, qemu: Command, timeout: Duration) -> Result<(String, Duration), VmError> {
+        let mut vm = Running::spawn(qemu)?;
         let status = loop {
-            if let Some(status) = child.try_wait().map_err(failed)? {
+            if let Some(status) = vm.child.try_wait().map_err(failed)? {
                 break Some(status);
             }
-            if started.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
+            if vm.started.elapsed() > timeout {
+                let _ = vm.child.kill();
+                let _ = vm.child.wait();
                 break None;
             }
             std::thread::sleep(Duration::from_millis(50));
         };
-        let elapsed = started.elapsed();
-        let console = String::from_utf8_lossy(&std::fs::read(&console_path).unwrap_or_default()).replace('\r', "");
-        let stderr = String::from_utf8_lossy(&std::fs::read(&stderr_path).unwrap_or_default()).into_owned();
+        let elapsed = vm.started.elapsed();
+        let console = vm.console();
+        let stderr = vm.stderr();
         match status {
             None => Err(failed(format!(
                 "the VM ran past {timeout:?} and was killed; console tail:\n{}\nqemu stderr:\n{}",
@@ -216,6 +222,96 @@ impl Vm {
             .arg(&self.initrd)
             .args(["-append", CMDLINE, "-no-reboot"]);
         qemu
+    }
+}
+
+/// A VM that [`Vm::start`] started: QEMU runs until the guest powers off or
+/// [`Running::kill`] kills it; dropping it kills it too.
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+    started: Instant,
+    console_path: PathBuf,
+    stderr_path: PathBuf,
+    _logs: tempfile::TempDir,
+}
+
+impl Running {
+    /// Starts `qemu` with its serial console (stdout) and stderr in files.
+    fn spawn(mut qemu: Command) -> Result<Self, VmError> {
+        let logs = tempfile::tempdir().map_err(failed)?;
+        let console_path = logs.path().join("console");
+        let stderr_path = logs.path().join("stderr");
+        let console_file = std::fs::File::create(&console_path).map_err(failed)?;
+        let stderr_file = std::fs::File::create(&stderr_path).map_err(failed)?;
+        let started = Instant::now();
+        let child = qemu
+            .stdin(Stdio::null())
+            .stdout(console_file)
+            .stderr(stderr_file)
+            .spawn()
+            .map_err(|e| failed(format!("starting qemu-system-x86_64: {e}")))?;
+        Ok(Self { child, started, console_path, stderr_path, _logs: logs })
+    }
+
+    /// The serial console so far, without carriage returns.
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console_path).unwrap_or_default()).replace('\r', "")
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.stderr_path).unwrap_or_default()).into_owned()
+    }
+
+    /// Time since QEMU started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits until a console line starts with `marker`; returns the time
+    /// since QEMU started. Fails (with the console's tail) when QEMU exits
+    /// first or `timeout` passes (QEMU is then killed).
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<Duration, VmError> {
+        loop {
+            let console = self.console();
+            // Only complete lines: the marker's own may still be arriving.
+            let complete = console.rfind('\n').map_or("", |i| &console[..i]);
+            if complete.lines().any(|l| l.starts_with(marker)) {
+                return Ok(self.started.elapsed());
+            }
+            if let Some(status) = self.child.try_wait().map_err(failed)? {
+                return Err(self.failure(&format!("QEMU exited with {status} before the console said {marker}")));
+            }
+            if self.started.elapsed() > timeout {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(self.failure(&format!("the console did not say {marker} within {timeout:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills QEMU with `SIGKILL` (what the guest sees as a power cut: the
+    /// disk keeps exactly the writes QEMU made) and returns the console and
+    /// how QEMU ended (it may have exited already).
+    pub fn kill(mut self) -> Result<(String, ExitStatus), VmError> {
+        // `Child::kill` sends SIGKILL; an error means QEMU already exited.
+        let _ = self.child.kill();
+        let status = self.child.wait().map_err(failed)?;
+        Ok((self.console(), status))
+    }
+
+    fn failure(&self, what: &str) -> VmError {
+        failed(format!("{what}; console tail:\n{}\nqemu stderr:\n{}", tail(&self.console()), tail(&self.stderr())))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -16,6 +16,18 @@
 //! `ROOT <fstype> <options> <source>`, `CREATED <path>`,
 //! `WROTE <path> <sha256>`, `RENAMED <from> <to>`, `DELETED <path>`,
 //! `SYNCED`, `AGENT-ERROR <message>`, `POWER-OFF`.
+//!
+//! With `vm_agent.churn=<seed>` on the kernel command line (read from
+//! `/proc/cmdline`; the kernel passes dotted parameters to no one else), it
+//! does not write, rename, delete or power off after the checks: it churns
+//! instead, forever, until the host kills the VM. Under `/churn` it creates,
+//! overwrites, appends to, renames, hard-links and deletes files, makes and
+//! removes directories, and calls `fsync` on some files and directories and
+//! now and then `sync`, in a sequence drawn from `seed` (bounded to a few
+//! MiB, so a small image does not fill up). It prints `CHURN-STARTED <seed>`
+//! once its first write is done, `CHURN <ops>` every 64 operations, and
+//! `CHURN-ERROR <message>` for an error a churn cannot cause (not a missing
+//! file, which the random sequence runs into all the time).
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -76,6 +88,15 @@ fn main() {
     }
     out.flush().ok();
 
+    if let Some(seed) = churn_seed() {
+        for e in &errors {
+            writeln!(out, "AGENT-ERROR {}", e.replace('\n', " ")).ok();
+        }
+        out.flush().ok();
+        drop(out);
+        churn(seed);
+    }
+
     // The writes, after the walk so that it shows the image as built.
     if let Err(e) = write_file(&mut out) {
         errors.push(format!("writing {WRITTEN}: {e}"));
@@ -111,6 +132,140 @@ fn main() {
     eprintln!("AGENT-ERROR reboot(RB_POWER_OFF): {}", io::Error::last_os_error());
     // Exiting PID 1 panics the kernel, which then reboots (`panic=-1`), and
     // QEMU exits (`-no-reboot`).
+}
+
+/// The seed of `vm_agent.churn=<seed>` on the kernel command line.
+fn churn_seed() -> Option<u64> {
+    let cmdline = fs::read_to_string("/proc/cmdline").ok()?;
+    cmdline.split_whitespace().find_map(|p| p.strip_prefix("vm_agent.churn=")?.parse().ok())
+}
+
+/// xorshift64*: the churn's deterministic sequence.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Directories the churn works in, files per directory, subdirectories per
+/// directory, and the largest file it lets grow (about 8 MiB at most).
+const CHURN_DIRS: u64 = 4;
+const CHURN_FILES: u64 = 16;
+const CHURN_SUBDIRS: u64 = 4;
+const CHURN_MAX_FILE: u64 = 128 << 10;
+
+/// Churns under `/churn` forever (see the module's documentation).
+fn churn(seed: u64) -> ! {
+    let mut out = io::stdout().lock();
+    // Never 0: xorshift would stay there.
+    let mut rng = Rng((seed ^ 0x9e37_79b9_7f4a_7c15) | 1);
+    let root = Path::new("/churn");
+    for d in 0..CHURN_DIRS {
+        if let Err(e) = fs::create_dir_all(root.join(format!("d{d}"))) {
+            writeln!(out, "CHURN-ERROR mkdir: {e}").ok();
+        }
+    }
+    let file = |rng: &mut Rng| root.join(format!("d{}/f{:02}", rng.below(CHURN_DIRS), rng.below(CHURN_FILES)));
+    let subdir = |rng: &mut Rng| root.join(format!("d{}/s{}", rng.below(CHURN_DIRS), rng.below(CHURN_SUBDIRS)));
+    let mut ops: u64 = 0;
+    loop {
+        let op = rng.below(100);
+        let result = match op {
+            // Create or overwrite a file, and fsync half of them.
+            0..=24 => {
+                let path = file(&mut rng);
+                let len = 1 + rng.below(64 << 10);
+                let fsync = rng.below(2) == 0;
+                File::create(&path).and_then(|mut f| {
+                    f.write_all(&pattern(&mut rng, len))?;
+                    if fsync { f.sync_all() } else { Ok(()) }
+                })
+            }
+            // Append to a file (or empty it when it has grown large).
+            25..=44 => {
+                let path = file(&mut rng);
+                let len = 1 + rng.below(16 << 10);
+                let fsync = rng.below(3) == 0;
+                fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| {
+                    if f.metadata()?.len() + len > CHURN_MAX_FILE {
+                        f.set_len(0)?;
+                    }
+                    f.write_all(&pattern(&mut rng, len))?;
+                    if fsync { f.sync_data() } else { Ok(()) }
+                })
+            }
+            // Rename over another name, maybe in another directory.
+            45..=59 => {
+                let (from, to) = (file(&mut rng), file(&mut rng));
+                fs::rename(from, to)
+            }
+            // Delete.
+            60..=72 => fs::remove_file(file(&mut rng)),
+            // A hard link.
+            73..=77 => {
+                let (from, to) = (file(&mut rng), file(&mut rng));
+                fs::hard_link(from, to)
+            }
+            // A subdirectory: made with a file in it, or emptied and removed.
+            78..=89 => {
+                let dir = subdir(&mut rng);
+                if dir.is_dir() {
+                    fs::read_dir(&dir)
+                        .and_then(|entries| entries.flatten().try_for_each(|e| fs::remove_file(e.path())))
+                        .and_then(|()| fs::remove_dir(&dir))
+                } else {
+                    let len = rng.below(8 << 10);
+                    fs::create_dir(&dir).and_then(|()| fs::write(dir.join("inner"), pattern(&mut rng, len)))
+                }
+            }
+            // fsync a directory.
+            90..=96 => File::open(root.join(format!("d{}", rng.below(CHURN_DIRS)))).and_then(|d| d.sync_all()),
+            // Everything.
+            _ => {
+                // SAFETY: sync takes no arguments and cannot fail.
+                unsafe { sync() };
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => {}
+            // The sequence names files that are not there, directories
+            // that are, and links that exist.
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::AlreadyExists) => {}
+            Err(e) => {
+                writeln!(out, "CHURN-ERROR op {op}: {e}").ok();
+            }
+        }
+        ops += 1;
+        if ops == 1 {
+            writeln!(out, "CHURN-STARTED {seed}").ok();
+        } else if ops.is_multiple_of(64) {
+            writeln!(out, "CHURN {ops}").ok();
+        }
+        out.flush().ok();
+    }
+}
+
+/// `len` bytes drawn from `rng`, cheaply: one word repeated per 4 KiB.
+fn pattern(rng: &mut Rng, len: u64) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(len as usize);
+    while (bytes.len() as u64) < len {
+        let word = rng.next().to_le_bytes();
+        for _ in 0..512 {
+            bytes.extend_from_slice(&word);
+        }
+    }
+    bytes.truncate(len as usize);
+    bytes
 }
 
 fn mount_proc() -> io::Result<()> {
