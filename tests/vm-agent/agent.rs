@@ -280,11 +280,8 @@ fn mount_proc() -> io::Result<()> {
 fn root_mount() -> io::Result<(String, String, String)> {
     let text = fs::read_to_string("/proc/self/mountinfo")?;
     // The last line for `/` is the one on top.
-    let line = text
-        .lines()
-        .filter(|l| l.split(' ').nth(4) == Some("/"))
-        .last()
-        .ok_or_else(|| io::Error::other("no mount at /"))?;
+    let line =
+        text.lines().rfind(|l| l.split(' ').nth(4) == Some("/")).ok_or_else(|| io::Error::other("no mount at /"))?;
     let fields: Vec<&str> = line.split(' ').collect();
     let dash = fields.iter().position(|f| *f == "-").ok_or_else(|| io::Error::other("no separator"))?;
     let get = |i: usize| fields.get(i).copied().unwrap_or("?").to_string();
