@@ -35,6 +35,8 @@ pub const JOURNAL_INODE: u32 = 8;
 /// Most links one inode may have (`EXT4_LINK_MAX`); a directory with more
 /// subdirectories counts 1 under `dir_nlink`.
 pub const MAX_LINKS: u32 = 65000;
+/// The longest name a directory entry holds, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
 
 /// `S_IF*` file types as stored in `i_mode`.
 pub mod mode {

@@ -30,9 +30,15 @@ pub enum WriteError {
         /// The most an image holds: [`MAX_INODES`](crate::layout::MAX_INODES).
         max: u64,
     },
-    /// Beyond what this writer supports.
+    /// Something the source holds that ext4 cannot: a name longer than 255
+    /// bytes, a symlink target of a block or more, more links to one file
+    /// than ext4 counts. The message names the path.
     #[error("{0}")]
     Unsupported(String),
+    /// The image's layout could not be made: a size beyond ext4's limits,
+    /// or too small for any filesystem.
+    #[error("{0}")]
+    Layout(String),
     /// A node's extended attributes cannot be stored.
     #[error("cannot store the extended attributes of {path}: {source}")]
     Xattrs {
@@ -59,14 +65,12 @@ impl From<LayoutError> for WriteError {
     fn from(e: LayoutError) -> Self {
         match e {
             LayoutError::DoesNotFit { needed, size } => Self::DoesNotFit { needed, size },
-            LayoutError::TooLarge(m) => Self::Unsupported(m),
+            LayoutError::TooLarge(m) => Self::Layout(m),
             LayoutError::TooManyInodes { inodes, max } => Self::TooManyInodes { inodes, max },
             LayoutError::InodesDoNotFit { inodes, groups } => {
-                Self::Unsupported(format!("{inodes} inodes do not fit in {groups} groups"))
+                Self::Layout(format!("{inodes} inodes do not fit in {groups} groups"))
             }
-            LayoutError::TooSmall { blocks } => {
-                Self::Unsupported(format!("{blocks} blocks is too small for a filesystem"))
-            }
+            LayoutError::TooSmall { blocks } => Self::Layout(format!("{blocks} blocks is too small for a filesystem")),
         }
     }
 }

@@ -40,7 +40,7 @@ pub(super) fn write(
     image: &Image<'_>,
 ) -> Result<(), WriteError> {
     let first = allocation.inodes[format::JOURNAL_INODE as usize].extents.first().map(|e| e.start);
-    let first = first.ok_or_else(|| WriteError::Unsupported("the journal was allocated no block".into()))?;
+    let first = first.ok_or_else(|| WriteError::Layout("the journal was allocated no block".into()))?;
     image.write_at(&format::journal_superblock(blocks as u32, uuid), first * BLOCK_SIZE)
 }
 

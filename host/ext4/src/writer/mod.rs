@@ -88,5 +88,5 @@ fn size_journal(plan: &mut plan::Plan, options: &ImageOptions) -> Result<layout:
         plan.set_journal(wanted);
         geometry = allocate::geometry(plan, options)?;
     }
-    Err(WriteError::Unsupported("the journal's size did not settle".into()))
+    Err(WriteError::Layout("the journal's size did not settle".into()))
 }

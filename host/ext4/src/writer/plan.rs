@@ -1,7 +1,7 @@
 //! Phase 1, the plan: inode numbers, link counts, and what each inode
 //! holds and how many blocks it needs, before any block is placed.
 
-use crate::format::{self, BLOCK_SIZE, FIRST_INODE, JOURNAL_INODE, MAX_LINKS, ROOT_INODE, ftype};
+use crate::format::{self, BLOCK_SIZE, FIRST_INODE, JOURNAL_INODE, MAX_LINKS, MAX_NAME_LEN, ROOT_INODE, ftype};
 use crate::layout::MAX_INODES;
 use crate::tree::{Kind, NodeId, Tree};
 use crate::xattr::{self, Placement};
@@ -88,7 +88,8 @@ pub(super) fn plan(tree: &Tree) -> Result<Plan, WriteError> {
             n if n >= MAX_LINKS && node.is_dir() => 1,
             n if n > MAX_LINKS => {
                 return Err(WriteError::Unsupported(format!(
-                    "a file with {n} names: ext4 holds at most {MAX_LINKS} links to one inode"
+                    "{}: a file with {n} names, and ext4 holds at most {MAX_LINKS} links to one inode",
+                    path_of(tree, id)
                 )));
             }
             n => n as u16,
@@ -108,7 +109,12 @@ pub(super) fn plan(tree: &Tree) -> Result<Plan, WriteError> {
             }
             Kind::Symlink(target) if target.len() >= 60 => {
                 if target.len() >= BLOCK_SIZE as usize {
-                    return Err(WriteError::Unsupported(format!("a symlink target of {} bytes", target.len())));
+                    return Err(WriteError::Unsupported(format!(
+                        "{}: a symlink target of {} bytes, and ext4 holds at most {}",
+                        path_of(tree, id),
+                        target.len(),
+                        BLOCK_SIZE - 1
+                    )));
                 }
                 (Vec::new(), 1)
             }
@@ -133,9 +139,12 @@ fn number(tree: &Tree) -> Result<Numbering, WriteError> {
     while let Some(dir) = stack.pop() {
         let mut subdirs = Vec::new();
         for (name, id) in tree.entries(dir) {
-            if name.len() > 255 {
+            if name.len() > MAX_NAME_LEN {
+                let parent = path_of(tree, dir);
+                let sep = if parent == "/" { "" } else { "/" };
                 return Err(WriteError::Unsupported(format!(
-                    "a name of {} bytes is longer than ext4's 255",
+                    "{parent}{sep}{}: a name of {} bytes is longer than ext4's {MAX_NAME_LEN}",
+                    String::from_utf8_lossy(name),
                     name.len()
                 )));
             }

@@ -247,7 +247,11 @@ impl ExactConverter {
                 format!("the content needs an image of {needed} bytes, larger than the allowed {max}"),
             ),
             ext4::WriteError::Write(io) => Error::io("writing the image", &io),
-            too_many @ ext4::WriteError::TooManyInodes { .. } => Error::UnsupportedSource(too_many.to_string()),
+            // What the source holds that ext4 cannot (each message names
+            // the path or the count).
+            e @ (ext4::WriteError::TooManyInodes { .. }
+            | ext4::WriteError::Xattrs { .. }
+            | ext4::WriteError::Unsupported(_)) => Error::UnsupportedSource(e.to_string()),
             other => failed(other.to_string()),
         })?;
         drop(keep_alive);
