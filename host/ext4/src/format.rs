@@ -8,6 +8,7 @@
 //! asked not to) a clean jbd2 journal; no checksums, no flex groups, no
 //! hashed directories.
 
+use super::features::Features;
 use super::tree::Timestamp;
 
 /// Block size in bytes.
@@ -76,12 +77,17 @@ pub mod ftype {
 
 const COMPAT_HAS_JOURNAL: u32 = 0x0004;
 const COMPAT_EXT_ATTR: u32 = 0x0008;
+const COMPAT_DIR_INDEX: u32 = 0x0020;
 const INCOMPAT_FILETYPE: u32 = 0x0002;
 const INCOMPAT_EXTENTS: u32 = 0x0040;
+const INCOMPAT_64BIT: u32 = 0x0080;
+const INCOMPAT_FLEX_BG: u32 = 0x0200;
 const RO_COMPAT_SPARSE_SUPER: u32 = 0x0001;
 const RO_COMPAT_LARGE_FILE: u32 = 0x0002;
+const RO_COMPAT_HUGE_FILE: u32 = 0x0008;
 const RO_COMPAT_DIR_NLINK: u32 = 0x0020;
 const RO_COMPAT_EXTRA_ISIZE: u32 = 0x0040;
+const RO_COMPAT_METADATA_CSUM: u32 = 0x0400;
 /// `EXT4_EXTENTS_FL`.
 pub const EXTENTS_FL: u32 = 0x0008_0000;
 const EXTENT_MAGIC: u16 = 0xF30A;
@@ -137,6 +143,8 @@ pub struct SuperblockFields {
     pub hash_seed: [u8; 16],
     /// Volume label (at most 16 bytes).
     pub label: [u8; 16],
+    /// The optional features: each sets its flag.
+    pub features: Features,
     /// The journal inode's `i_block` and size, when there is a journal: the
     /// superblock keeps a copy (`s_jnl_blocks`) for e2fsck.
     pub journal: Option<([u8; 60], u64)>,
@@ -163,9 +171,31 @@ pub fn superblock(f: &SuperblockFields, group: u16) -> [u8; 1024] {
     put32(&mut b, 0x54, FIRST_INODE);
     put16(&mut b, 0x58, INODE_SIZE as u16);
     put16(&mut b, 0x5A, group);
-    put32(&mut b, 0x5C, COMPAT_EXT_ATTR | if f.journal.is_some() { COMPAT_HAS_JOURNAL } else { 0 });
-    put32(&mut b, 0x60, INCOMPAT_FILETYPE | INCOMPAT_EXTENTS);
-    put32(&mut b, 0x64, RO_COMPAT_SPARSE_SUPER | RO_COMPAT_LARGE_FILE | RO_COMPAT_DIR_NLINK | RO_COMPAT_EXTRA_ISIZE);
+    let flag = |on: bool, bit: u32| if on { bit } else { 0 };
+    let x = &f.features;
+    put32(
+        &mut b,
+        0x5C,
+        COMPAT_EXT_ATTR | flag(f.journal.is_some(), COMPAT_HAS_JOURNAL) | flag(x.dir_index, COMPAT_DIR_INDEX),
+    );
+    put32(
+        &mut b,
+        0x60,
+        INCOMPAT_FILETYPE
+            | INCOMPAT_EXTENTS
+            | flag(x.sixty_four_bit, INCOMPAT_64BIT)
+            | flag(x.flex_bg, INCOMPAT_FLEX_BG),
+    );
+    put32(
+        &mut b,
+        0x64,
+        RO_COMPAT_SPARSE_SUPER
+            | RO_COMPAT_LARGE_FILE
+            | RO_COMPAT_DIR_NLINK
+            | RO_COMPAT_EXTRA_ISIZE
+            | flag(x.huge_file, RO_COMPAT_HUGE_FILE)
+            | flag(x.metadata_csum, RO_COMPAT_METADATA_CSUM),
+    );
     b[0x68..0x78].copy_from_slice(&f.uuid);
     b[0x78..0x88].copy_from_slice(&f.label);
     b[0xEC..0xFC].copy_from_slice(&f.hash_seed);

@@ -9,7 +9,7 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! use rootfs_cache_ext4::{FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, write_image};
+//! use rootfs_cache_ext4::{Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, write_image};
 //!
 //! let dir_meta = Meta { perm: 0o755, ..Meta::default() };
 //! let mut tree = Tree::new(dir_meta.clone());
@@ -26,7 +26,7 @@
 //!     hash_seed: [9; 16],
 //!     label: "rootfs".into(),
 //!     max_bytes: Some(1 << 30),
-//!     journal: true, // a clean jbd2 journal, sized as mke2fs sizes it
+//!     features: Features::EXT4, // as `mke2fs -t ext4`: a journal, checksums, hashed directories…
 //! };
 //! let out = tempfile::tempfile()?;
 //! let report = write_image(&tree, &out, &options)?;
@@ -43,6 +43,8 @@
 
 #![deny(missing_docs)]
 
+pub mod checksum;
+mod features;
 pub mod format;
 pub mod layout;
 mod source;
@@ -50,6 +52,7 @@ pub mod tree;
 mod writer;
 pub mod xattr;
 
+pub use features::Features;
 pub use layout::Headroom;
 pub use tree::{FileData, Kind, Meta, Node, NodeId, Timestamp, Tree};
 pub use writer::{ImageOptions, WriteError, WriteReport, write_image};

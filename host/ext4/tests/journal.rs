@@ -7,10 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use rootfs_cache_ext4::{ImageOptions, Meta, Tree};
+use rootfs_cache_ext4::{Features, ImageOptions, Meta, Tree};
 
 fn journaled() -> ImageOptions {
-    ImageOptions { journal: true, ..common::options() }
+    ImageOptions { features: Features { journal: true, ..Features::MINIMAL }, ..common::options() }
 }
 
 /// `dumpe2fs -h`'s answer for `field` (e.g. `Journal size`).

@@ -14,11 +14,11 @@ use std::sync::Arc;
 
 use rootfs_cache_ext4::format::MAX_NAME_LEN;
 use rootfs_cache_ext4::xattr::XattrError;
-use rootfs_cache_ext4::{FileData, ImageOptions, Kind, Meta, Tree, WriteError, WriteReport};
+use rootfs_cache_ext4::{Features, FileData, ImageOptions, Kind, Meta, Tree, WriteError, WriteReport};
 
 /// The default profile's options: a journal.
 fn journaled() -> ImageOptions {
-    ImageOptions { journal: true, ..common::options() }
+    ImageOptions { features: Features::EXT4, ..common::options() }
 }
 
 /// Writes `tree` with the default profile and checks it with e2fsck.

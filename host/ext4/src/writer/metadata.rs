@@ -76,6 +76,7 @@ pub(super) fn write(
         uuid: options.uuid,
         hash_seed: options.hash_seed,
         label,
+        features: options.features,
         journal: (plan.journal_blocks() > 0).then(|| {
             let at = (JOURNAL_INODE as usize - 1) * INODE_SIZE;
             let mut iblock = [0u8; 60];

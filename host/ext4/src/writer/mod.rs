@@ -73,7 +73,7 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
 /// gets none, as from `mke2fs`.
 fn size_journal(plan: &mut plan::Plan, options: &ImageOptions) -> Result<layout::Geometry, WriteError> {
     let mut geometry = allocate::geometry(plan, options)?;
-    if !options.journal {
+    if !options.features.journal {
         return Ok(geometry);
     }
     for _ in 0..16 {

@@ -1,5 +1,6 @@
 //! What the caller asks of an image, and what it gets.
 
+use crate::features::Features;
 use crate::layout::Headroom;
 
 /// How to write an image.
@@ -24,10 +25,10 @@ pub struct ImageOptions {
     /// would be longer fails with [`WriteError::TooLarge`](super::WriteError::TooLarge) before anything
     /// is written.
     pub max_bytes: Option<u64>,
-    /// Whether to give the image a jbd2 journal (`has_journal`), sized by
-    /// `mke2fs`'s rule: what a VM writing to its root disk needs to survive
-    /// being killed. Without it the image is what read-only uses need.
-    pub journal: bool,
+    /// The ext4 features beyond the base every image has:
+    /// [`Features::EXT4`] for a VM's root disk, [`Features::MINIMAL`] for
+    /// read-only uses.
+    pub features: Features,
 }
 
 /// What was written.

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use rootfs_cache_ext4::{FileData, Headroom, ImageOptions, Kind, Meta, Node, NodeId, Timestamp, Tree, WriteReport};
+use rootfs_cache_ext4::{
+    Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, NodeId, Timestamp, Tree, WriteReport,
+};
 
 /// Metadata with a mode, an owner and a time with nanoseconds.
 pub fn meta(perm: u32, uid: u32, secs: i64) -> Meta {
@@ -104,7 +106,7 @@ pub fn options() -> ImageOptions {
         hash_seed: *b"hash-seed-012345",
         label: "test".into(),
         max_bytes: None,
-        journal: false,
+        features: Features::MINIMAL,
     }
 }
 

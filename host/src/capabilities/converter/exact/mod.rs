@@ -227,7 +227,10 @@ impl ExactConverter {
             hash_seed: derived(&job.key, "hash-seed"),
             label: "rootfs".into(),
             max_bytes: Some(job.max_bytes),
-            journal: self.profile == Ext4Profile::Default,
+            features: match self.profile {
+                Ext4Profile::Default => Features::EXT4,
+                Ext4Profile::Minimal => Features::MINIMAL,
+            },
         };
         let out = std::fs::OpenOptions::new()
             .write(true)
