@@ -30,25 +30,29 @@ use sha2::{Digest, Sha256};
 
 use super::{AgentInstall, ConversionJob, Converter, SourceLayers};
 use crate::error::{Error, Result};
-use crate::ext4::{self, FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, tree::ResolveError};
+use crate::ext4::{self, Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, tree::ResolveError};
 use crate::output_tail::tail;
 use crate::regular_file::IntoError as _;
 
 /// The writer's format version: part of the identity, so a change to what
 /// the converter writes gives new keys. (2: the default profile has a
-/// journal.)
-const FORMAT_VERSION: u32 = 2;
+/// journal; 3: it has every feature of `mke2fs -t ext4`.)
+const FORMAT_VERSION: u32 = 3;
 
 /// Which ext4 features the exact converter's images have. Part of its
 /// identity, and so of every key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Ext4Profile {
-    /// A root disk for a VM that writes to it: with a clean jbd2 journal
-    /// (`has_journal`) sized as `mke2fs` sizes it, so a VM killed while
-    /// writing leaves an image the kernel repairs by replaying the journal.
+    /// A root disk for a VM that writes to it: the features of
+    /// `mke2fs -t ext4` ([`Features::EXT4`](crate::ext4::Features::EXT4)): a
+    /// clean jbd2 journal sized as `mke2fs` sizes it, so a VM killed while
+    /// writing leaves an image the kernel repairs by replaying the journal;
+    /// hashed directories; crc32c checksums on all metadata; flexible block
+    /// groups; 64-bit block numbers.
     #[default]
     Default,
-    /// No journal: the smallest image, for read-only uses.
+    /// None of those ([`Features::MINIMAL`](crate::ext4::Features::MINIMAL)):
+    /// the smallest image, for read-only uses.
     Minimal,
 }
 
