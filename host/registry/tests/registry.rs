@@ -1,0 +1,409 @@
+//! The client against a real registry (`docker-registry`, distribution 2.8) on loopback:
+//! plain HTTP, TLS with a test CA, and htpasswd basic auth; a counting and faulty proxy in
+//! front of it for the download-once and retry tests.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rootfs_cache_registry::{
+    AuthFiles, BlobOutcome, BlobRequest, BlobStore, Digest, NoProgress, Progress, Reference, RegistryClient,
+    RegistryConfig, RegistryError,
+};
+use support::{Fault, Image, Proxy, Registry, Setup, require};
+
+const TOOLS: [&str; 2] = ["docker-registry", "skopeo"];
+
+fn reference(text: &str) -> Reference {
+    text.parse().unwrap()
+}
+
+fn digest(text: &str) -> Digest {
+    text.parse().unwrap()
+}
+
+/// A client that reaches `hosts` over plain HTTP, with no CA directory and no credentials.
+fn insecure_client(hosts: &[&str]) -> (RegistryClient, tempfile::TempDir) {
+    let empty = tempfile::tempdir().unwrap();
+    let mut config = RegistryConfig::new(Vec::<String>::new())
+        .certs_dir(empty.path().join("certs.d"))
+        .auth_files(AuthFiles::new([]));
+    for host in hosts {
+        config = config.insecure(*host);
+    }
+    (RegistryClient::new(config), empty)
+}
+
+fn blob_requests(image: &Image) -> Vec<BlobRequest> {
+    vec![
+        BlobRequest::new(digest(&support::sha256(&image.config)), Some(image.config.len() as u64)),
+        BlobRequest::new(digest(&image.layer_digest()), Some(image.layer.len() as u64)),
+    ]
+}
+
+fn temp_files(store: &Path) -> Vec<String> {
+    std::fs::read_dir(store.join("blobs/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manifest_by_tag_and_by_digest() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let image = Image::new(1, 10_000);
+    image.push(&registry, "team/app:v1", None);
+    let (client, _dir) = insecure_client(&[&registry.host]);
+
+    let by_tag = client.fetch_manifest(&reference(&format!("docker://{}/team/app:v1", registry.host))).await.unwrap();
+    assert_eq!(by_tag.bytes, image.manifest, "skopeo keeps the manifest's bytes");
+    assert_eq!(by_tag.digest.to_string(), support::sha256(&image.manifest));
+    assert_eq!(by_tag.media_type.as_deref(), Some("application/vnd.oci.image.manifest.v1+json"));
+
+    let pinned = reference(&format!("{}/team/app@{}", registry.host, by_tag.digest));
+    let by_digest = client.fetch_manifest(&pinned).await.unwrap();
+    assert_eq!(by_digest, by_tag);
+
+    // A digest the registry does not have is not found; so are an unknown tag and repository.
+    let absent = reference(&format!("{}/team/app@{}", registry.host, Digest::of(b"absent")));
+    assert!(matches!(client.fetch_manifest(&absent).await, Err(RegistryError::NotFound { .. })));
+    let err = client.fetch_manifest(&reference(&format!("{}/team/app:v2", registry.host))).await.unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains("team/app:v2"), "{err}");
+    let err = client.fetch_manifest(&reference(&format!("{}/team/nothing:v1", registry.host))).await.unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blobs_verified_into_the_store_once() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let image = Image::new(2, 3 << 20);
+    image.push(&registry, "app:v1", None);
+    let proxy = Proxy::start(registry.host.clone(), Fault::None, Duration::ZERO).await;
+    let (client, _dir) = insecure_client(&[&proxy.host]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(store_dir.path()).unwrap();
+    let repo = reference(&format!("{}/app", proxy.host));
+
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<(String, u64)>>);
+    impl Progress for Seen {
+        fn finished(&self, digest: &Digest, downloaded: u64) {
+            self.0.lock().unwrap().push((digest.to_string(), downloaded));
+        }
+    }
+    let seen = Seen::default();
+    let fetched = client.fetch_blobs(&store, &repo, &blob_requests(&image), &seen).await.unwrap();
+    assert_eq!(fetched.len(), 2);
+    assert_eq!(std::fs::read(&fetched[0].path).unwrap(), image.config);
+    assert_eq!(std::fs::read(&fetched[1].path).unwrap(), image.layer);
+    assert_eq!(fetched[1].path, store_dir.path().join("blobs/sha256").join(&image.layer_digest()[7..]));
+    assert!(fetched.iter().all(|f| f.outcome == BlobOutcome::Downloaded { attempts: 1 }), "{fetched:?}");
+    assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 2);
+    assert!(seen.0.lock().unwrap().contains(&(image.layer_digest(), image.layer.len() as u64)));
+    assert!(temp_files(store_dir.path()).is_empty());
+
+    // Again: nothing is downloaded.
+    let again = client.fetch_blobs(&store, &repo, &blob_requests(&image), &NoProgress).await.unwrap();
+    assert!(again.iter().all(|f| f.outcome == BlobOutcome::Present), "{again:?}");
+    assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 2, "a present blob is not fetched again");
+
+    // An unknown blob is not found, and leaves nothing behind.
+    let unknown = BlobRequest::new(Digest::of(b"nowhere"), None);
+    let err = client.fetch_blob(&store, &repo, &unknown, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err:?}");
+    assert!(!store.contains(&unknown.digest));
+    assert!(temp_files(store_dir.path()).is_empty());
+}
+
+/// The cross-process half of `concurrent_fetches_download_once`: does nothing unless run by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_fetch() {
+    let Ok(host) = std::env::var("REGISTRY_TEST_CHILD_HOST") else { return };
+    let store = BlobStore::open(std::env::var("REGISTRY_TEST_CHILD_STORE").unwrap()).unwrap();
+    let blob = BlobRequest::new(digest(&std::env::var("REGISTRY_TEST_CHILD_DIGEST").unwrap()), None);
+    let (client, _dir) = insecure_client(&[&host]);
+    let fetched = client.fetch_blob(&store, &reference(&format!("{host}/app")), &blob, &NoProgress).await.unwrap();
+    println!("CHILD-OUTCOME {:?}", fetched.outcome);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_fetches_download_once() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let image = Image::new(3, 2 << 20);
+    image.push(&registry, "app:v1", None);
+    // The delay keeps the first download in flight while the others arrive.
+    let proxy = Proxy::start(registry.host.clone(), Fault::None, Duration::from_millis(300)).await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(store_dir.path()).unwrap();
+    let (client, _dir) = insecure_client(&[&proxy.host]);
+    let client = Arc::new(client);
+    let repo = reference(&format!("{}/app", proxy.host));
+    let blob = BlobRequest::new(digest(&image.layer_digest()), Some(image.layer.len() as u64));
+
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_fetch", "--exact", "--nocapture", "--test-threads=1"])
+        .env("REGISTRY_TEST_CHILD_HOST", &proxy.host)
+        .env("REGISTRY_TEST_CHILD_STORE", store_dir.path())
+        .env("REGISTRY_TEST_CHILD_DIGEST", image.layer_digest())
+        .output();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, store, repo, blob) = (client.clone(), store.clone(), repo.clone(), blob.clone());
+            tokio::spawn(async move { client.fetch_blob(&store, &repo, &blob, &NoProgress).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap().unwrap().outcome);
+    }
+    let child = child.await.unwrap();
+    let child_out = String::from_utf8_lossy(&child.stdout).into_owned();
+    assert!(child.status.success(), "child: {child_out}{}", String::from_utf8_lossy(&child.stderr));
+    let child_outcome = support::lines(&child.stdout).into_iter().find(|l| l.contains("CHILD-OUTCOME")).unwrap();
+    if child_outcome.contains("Downloaded") {
+        outcomes.push(BlobOutcome::Downloaded { attempts: 1 });
+    }
+    assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 1, "17 fetches in 2 processes, one download");
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, BlobOutcome::Downloaded { .. })).count(), 1, "{outcomes:?}");
+    assert_eq!(std::fs::read(store.path(&blob.digest)).unwrap(), image.layer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn faulty_streams_are_retried_once_then_corrupt() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let image = Image::new(4, 1 << 20);
+    image.push(&registry, "app:v1", None);
+    let layer = BlobRequest::new(digest(&image.layer_digest()), Some(image.layer.len() as u64));
+    // With and without the expected size: the digest alone must catch a corrupt byte.
+    let unsized_layer = BlobRequest::new(layer.digest.clone(), None);
+
+    for (fault, blob) in [
+        (Fault::Corrupt(1), &layer),
+        (Fault::Corrupt(1), &unsized_layer),
+        (Fault::Truncate(1), &layer),
+        (Fault::Truncate(1), &unsized_layer),
+    ] {
+        let proxy = Proxy::start(registry.host.clone(), fault, Duration::ZERO).await;
+        let (client, _dir) = insecure_client(&[&proxy.host]);
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(store_dir.path()).unwrap();
+        let repo = reference(&format!("{}/app", proxy.host));
+        let fetched =
+            client.fetch_blob(&store, &repo, blob, &NoProgress).await.unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+        assert_eq!(fetched.outcome, BlobOutcome::Downloaded { attempts: 2 }, "{fault:?}");
+        assert_eq!(std::fs::read(&fetched.path).unwrap(), image.layer);
+        assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 2);
+        assert!(temp_files(store_dir.path()).is_empty());
+    }
+
+    for fault in [Fault::Corrupt(usize::MAX), Fault::Truncate(usize::MAX)] {
+        let proxy = Proxy::start(registry.host.clone(), fault, Duration::ZERO).await;
+        let (client, _dir) = insecure_client(&[&proxy.host]);
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(store_dir.path()).unwrap();
+        let repo = reference(&format!("{}/app", proxy.host));
+        let err = client.fetch_blob(&store, &repo, &unsized_layer, &NoProgress).await.unwrap_err();
+        assert!(matches!(err, RegistryError::Corrupt { .. }), "{fault:?}: {err:?}");
+        assert!(err.to_string().contains(&image.layer_digest()), "{err}");
+        assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 2, "one retry, no more");
+        assert!(!store.contains(&layer.digest), "nothing at the final name");
+        assert!(temp_files(store_dir.path()).is_empty(), "no temporary file left");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_with_the_ca_in_certs_d() {
+    if !require(&[TOOLS[0], TOOLS[1], "openssl"]) {
+        return;
+    }
+    let pki = support::make_pki();
+    let registry = Registry::start(Setup { tls: Some((pki.cert.clone(), pki.key.clone())), htpasswd: None });
+    let image = Image::new(5, 1000);
+    image.push(&registry, "app:v1", None);
+    let name = reference(&format!("{}/app:v1", registry.host));
+
+    let certs = tempfile::tempdir().unwrap();
+    let config = || RegistryConfig::new([registry.host.clone()]).certs_dir(certs.path()).auth_files(AuthFiles::new([]));
+    // Without the CA: a TLS error naming the host and where its CA goes.
+    let err = RegistryClient::new(config()).fetch_manifest(&name).await.unwrap_err();
+    let ca_path = certs.path().join(&registry.host).join("ca.crt");
+    match &err {
+        RegistryError::Tls { host, ca_path: said, reason } => {
+            assert_eq!(host, &registry.host);
+            assert_eq!(said, &ca_path);
+            assert!(reason.contains("certificate"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(&registry.host) && message.contains(&ca_path.display().to_string()), "{message}");
+
+    // With it, as Docker finds it.
+    std::fs::create_dir_all(ca_path.parent().unwrap()).unwrap();
+    std::fs::copy(&pki.ca, &ca_path).unwrap();
+    let client = RegistryClient::new(config());
+    let manifest = client.fetch_manifest(&name).await.unwrap();
+    assert_eq!(manifest.bytes, image.manifest);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(store_dir.path()).unwrap();
+    let fetched = client.fetch_blobs(&store, &name, &blob_requests(&image), &NoProgress).await.unwrap();
+    assert_eq!(std::fs::read(&fetched[1].path).unwrap(), image.layer);
+
+    // A CA file that is not a certificate is a clear error, not an untrusted host.
+    std::fs::write(&ca_path, "not a certificate\n").unwrap();
+    let err = RegistryClient::new(config()).fetch_manifest(&name).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Certificate { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plain_http_needs_the_insecure_mark() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let certs = tempfile::tempdir().unwrap();
+    let client = RegistryClient::new(
+        RegistryConfig::new([registry.host.clone()]).certs_dir(certs.path()).auth_files(AuthFiles::new([])),
+    );
+    let err = client.fetch_manifest(&reference(&format!("{}/app:v1", registry.host))).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Tls { .. }), "TLS attempted and failed: {err:?}");
+    assert!(err.to_string().contains("insecure"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn basic_auth_from_config_json() {
+    if !require(&[TOOLS[0], TOOLS[1], "htpasswd"]) {
+        return;
+    }
+    const PASSWORD: &str = "pw-Zq8-hunter2-secret";
+    let files = tempfile::tempdir().unwrap();
+    let htpasswd = support::make_htpasswd(files.path(), "alice", PASSWORD);
+    // Basic auth over plain HTTP (marked insecure): distribution allows htpasswd without TLS
+    // on loopback, and the TLS path has its own test.
+    let registry = Registry::start(Setup { tls: None, htpasswd: Some(htpasswd) });
+    let image = Image::new(6, 1000);
+    image.push(&registry, "private/app:v1", Some(&format!("alice:{PASSWORD}")));
+    let name = reference(&format!("{}/private/app:v1", registry.host));
+    let certs = tempfile::tempdir().unwrap();
+    let client_with = |auth_files: Vec<std::path::PathBuf>| {
+        RegistryClient::new(
+            RegistryConfig::new(Vec::<String>::new())
+                .insecure(registry.host.clone())
+                .certs_dir(certs.path())
+                .auth_files(AuthFiles::new(auth_files)),
+        )
+    };
+    let write_config = |name: &str, body: String| {
+        let path = files.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    };
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+
+    // Credentials from a Docker config.json.
+    let good = write_config(
+        "config.json",
+        format!(r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#, registry.host, b64(&format!("alice:{PASSWORD}"))),
+    );
+    let client = client_with(vec![good]);
+    assert_eq!(client.fetch_manifest(&name).await.unwrap().bytes, image.manifest);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(store_dir.path()).unwrap();
+    client.fetch_blobs(&store, &name, &blob_requests(&image), &NoProgress).await.unwrap();
+    assert!(store.contains(&digest(&image.layer_digest())));
+
+    // Without: unauthorized, and the message says `docker login HOST`.
+    let err = client_with(vec![]).fetch_manifest(&name).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { status: 401, .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("docker login {}", registry.host)), "{err}");
+    let blob = BlobRequest::new(digest(&image.layer_digest()), None);
+    let other_store = BlobStore::open(tempfile::tempdir().unwrap().keep()).unwrap();
+    let err = client_with(vec![]).fetch_blob(&other_store, &name, &blob, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+
+    // A wrong password: unauthorized, and neither password appears in the error or its Debug.
+    let wrong_password = format!("{PASSWORD}-wrong");
+    let bad = write_config(
+        "bad.json",
+        format!(r#"{{"auths":{{"{}":{{"auth":"{}"}}}}}}"#, registry.host, b64(&format!("alice:{wrong_password}"))),
+    );
+    let client = client_with(vec![bad]);
+    let err = client.fetch_manifest(&name).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+    for text in [err.to_string(), format!("{err:?}"), format!("{client:?}")] {
+        assert!(!text.contains(PASSWORD) && !text.contains(&b64(&format!("alice:{wrong_password}"))), "{text}");
+    }
+
+    // A credential helper holds them: named as unsupported, only because the registry asked.
+    let helper = write_config("helper.json", format!(r#"{{"credHelpers":{{"{}":"secretservice"}}}}"#, registry.host));
+    let err = client_with(vec![helper]).fetch_manifest(&name).await.unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("docker-credential-secretservice") && message.contains("not supported"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_outside_the_allow_list_are_denied_without_a_connection() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let (client, _dir) = insecure_client(&["127.0.0.1:1"]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(store_dir.path()).unwrap();
+    let name = reference(&format!("{host}/app:v1"));
+    let err = client.fetch_manifest(&name).await.unwrap_err();
+    assert!(matches!(&err, RegistryError::Denied { host: h } if *h == host), "{err:?}");
+    assert!(err.to_string().contains("not allowed"), "{err}");
+    let blob = BlobRequest::new(Digest::of(b"x"), None);
+    assert!(matches!(client.fetch_blob(&store, &name, &blob, &NoProgress).await, Err(RegistryError::Denied { .. })));
+    assert_eq!(listener.accept().map_err(|e| e.kind()).unwrap_err(), std::io::ErrorKind::WouldBlock, "no connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_hosts() {
+    let port = support::free_port();
+    let host = format!("127.0.0.1:{port}");
+    let (client, _dir) = insecure_client(&[&host]);
+    let err = client.fetch_manifest(&reference(&format!("{host}/app:v1"))).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+    let err = client.fetch_manifest(&reference("no-such-host.invalid/app:v1")).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Denied { .. }), "{err:?}");
+    let (client, _dir) = insecure_client(&["no-such-host.invalid"]);
+    let err = client.fetch_manifest(&reference("no-such-host.invalid/app:v1")).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unreachable { .. }), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_over_4_mib_are_too_large() {
+    // distribution refuses to store a manifest over 4 MiB, so a tiny fake registry serves one.
+    let body = Arc::new(vec![b' '; (4 << 20) + 1]);
+    for with_length in [true, false] {
+        let (host, task) = support::fake_registry(body.clone(), with_length).await;
+        let (client, _dir) = insecure_client(&[&host]);
+        let err = client.fetch_manifest(&reference(&format!("{host}/big:v1"))).await.unwrap_err();
+        assert!(matches!(err, RegistryError::TooLarge { limit: 4194304, .. }), "{err:?}");
+        task.abort();
+    }
+    // Exactly 4 MiB is accepted.
+    let (host, task) = support::fake_registry(Arc::new(vec![b' '; 4 << 20]), false).await;
+    let (client, _dir) = insecure_client(&[&host]);
+    let manifest = client.fetch_manifest(&reference(&format!("{host}/big:v1"))).await.unwrap();
+    assert_eq!(manifest.bytes.len(), 4 << 20);
+    task.abort();
+}
