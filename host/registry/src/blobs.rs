@@ -153,12 +153,11 @@ impl RegistryClient {
         let mut file = tokio::fs::File::from_std(file);
         let digest_text = blob.digest.to_string();
         let what = format!("{}/{}@{}", repository.registry(), repository.repository(), digest_text);
-        let sized = host
-            .oci
-            .pull_blob_stream(&repository.to_oci(), digest_text.as_str())
+        let mut response = self
+            .get(host, repository, &format!("blobs/{digest_text}"), "*/*", &what)
             .await
-            .map_err(|e| AttemptError::Fatal(self.classify_oci(host, &what, e)))?;
-        if let (Some(expected), Some(announced)) = (blob.size, sized.content_length)
+            .map_err(AttemptError::Fatal)?;
+        if let (Some(expected), Some(announced)) = (blob.size, response.content_length())
             && expected != announced
         {
             return Err(AttemptError::Retry(format!("the registry announced {announced} bytes, not {expected}")));
@@ -166,10 +165,12 @@ impl RegistryClient {
         let write_error = |e: std::io::Error| AttemptError::Fatal(RegistryError::store(&path, e));
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
-        let mut chunks = sized.stream;
-        while let Some(chunk) = chunks.next().await {
-            let chunk =
-                chunk.map_err(|e| AttemptError::Retry(format!("the stream broke after {received} bytes: {e}")))?;
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => return Err(AttemptError::Retry(format!("the stream broke after {received} bytes: {e}"))),
+            };
             received += chunk.len() as u64;
             if let Some(expected) = blob.size
                 && received > expected

@@ -13,7 +13,7 @@ impl RegistryClient {
     /// `oci-client`'s error for a request about `what`.
     pub(crate) fn classify_oci(&self, host: &HostClient, what: &str, error: OciDistributionError) -> RegistryError {
         match error {
-            OciDistributionError::RequestError(e) => self.classify_transport(host, &e),
+            OciDistributionError::RequestError(e) => self.classify_transport(&host.host, &e),
             OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => {
                 self.unauthorized(host, what, 401)
             }
@@ -61,8 +61,8 @@ impl RegistryClient {
     }
 
     /// A request that failed before an HTTP answer: a connection, TLS, a redirect refused.
-    pub(crate) fn classify_transport(&self, host: &HostClient, error: &reqwest::Error) -> RegistryError {
-        let host_name = host.host.clone();
+    pub(crate) fn classify_transport(&self, host: &str, error: &reqwest::Error) -> RegistryError {
+        let host_name = host.to_owned();
         let mut innermost = error.to_string();
         for cause in causes(error) {
             if let Some(denied) = cause.downcast_ref::<DeniedRedirect>() {

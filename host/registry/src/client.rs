@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use oci_client::RegistryOperation;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use rustls::pki_types::CertificateDer;
@@ -108,12 +109,7 @@ impl RegistryClient {
             .read_timeout(self.config.read_timeout)
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                let url = attempt.url();
-                let target = match (url.host_str(), url.port()) {
-                    (Some(h), Some(p)) => format!("{h}:{p}"),
-                    (Some(h), None) => h.to_owned(),
-                    (None, _) => String::new(),
-                };
+                let target = host_port(attempt.url()).unwrap_or_default();
                 if attempt.previous().len() >= 10 {
                     attempt.error("too many redirects")
                 } else if allowed.is_allowed(&target) {
@@ -131,10 +127,7 @@ impl RegistryClient {
             Found::Helper(helper) => (RegistryAuth::Anonymous, None, Some(helper.clone())),
             Found::Anonymous => (RegistryAuth::Anonymous, None, None),
         };
-        // Blob requests take their authorization from the auth stored for the registry.
-        let oci_host = Reference::registry_for_oci(host);
-        oci.store_auth_if_needed(&oci_host, &auth).await;
-        Ok(HostClient {
+        let client = HostClient {
             host: host.to_owned(),
             oci,
             http,
@@ -142,7 +135,64 @@ impl RegistryClient {
             basic,
             helper,
             scheme: if insecure { "http" } else { "https" },
-        })
+        };
+        self.check_realm(&client).await?;
+        Ok(client)
+    }
+
+    /// Asks `GET /v2/` (unauthenticated, as every client's first request) and refuses a
+    /// registry whose token service is on a host outside the allow-list: `oci-client` would
+    /// send it the credentials.
+    async fn check_realm(&self, host: &HostClient) -> Result<(), RegistryError> {
+        let url = format!("{}://{}/v2/", host.scheme, Reference::registry_for_oci(&host.host));
+        let response = host.http.get(&url).send().await.map_err(|e| self.classify_transport(&host.host, &e))?;
+        let challenge = response
+            .headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(bearer_realm);
+        let Some(realm) = challenge else { return Ok(()) };
+        let target = reqwest::Url::parse(&realm).ok().as_ref().and_then(host_port).ok_or_else(|| {
+            RegistryError::Protocol { host: host.host.clone(), reason: format!("token service {realm:?} is not a URL") }
+        })?;
+        if self.config.is_allowed(&target) || target == host.host {
+            Ok(())
+        } else {
+            Err(RegistryError::Denied { host: target })
+        }
+    }
+
+    /// `GET <scheme>://<host>/v2/<repository>/<path>` with the authorization the registry asks
+    /// for (a token from its token service, or basic credentials), redirects followed only to
+    /// allowed hosts; a status other than success is an error about `what`.
+    pub(crate) async fn get(
+        &self,
+        host: &HostClient,
+        reference: &Reference,
+        path: &str,
+        accept: &str,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let oci_ref = reference.to_oci();
+        let token = host
+            .oci
+            .auth(&oci_ref, &host.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| self.classify_oci(host, what, e))?;
+        let url = format!("{}://{}/v2/{}/{path}", host.scheme, oci_ref.resolve_registry(), reference.repository());
+        let mut request = host.http.get(&url).header(reqwest::header::ACCEPT, accept);
+        request = match (&token, &host.basic) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, Some(basic)) => request.basic_auth(&basic.username, Some(basic.password.expose())),
+            (None, None) => request,
+        };
+        let response = request.send().await.map_err(|e| self.classify_transport(&host.host, &e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.status(host, what, status.as_u16()));
+        }
+        Ok(response)
     }
 
     /// Every certificate of every `*.crt` in `<certs_dir>/HOST[:PORT]/`, as Docker reads them.
@@ -173,6 +223,26 @@ impl RegistryClient {
         }
         Ok(roots)
     }
+}
+
+/// `HOST[:PORT]` of a URL, the port only when the URL names one (as allow-lists write hosts).
+fn host_port(url: &reqwest::Url) -> Option<String> {
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+/// The `realm` of a `Bearer` challenge.
+fn bearer_realm(challenge: &str) -> Option<String> {
+    let (scheme, params) = challenge.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let at = params.find("realm=\"")? + "realm=\"".len();
+    let end = params[at..].find('"')?;
+    Some(params[at..at + end].to_owned())
 }
 
 /// A redirect to a host outside the allow-list, refused before connecting.

@@ -25,10 +25,12 @@
 //! `rustls-platform-verifier`. A provider the embedding program installs as the process
 //! default is used instead.
 //!
-//! Known limits: the allow-list is checked for the reference's host and for redirects of
-//! manifest requests; the token service a registry names in its `WWW-Authenticate` challenge,
-//! and redirects of blob requests (which `oci-client` follows itself), are not checked against
-//! it.
+//! Every connection goes to an allowed host: the reference's registry, the token service a
+//! registry names in its `Bearer` challenge (checked when the client for that host is built),
+//! and any host a request is redirected to (Docker Hub, for example, redirects blobs to its
+//! CDN, which must then be allowed too). `oci-client` does the token handshake; the manifest
+//! and blob requests are this crate's own, so that their size, redirects and streaming are
+//! under its control.
 
 mod blobs;
 mod classify;

@@ -1,7 +1,6 @@
 //! Manifests and indexes by reference, raw: the bytes, their media type and digest, bounded.
 //! Parsing them is the caller's business.
 
-use oci_client::RegistryOperation;
 use sha2::{Digest as _, Sha256};
 
 use crate::client::RegistryClient;
@@ -44,32 +43,9 @@ impl RegistryClient {
     /// reference's digest or the registry's `Docker-Content-Digest`.
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<RawManifest, RegistryError> {
         let host = self.host_client(reference).await?;
-        let oci_ref = reference.to_oci();
         let what = reference.to_string();
-        // Ask for a token when the registry wants one (oci-client follows the challenge).
-        let token = host
-            .oci
-            .auth(&oci_ref, &host.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| self.classify_oci(&host, &what, e))?;
-        let url = format!(
-            "{}://{}/v2/{}/manifests/{}",
-            host.scheme,
-            oci_ref.resolve_registry(),
-            reference.repository(),
-            reference.manifest_selector()
-        );
-        let mut request = host.http.get(&url).header(reqwest::header::ACCEPT, ACCEPTED_MEDIA_TYPES.join(", "));
-        request = match (&token, &host.basic) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, Some(basic)) => request.basic_auth(&basic.username, Some(basic.password.expose())),
-            (None, None) => request,
-        };
-        let mut response = request.send().await.map_err(|e| self.classify_transport(&host, &e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(self.status(&host, &what, status.as_u16()));
-        }
+        let path = format!("manifests/{}", reference.manifest_selector());
+        let mut response = self.get(&host, reference, &path, &ACCEPTED_MEDIA_TYPES.join(", "), &what).await?;
         let limit = self.config.max_manifest_bytes;
         if response.content_length().is_some_and(|n| n > limit) {
             return Err(RegistryError::TooLarge { what, limit });
@@ -79,7 +55,7 @@ impl RegistryClient {
         let announced = header("docker-content-digest");
         let mut bytes = Vec::new();
         let mut hasher = Sha256::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify_transport(&host, &e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.classify_transport(&host.host, &e))? {
             if bytes.len() as u64 + chunk.len() as u64 > limit {
                 return Err(RegistryError::TooLarge { what, limit });
             }

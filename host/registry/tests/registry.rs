@@ -95,10 +95,16 @@ async fn blobs_verified_into_the_store_once() {
     let repo = reference(&format!("{}/app", proxy.host));
 
     #[derive(Default)]
-    struct Seen(std::sync::Mutex<Vec<(String, u64)>>);
+    struct Seen {
+        finished: std::sync::Mutex<Vec<(String, u64)>>,
+        advanced: std::sync::Mutex<std::collections::BTreeMap<String, Vec<u64>>>,
+    }
     impl Progress for Seen {
+        fn advanced(&self, digest: &Digest, received: u64) {
+            self.advanced.lock().unwrap().entry(digest.to_string()).or_default().push(received);
+        }
         fn finished(&self, digest: &Digest, downloaded: u64) {
-            self.0.lock().unwrap().push((digest.to_string(), downloaded));
+            self.finished.lock().unwrap().push((digest.to_string(), downloaded));
         }
     }
     let seen = Seen::default();
@@ -109,7 +115,11 @@ async fn blobs_verified_into_the_store_once() {
     assert_eq!(fetched[1].path, store_dir.path().join("blobs/sha256").join(&image.layer_digest()[7..]));
     assert!(fetched.iter().all(|f| f.outcome == BlobOutcome::Downloaded { attempts: 1 }), "{fetched:?}");
     assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 2);
-    assert!(seen.0.lock().unwrap().contains(&(image.layer_digest(), image.layer.len() as u64)));
+    assert!(seen.finished.lock().unwrap().contains(&(image.layer_digest(), image.layer.len() as u64)));
+    // Bytes per blob as they arrive: increasing, ending at the blob's length.
+    let advanced = seen.advanced.lock().unwrap()[&image.layer_digest()].clone();
+    assert!(advanced.len() > 1 && advanced.is_sorted(), "{:?}", &advanced[..advanced.len().min(5)]);
+    assert_eq!(advanced.last(), Some(&(image.layer.len() as u64)));
     assert!(temp_files(store_dir.path()).is_empty());
 
     // Again: nothing is downloaded.
@@ -406,4 +416,113 @@ async fn manifests_over_4_mib_are_too_large() {
     let manifest = client.fetch_manifest(&reference(&format!("{host}/big:v1"))).await.unwrap();
     assert_eq!(manifest.bytes.len(), 4 << 20);
     task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_pull_leaves_only_what_sweep_removes() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let image = Image::new(7, 2 << 20);
+    image.push(&registry, "app:v1", None);
+    let stalling = Proxy::start(registry.host.clone(), Fault::Stall, Duration::ZERO).await;
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(store_dir.path()).unwrap();
+    let blob = BlobRequest::new(digest(&image.layer_digest()), Some(image.layer.len() as u64));
+
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["child_fetch", "--exact", "--nocapture", "--test-threads=1"])
+        .env("REGISTRY_TEST_CHILD_HOST", &stalling.host)
+        .env("REGISTRY_TEST_CHILD_STORE", store_dir.path())
+        .env("REGISTRY_TEST_CHILD_DIGEST", image.layer_digest())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until the child has written part of the blob.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let partial = loop {
+        let names = temp_files(store_dir.path());
+        let written = names
+            .iter()
+            .map(|n| store_dir.path().join("blobs/tmp").join(n))
+            .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0));
+        if let Some(path) = written {
+            break path;
+        }
+        assert!(std::time::Instant::now() < deadline, "the child wrote nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(partial.file_name().unwrap().to_string_lossy().starts_with(rootfs_cache_registry::TEMP_PREFIX));
+    // While the pull runs, its file is not stale.
+    assert_eq!(store.sweep(false).unwrap(), vec![]);
+    child.kill().await.unwrap();
+
+    assert!(!store.contains(&blob.digest), "nothing at the final name");
+    let stale = store.sweep(false).unwrap();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!(stale[0].path, partial);
+    assert!(stale[0].bytes > 0 && stale[0].bytes < image.layer.len() as u64);
+    assert!(partial.exists(), "listing removes nothing");
+    assert_eq!(store.sweep(true).unwrap(), stale);
+    assert!(temp_files(store_dir.path()).is_empty());
+
+    // The pull, done again, completes.
+    let (client, _dir) = insecure_client(&[&registry.host]);
+    let repo = reference(&format!("{}/app", registry.host));
+    let fetched = client.fetch_blob(&store, &repo, &blob, &NoProgress).await.unwrap();
+    assert_eq!(std::fs::read(fetched.path).unwrap(), image.layer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_services_and_redirects_outside_the_allow_list_are_denied() {
+    use support::{fake_server, response};
+    // A host no request may reach.
+    let forbidden = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    forbidden.set_nonblocking(true).unwrap();
+    let forbidden_host = forbidden.local_addr().unwrap().to_string();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(store_dir.path()).unwrap();
+
+    // A registry whose token service is elsewhere: the credentials would go there.
+    let realm = format!("WWW-Authenticate: Bearer realm=\"http://{forbidden_host}/token\",service=\"test\"\r\n");
+    let (host, task) =
+        fake_server(Arc::new(move |_line: &str| response("401 Unauthorized", &realm, b"{}", true))).await;
+    let (client, _dir) = insecure_client(&[&host]);
+    let err = client.fetch_manifest(&reference(&format!("{host}/app:v1"))).await.unwrap_err();
+    assert!(matches!(&err, RegistryError::Denied { host: h } if *h == forbidden_host), "{err:?}");
+    task.abort();
+
+    // A registry that redirects to a host that is not allowed, and one that is.
+    let blob_body = b"redirected blob".to_vec();
+    let blob_digest = Digest::of(&blob_body);
+    let body = blob_body.clone();
+    let (cdn, cdn_task) = fake_server(Arc::new(move |_line: &str| response("200 OK", "", &body, true))).await;
+    let (cdn_ok, forbidden_for_redirect) = (cdn.clone(), forbidden_host.clone());
+    let (host, task) = fake_server(Arc::new(move |line: &str| {
+        if line.contains("/manifests/") || line.contains("/blobs/sha256:0") {
+            response("302 Found", &format!("Location: http://{forbidden_for_redirect}/x\r\n"), b"", true)
+        } else if line.contains("/blobs/") {
+            response("307 Temporary Redirect", &format!("Location: http://{cdn_ok}/blob\r\n"), b"", true)
+        } else {
+            response("200 OK", "", b"{}", true)
+        }
+    }))
+    .await;
+    let (client, _dir) = insecure_client(&[&host, &cdn]);
+    let repo = reference(&format!("{host}/app:v1"));
+    let err = client.fetch_manifest(&repo).await.unwrap_err();
+    assert!(matches!(&err, RegistryError::Denied { host: h } if *h == forbidden_host), "{err:?}");
+    let zero: Digest = format!("sha256:0{}", "1".repeat(63)).parse().unwrap();
+    let err = client.fetch_blob(&store, &repo, &BlobRequest::new(zero.clone(), None), &NoProgress).await.unwrap_err();
+    assert!(matches!(&err, RegistryError::Denied { host: h } if *h == forbidden_host), "{err:?}");
+    assert!(!store.contains(&zero) && temp_files(store_dir.path()).is_empty());
+    // Redirected to an allowed host (as Docker Hub sends blobs to its CDN): followed.
+    let fetched = client.fetch_blob(&store, &repo, &BlobRequest::new(blob_digest, None), &NoProgress).await.unwrap();
+    assert_eq!(std::fs::read(fetched.path).unwrap(), blob_body);
+    task.abort();
+    cdn_task.abort();
+
+    assert_eq!(forbidden.accept().map_err(|e| e.kind()).unwrap_err(), std::io::ErrorKind::WouldBlock, "no connection");
 }

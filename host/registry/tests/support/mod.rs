@@ -276,6 +276,8 @@ pub enum Fault {
     Corrupt(usize),
     /// Cut the first `n` blob bodies in half and close.
     Truncate(usize),
+    /// Send half of every blob body, then nothing more (as a pull killed midway sees it).
+    Stall,
 }
 
 /// A counting, optionally faulty HTTP/1.1 proxy in front of a plain-HTTP registry. Every
@@ -357,6 +359,11 @@ async fn serve(
                 let mid = body_at + (response.len() - body_at) / 2;
                 response.truncate(mid);
             }
+            Fault::Stall if ok => {
+                let mid = body_at + (response.len() - body_at) / 2;
+                client.write_all(&response[..mid]).await?;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
             _ => {}
         }
     }
@@ -365,15 +372,18 @@ async fn serve(
     Ok(())
 }
 
-/// A one-route HTTP server answering `GET /v2/` with 200 and any manifest request with
-/// `body` (with a `Content-Length` when `with_length`).
-pub async fn fake_registry(body: Arc<Vec<u8>>, with_length: bool) -> (String, tokio::task::JoinHandle<()>) {
+/// The raw HTTP response a [`fake_server`] sends for a request line.
+pub type Handler = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
+
+/// A tiny HTTP server: each connection gets one response, `handler(request line)`, and is
+/// closed.
+pub async fn fake_server(handler: Handler) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let host = listener.local_addr().unwrap().to_string();
     let task = tokio::spawn(async move {
         loop {
             let Ok((mut conn, _)) = listener.accept().await else { return };
-            let body = body.clone();
+            let handler = handler.clone();
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut byte = [0u8; 1];
@@ -384,22 +394,33 @@ pub async fn fake_registry(body: Arc<Vec<u8>>, with_length: bool) -> (String, to
                     head.push(byte[0]);
                 }
                 let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
-                let reply: &[u8] = if line.contains("/manifests/") { &body } else { b"{}" };
-                let length = if with_length || !line.contains("/manifests/") {
-                    format!("Content-Length: {}\r\n", reply.len())
-                } else {
-                    String::new()
-                };
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}Connection: close\r\n\r\n"
-                );
-                let _ = conn.write_all(head.as_bytes()).await;
-                let _ = conn.write_all(reply).await;
+                let _ = conn.write_all(&handler(&line)).await;
                 let _ = conn.shutdown().await;
             });
         }
     });
     (host, task)
+}
+
+/// A response with `status`, extra header lines and `body` (with a `Content-Length` when
+/// `with_length`; else the body ends with the connection).
+pub fn response(status: &str, headers: &str, body: &[u8], with_length: bool) -> Vec<u8> {
+    let length = if with_length { format!("Content-Length: {}\r\n", body.len()) } else { String::new() };
+    let mut out = format!("HTTP/1.1 {status}\r\n{headers}{length}Connection: close\r\n\r\n").into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A fake registry answering `GET /v2/` with 200 and any manifest request with `body`.
+pub async fn fake_registry(body: Arc<Vec<u8>>, with_length: bool) -> (String, tokio::task::JoinHandle<()>) {
+    fake_server(Arc::new(move |line: &str| {
+        if line.contains("/manifests/") {
+            response("200 OK", "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n", &body, with_length)
+        } else {
+            response("200 OK", "", b"{}", true)
+        }
+    }))
+    .await
 }
 
 /// Lines of a child's output, for the cross-process test.
