@@ -1,7 +1,8 @@
 //! Credentials as Docker and Podman find them.
 //!
 //! Files are read in Podman's order: `$REGISTRY_AUTH_FILE` (default
-//! `${XDG_RUNTIME_DIR}/containers/auth.json`), then `$DOCKER_CONFIG/config.json` (default
+//! `${XDG_RUNTIME_DIR}/containers/auth.json`, or `/run/containers/<uid>/auth.json` without
+//! `XDG_RUNTIME_DIR`), then `$DOCKER_CONFIG/config.json` (default
 //! `~/.docker/config.json`). In each, the `auths` map's `auth` field (base64 of
 //! `user:password`) is used; keys may be `HOST[:PORT]`, a URL such as
 //! `https://index.docker.io/v1/`, or (Podman) `HOST/namespace`, the most specific winning.
@@ -78,11 +79,12 @@ impl AuthFiles {
         let mut files = Vec::new();
         match std::env::var_os("REGISTRY_AUTH_FILE") {
             Some(file) => files.push(PathBuf::from(file)),
-            None => {
-                if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
-                    files.push(Path::new(&runtime).join("containers/auth.json"));
-                }
-            }
+            None => match std::env::var_os("XDG_RUNTIME_DIR") {
+                Some(runtime) => files.push(Path::new(&runtime).join("containers/auth.json")),
+                // Podman's fallback without a runtime directory (root's usual case).
+                None => files
+                    .push(PathBuf::from(format!("/run/containers/{}/auth.json", rustix::process::getuid().as_raw()))),
+            },
         }
         match std::env::var_os("DOCKER_CONFIG") {
             Some(dir) => files.push(Path::new(&dir).join("config.json")),

@@ -18,6 +18,25 @@
 //! - [`RegistryError`]: one variant per class a CLI reports (unreachable, TLS, unauthorized,
 //!   not found, too large, corrupt, denied).
 //!
+//! ```no_run
+//! use rootfs_cache_registry::{BlobRequest, BlobStore, FnProgress, Reference, RegistryClient, RegistryConfig};
+//!
+//! # async fn pull() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = RegistryClient::new(RegistryConfig::new(["registry.example.com"]).insecure("127.0.0.1:5000"));
+//! let reference: Reference = "docker://registry.example.com/team/app:1.4".parse()?;
+//! let manifest = client.fetch_manifest(&reference).await?; // raw: the guest parses it
+//! println!("{} {:?} {} bytes", manifest.digest, manifest.media_type, manifest.bytes.len());
+//!
+//! let store = BlobStore::open("/var/cache/rootfs")?; // blobs/sha256/<hex>
+//! let layers = vec![BlobRequest::new("sha256:…".parse()?, Some(1234))]; // from the guest
+//! let progress = FnProgress(|digest: &rootfs_cache_registry::Digest, bytes: u64| eprintln!("{digest}: {bytes}"));
+//! for blob in client.fetch_blobs(&store, &reference, &layers, &progress).await? {
+//!     println!("{} at {} ({:?})", blob.digest, blob.path.display(), blob.outcome);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Credentials never appear in an error, in `Debug` output or in a log line.
 //!
 //! TLS is rustls with its default `aws-lc-rs` provider (post-quantum key exchange; `ring`'s

@@ -488,7 +488,7 @@ async fn token_services_and_redirects_outside_the_allow_list_are_denied() {
     // A registry whose token service is elsewhere: the credentials would go there.
     let realm = format!("WWW-Authenticate: Bearer realm=\"http://{forbidden_host}/token\",service=\"test\"\r\n");
     let (host, task) =
-        fake_server(Arc::new(move |_line: &str| response("401 Unauthorized", &realm, b"{}", true))).await;
+        fake_server(Arc::new(move |_head: &str| response("401 Unauthorized", &realm, b"{}", true))).await;
     let (client, _dir) = insecure_client(&[&host]);
     let err = client.fetch_manifest(&reference(&format!("{host}/app:v1"))).await.unwrap_err();
     assert!(matches!(&err, RegistryError::Denied { host: h } if *h == forbidden_host), "{err:?}");
@@ -498,9 +498,10 @@ async fn token_services_and_redirects_outside_the_allow_list_are_denied() {
     let blob_body = b"redirected blob".to_vec();
     let blob_digest = Digest::of(&blob_body);
     let body = blob_body.clone();
-    let (cdn, cdn_task) = fake_server(Arc::new(move |_line: &str| response("200 OK", "", &body, true))).await;
+    let (cdn, cdn_task) = fake_server(Arc::new(move |_head: &str| response("200 OK", "", &body, true))).await;
     let (cdn_ok, forbidden_for_redirect) = (cdn.clone(), forbidden_host.clone());
-    let (host, task) = fake_server(Arc::new(move |line: &str| {
+    let (host, task) = fake_server(Arc::new(move |head: &str| {
+        let line = head.lines().next().unwrap_or_default();
         if line.contains("/manifests/") || line.contains("/blobs/sha256:0") {
             response("302 Found", &format!("Location: http://{forbidden_for_redirect}/x\r\n"), b"", true)
         } else if line.contains("/blobs/") {
@@ -525,4 +526,60 @@ async fn token_services_and_redirects_outside_the_allow_list_are_denied() {
     cdn_task.abort();
 
     assert_eq!(forbidden.accept().map_err(|e| e.kind()).unwrap_err(), std::io::ErrorKind::WouldBlock, "no connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_with_credentials_from_auth_json() {
+    use base64::Engine as _;
+    use support::{fake_server, header, response};
+    const PASSWORD: &str = "tok-pw-7731-secret";
+    let manifest = br#"{"schemaVersion":2}"#.to_vec();
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("bob:{PASSWORD}")));
+    // The server's own address is known only once it listens: the handler reads it from Host.
+    let (host, task) = fake_server(Arc::new(move |head: &str| {
+        let line = head.lines().next().unwrap_or_default();
+        let me = header(head, "host").unwrap_or_default();
+        let challenge = format!("WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"fake\"\r\n");
+        if line.starts_with("GET /token?") {
+            let scoped = line.contains("scope=repository%3Ateam%2Fapp%3Apull")
+                || line.contains("scope=repository:team/app:pull");
+            if header(head, "authorization") == Some(basic.as_str()) && scoped {
+                response("200 OK", "Content-Type: application/json\r\n", br#"{"token":"tok-123"}"#, true)
+            } else {
+                response("401 Unauthorized", "", b"{}", true)
+            }
+        } else if line.starts_with("GET /v2/team/app/manifests/v1 ")
+            && header(head, "authorization") == Some("Bearer tok-123")
+        {
+            response("200 OK", "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n", &manifest, true)
+        } else {
+            response("401 Unauthorized", &challenge, b"{}", true)
+        }
+    }))
+    .await;
+    let files = tempfile::tempdir().unwrap();
+    let auth_json = files.path().join("auth.json");
+    std::fs::write(
+        &auth_json,
+        format!(
+            r#"{{"auths":{{"{host}/team":{{"auth":"{}"}}}}}}"#,
+            base64::engine::general_purpose::STANDARD.encode(format!("bob:{PASSWORD}"))
+        ),
+    )
+    .unwrap();
+    let client_with = |files: Vec<std::path::PathBuf>| {
+        RegistryClient::new(
+            RegistryConfig::new(Vec::<String>::new())
+                .insecure(host.clone())
+                .certs_dir("/nonexistent")
+                .auth_files(AuthFiles::new(files)),
+        )
+    };
+    let name = reference(&format!("{host}/team/app:v1"));
+    let fetched = client_with(vec![auth_json]).fetch_manifest(&name).await.unwrap();
+    assert_eq!(fetched.bytes, br#"{"schemaVersion":2}"#);
+    let err = client_with(vec![]).fetch_manifest(&name).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("docker login {host}")), "{err}");
+    task.abort();
 }

@@ -372,10 +372,11 @@ async fn serve(
     Ok(())
 }
 
-/// The raw HTTP response a [`fake_server`] sends for a request line.
+/// The raw HTTP response a [`fake_server`] sends for a request's head (the request line and
+/// the headers).
 pub type Handler = Arc<dyn Fn(&str) -> Vec<u8> + Send + Sync>;
 
-/// A tiny HTTP server: each connection gets one response, `handler(request line)`, and is
+/// A tiny HTTP server: each connection gets one response, `handler(request head)`, and is
 /// closed.
 pub async fn fake_server(handler: Handler) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -393,8 +394,7 @@ pub async fn fake_server(handler: Handler) -> (String, tokio::task::JoinHandle<(
                     }
                     head.push(byte[0]);
                 }
-                let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
-                let _ = conn.write_all(&handler(&line)).await;
+                let _ = conn.write_all(&handler(&String::from_utf8_lossy(&head))).await;
                 let _ = conn.shutdown().await;
             });
         }
@@ -411,10 +411,18 @@ pub fn response(status: &str, headers: &str, body: &[u8], with_length: bool) -> 
     out
 }
 
+/// The value of header `name` in a request head.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
 /// A fake registry answering `GET /v2/` with 200 and any manifest request with `body`.
 pub async fn fake_registry(body: Arc<Vec<u8>>, with_length: bool) -> (String, tokio::task::JoinHandle<()>) {
-    fake_server(Arc::new(move |line: &str| {
-        if line.contains("/manifests/") {
+    fake_server(Arc::new(move |head: &str| {
+        if head.lines().next().unwrap_or_default().contains("/manifests/") {
             response("200 OK", "Content-Type: application/vnd.oci.image.manifest.v1+json\r\n", &body, with_length)
         } else {
             response("200 OK", "", b"{}", true)
