@@ -1,6 +1,6 @@
-//! The configured client: one `oci-client` (and one plain HTTP client for manifests) per
-//! registry host and set of credentials, built lazily; the allow-list is checked before either
-//! is used.
+//! The configured client: per registry host and set of credentials, built lazily, an
+//! `oci-client` for the token handshake and a `reqwest` client for the manifest and blob
+//! requests (redirects only to allowed hosts); the allow-list is checked before either is used.
 
 use std::collections::HashMap;
 use std::sync::Arc;

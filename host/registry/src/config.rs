@@ -70,8 +70,14 @@ impl RegistryConfig {
         self
     }
 
-    /// Whether `host` may be contacted.
+    /// Whether `host` may be contacted. Allowing `docker.io` allows the names Docker Hub's
+    /// API is served under (`index.docker.io`, `registry-1.docker.io`), not its token service
+    /// (`auth.docker.io`) or blob CDN, which are hosts of their own.
     pub fn is_allowed(&self, host: &str) -> bool {
+        let host = match host {
+            "index.docker.io" | "registry-1.docker.io" => crate::reference::DOCKER_HUB,
+            other => other,
+        };
         self.allowed.iter().chain(&self.insecure).any(|h| h == host)
     }
 
