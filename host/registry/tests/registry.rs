@@ -583,3 +583,29 @@ async fn token_auth_with_credentials_from_auth_json() {
     assert!(err.to_string().contains(&format!("docker login {host}")), "{err}");
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blobs_download_three_at_a_time() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let images: Vec<Image> = (10..13).map(|seed| Image::new(seed, 200_000)).collect();
+    for (i, image) in images.iter().enumerate() {
+        image.push(&registry, &format!("multi:v{i}"), None);
+    }
+    // Each blob response is held a while, so the downloads overlap as much as the client lets them.
+    let proxy = Proxy::start(registry.host.clone(), Fault::None, Duration::from_millis(250)).await;
+    let (client, _dir) = insecure_client(&[&proxy.host]);
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = BlobStore::open(store_dir.path()).unwrap();
+    let blobs: Vec<BlobRequest> = images.iter().flat_map(blob_requests).collect();
+    let fetched =
+        client.fetch_blobs(&store, &reference(&format!("{}/multi", proxy.host)), &blobs, &NoProgress).await.unwrap();
+    assert_eq!(
+        fetched.iter().map(|f| &f.digest).collect::<Vec<_>>(),
+        blobs.iter().map(|b| &b.digest).collect::<Vec<_>>()
+    );
+    assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 6);
+    assert_eq!(proxy.max_in_flight.load(Ordering::SeqCst), rootfs_cache_registry::MAX_CONCURRENT_DOWNLOADS);
+}

@@ -286,6 +286,8 @@ pub struct Proxy {
     pub host: String,
     /// Blob GETs seen.
     pub blob_gets: Arc<AtomicUsize>,
+    /// The most blob GETs in flight at once.
+    pub max_in_flight: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -301,24 +303,35 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let host = listener.local_addr().unwrap().to_string();
         let blob_gets = Arc::new(AtomicUsize::new(0));
-        let counter = blob_gets.clone();
+        let max_in_flight = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (counter, max) = (blob_gets.clone(), max_in_flight.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { return };
-                let (upstream, counter) = (upstream.clone(), counter.clone());
+                let (upstream, counter, max, in_flight) =
+                    (upstream.clone(), counter.clone(), max.clone(), in_flight.clone());
                 tokio::spawn(async move {
-                    let _ = serve(client, &upstream, &counter, fault, delay).await;
+                    let flight = Flight { now: &in_flight, max: &max };
+                    let _ = serve(client, &upstream, &counter, &flight, fault, delay).await;
                 });
             }
         });
-        Self { host, blob_gets, task }
+        Self { host, blob_gets, max_in_flight, task }
     }
+}
+
+/// Blob requests in flight now, and the most at once.
+struct Flight<'a> {
+    now: &'a AtomicUsize,
+    max: &'a AtomicUsize,
 }
 
 async fn serve(
     mut client: tokio::net::TcpStream,
     upstream: &str,
     counter: &AtomicUsize,
+    flight: &Flight<'_>,
     fault: Fault,
     delay: Duration,
 ) -> std::io::Result<()> {
@@ -334,6 +347,26 @@ async fn serve(
     let request_line = text.lines().next().unwrap_or_default().to_owned();
     let is_blob_get = request_line.starts_with("GET ") && request_line.contains("/blobs/sha256:");
     let n = if is_blob_get { counter.fetch_add(1, Ordering::SeqCst) } else { usize::MAX };
+    if is_blob_get {
+        let now = flight.now.fetch_add(1, Ordering::SeqCst) + 1;
+        flight.max.fetch_max(now, Ordering::SeqCst);
+    }
+    let result = forward(&mut client, upstream, &text, is_blob_get, n, fault, delay).await;
+    if is_blob_get {
+        flight.now.fetch_sub(1, Ordering::SeqCst);
+    }
+    result
+}
+
+async fn forward(
+    client: &mut tokio::net::TcpStream,
+    upstream: &str,
+    text: &str,
+    is_blob_get: bool,
+    n: usize,
+    fault: Fault,
+    delay: Duration,
+) -> std::io::Result<()> {
     let mut rewritten = String::new();
     for line in text.split("\r\n").filter(|l| !l.is_empty()) {
         if !line.to_ascii_lowercase().starts_with("connection:") {
