@@ -169,7 +169,10 @@ impl RegistryClient {
             let chunk = match response.chunk().await {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
-                Err(e) => return Err(AttemptError::Retry(format!("the stream broke after {received} bytes: {e}"))),
+                Err(e) => {
+                    let why = crate::classify::describe(&e);
+                    return Err(AttemptError::Retry(format!("the stream broke after {received} bytes: {why}")));
+                }
             };
             received += chunk.len() as u64;
             if let Some(expected) = blob.size

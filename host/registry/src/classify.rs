@@ -90,6 +90,19 @@ impl RegistryClient {
     }
 }
 
+/// An error and its causes, as one line (`error decoding response body: end of file before
+/// message length reached`).
+pub(crate) fn describe(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in causes(error) {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
 /// The chain of causes, looking inside `io::Error`s too (whose `source` skips the error they
 /// wrap).
 fn causes<'a>(error: &'a (dyn StdError + 'static)) -> Vec<&'a (dyn StdError + 'static)> {
