@@ -69,13 +69,14 @@ impl RegistryClient {
         self.check_allowed(reference)?;
         let host = reference.registry().to_owned();
         let found = self.config.auth_files.lookup(&host, reference.repository())?;
-        let mut hosts = self.hosts.lock().await;
-        if let Some(client) = hosts.get(&(host.clone(), found.clone())) {
+        let key = (host, found);
+        if let Some(client) = self.hosts.lock().await.get(&key) {
             return Ok(client.clone());
         }
-        let client = Arc::new(self.build_host_client(&host, &found).await?);
-        hosts.insert((host, found), client.clone());
-        Ok(client)
+        // Built without holding the map, so a slow host does not hold up the others; two
+        // callers racing for one host may both build, and the first to finish is kept.
+        let client = Arc::new(self.build_host_client(&key.0, &key.1).await?);
+        Ok(self.hosts.lock().await.entry(key).or_insert(client).clone())
     }
 
     async fn build_host_client(&self, host: &str, found: &Found) -> Result<HostClient, RegistryError> {
