@@ -18,8 +18,10 @@ pub const MAX_CONCURRENT_DOWNLOADS: usize = 3;
 /// The configuration of a [`RegistryClient`](crate::RegistryClient).
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
-    /// The registries that may be contacted, as `HOST[:PORT]` exactly as references name them
-    /// (`docker.io` for Docker Hub). A request for any other is [`Denied`](crate::RegistryError::Denied).
+    /// The hosts that may be contacted, as `HOST[:PORT]` exactly as references name them
+    /// (`docker.io` for Docker Hub): registries, and the token services and redirect targets
+    /// they send the client to (for Docker Hub `auth.docker.io` and its blob CDN). A request
+    /// for any other host is [`Denied`](crate::RegistryError::Denied) before it is sent.
     pub allowed: Vec<String>,
     /// Registries reached over plain HTTP instead of TLS (each is allowed too). Every other
     /// host is spoken to with TLS only.
