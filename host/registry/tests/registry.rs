@@ -613,3 +613,23 @@ async fn blobs_download_three_at_a_time() {
     assert_eq!(proxy.blob_gets.load(Ordering::SeqCst), 6);
     assert_eq!(proxy.max_in_flight.load(Ordering::SeqCst), rootfs_cache_registry::MAX_CONCURRENT_DOWNLOADS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_and_its_manifests() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let images = [Image::new(20, 1000), Image::new(21, 1000)];
+    let index = support::push_index(&registry, "multi:v1", &images);
+    let (client, _dir) = insecure_client(&[&registry.host]);
+
+    let fetched = client.fetch_manifest(&reference(&format!("{}/multi:v1", registry.host))).await.unwrap();
+    assert_eq!(fetched.bytes, index);
+    assert_eq!(fetched.media_type.as_deref(), Some("application/vnd.oci.image.index.v1+json"));
+    // The caller picks a platform's manifest from the index and asks for it by digest.
+    let arm64 = reference(&format!("{}/multi@{}", registry.host, support::sha256(&images[1].manifest)));
+    let manifest = client.fetch_manifest(&arm64).await.unwrap();
+    assert_eq!(manifest.bytes, images[1].manifest);
+    assert_eq!(manifest.media_type.as_deref(), Some("application/vnd.oci.image.manifest.v1+json"));
+}

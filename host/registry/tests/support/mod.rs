@@ -188,6 +188,46 @@ impl Image {
     }
 }
 
+/// Pushes a two-platform index of `images` (linux/amd64, linux/arm64, …) to `registry` as
+/// `name:tag` with `skopeo copy --all`; returns the index's bytes.
+pub fn push_index(registry: &Registry, name: &str, images: &[Image]) -> Vec<u8> {
+    let layout = tempfile::tempdir().unwrap();
+    let blobs = layout.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let mut entries = Vec::new();
+    for (image, arch) in images.iter().zip(["amd64", "arm64", "riscv64"]) {
+        for blob in [&image.layer, &image.config, &image.manifest] {
+            std::fs::write(blobs.join(&sha256(blob)[7..]), blob).unwrap();
+        }
+        entries.push(format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#,
+            sha256(&image.manifest),
+            image.manifest.len()
+        ));
+    }
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+        entries.join(",")
+    )
+    .into_bytes();
+    std::fs::write(blobs.join(&sha256(&index)[7..]), &index).unwrap();
+    std::fs::write(layout.path().join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let top = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"v1"}}}}]}}"#,
+        sha256(&index),
+        index.len()
+    );
+    std::fs::write(layout.path().join("index.json"), top).unwrap();
+    let output = Command::new("skopeo")
+        .args(["copy", "--quiet", "--all", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", layout.path().display()))
+        .arg(format!("docker://{}/{name}", registry.host))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "skopeo copy --all: {}", String::from_utf8_lossy(&output.stderr));
+    index
+}
+
 /// A CA and a server certificate for 127.0.0.1, made with `openssl`.
 pub struct Pki {
     pub dir: tempfile::TempDir,
