@@ -24,8 +24,14 @@ use proc_macro2::{TokenStream, TokenTree};
 use syn::visit::Visit;
 
 /// The crate roots checked, relative to the workspace.
-const ROOTS: &[&str] =
-    &["guest/src/lib.rs", "host/src/lib.rs", "host/src/main.rs", "host/ext4/src/lib.rs", "host/layers/src/lib.rs"];
+const ROOTS: &[&str] = &[
+    "guest/src/lib.rs",
+    "host/src/lib.rs",
+    "host/src/main.rs",
+    "host/ext4/src/lib.rs",
+    "host/layers/src/lib.rs",
+    "host/registry/src/lib.rs",
+];
 
 /// A module path from the crate root (`[]` is the root).
 type ModPath = Vec<String>;
