@@ -319,9 +319,15 @@ fn compare_by_inode(tree: &Tree, image: &Path, mount: &Path) {
 }
 
 /// Mounts `image` read-only and reads the tree back, then read-write and
-/// writes to it (a new file and directory, or, without readable
-/// directories, more blocks for an existing file: block bitmaps and
-/// descriptors updated by the kernel), and checks it with e2fsck again.
+/// writes to it (new directories, which the kernel places in groups of
+/// their own, and files; or, without readable directories, more blocks for
+/// an existing file: block bitmaps and descriptors the kernel checks and
+/// updates), and checks it with e2fsck again.
+///
+/// Without readable directories (directory blocks not yet checksummed), a
+/// copy that `e2fsck -fy` gave directory checksums (and nothing else: the
+/// check before found nothing else) then goes through the path-based checks
+/// too, so the kernel allocates inodes and blocks in our groups.
 fn kernel_reads_and_writes(tree: &Tree, image: &Path, features: Features, dirs_readable: bool) {
     let mnt = image.with_extension("mnt");
     {
@@ -335,8 +341,11 @@ fn kernel_reads_and_writes(tree: &Tree, image: &Path, features: Features, dirs_r
     {
         let _m = Mount::new(image, &mnt, "rw");
         if dirs_readable {
-            std::fs::create_dir(mnt.join("new-dir")).unwrap();
-            std::fs::write(mnt.join("new-dir/new-file"), vec![7u8; 1 << 20]).unwrap();
+            for d in 0..8 {
+                let new = mnt.join(format!("new-dir-{d}"));
+                std::fs::create_dir(&new).unwrap();
+                std::fs::write(new.join("new-file"), vec![d as u8; 1 << 20]).unwrap();
+            }
             std::fs::write(mnt.join("etc/hostname"), b"written\n").unwrap();
         } else {
             let file = open_inode(&mnt, inode_of(image, "/etc/passwd"), libc::O_WRONLY);
@@ -346,6 +355,23 @@ fn kernel_reads_and_writes(tree: &Tree, image: &Path, features: Features, dirs_r
         rustix::fs::sync();
     }
     e2fsck_clean(image, features);
+    if !dirs_readable {
+        let copy = image.with_extension("dirs-checksummed");
+        std::fs::copy(image, &copy).unwrap();
+        let (code, text) = run("e2fsck", &["-fy", copy.to_str().unwrap()]);
+        assert_eq!(code, 1, "e2fsck -fy: {text}");
+        assert!(e2fsck_clean(&copy, features), "e2fsck -fy left directories without checksums");
+        // The tree as written, with the bytes the first mount wrote to /etc/passwd.
+        let mut tree = tree.clone();
+        let etc = tree.lookup(Tree::ROOT, b"etc").unwrap();
+        let passwd = tree.lookup(etc, b"passwd").unwrap();
+        let mut bytes = content(&tree.node(passwd).kind);
+        bytes.resize(1 << 20, 0);
+        bytes.extend(vec![7u8; 1 << 20]);
+        tree.node_mut(passwd).kind = Kind::File { size: bytes.len() as u64, data: FileData::Bytes(Arc::new(bytes)) };
+        kernel_reads_and_writes(&tree, &copy, features, true);
+        std::fs::remove_file(&copy).unwrap();
+    }
 }
 
 /// A tree of the varied tree and one file of two groups' blocks: past
