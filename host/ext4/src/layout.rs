@@ -316,7 +316,9 @@ impl Geometry {
     /// The blocks that keep, after this geometry's last group, one more group
     /// with room for its metadata: an upper bound of it (one more group never
     /// needs more inode-table blocks, or more than one more descriptor
-    /// block), and 16 blocks.
+    /// block), and 16 blocks. With `flex_bg` the new group's bitmaps and
+    /// inode table are counted in it too, wherever its flex group puts them
+    /// (in it, when it starts a flex group).
     fn past_one_more_group(&self) -> u64 {
         let group = self.groups.len() as u64;
         let backup = if has_superblock(group) { 1 + self.gdt_blocks + 1 } else { 0 };

@@ -86,6 +86,15 @@ pub(super) fn encode(
         let allocated = blocks.extents.iter().map(|e| u64::from(e.len)).sum::<u64>()
             + blocks.tree_blocks.len() as u64
             + u64::from(xattr_block != 0);
+        // `i_blocks` counts 512-byte sectors: 32 bits of them (2 TiB), or
+        // 48 with `huge_file` (no `EXT4_HUGE_FILE_FL`: that flag counts
+        // blocks, needed only past 2^48 sectors, beyond any image here).
+        let sectors = allocated * (BLOCK_SIZE / 512);
+        if !features.huge_file && sectors > u64::from(u32::MAX) {
+            return Err(WriteError::Unsupported(format!(
+                "inode {ino}: {allocated} blocks ({sectors} sectors) is more than ext4 counts without huge_file"
+            )));
+        }
         let fields = InodeFields {
             mode: type_bits | perm as u16,
             uid,
@@ -93,7 +102,7 @@ pub(super) fn encode(
             size,
             time,
             links: inode.links,
-            sectors: allocated * (BLOCK_SIZE / 512),
+            sectors,
             flags,
             block,
             xattr_block,
