@@ -508,6 +508,22 @@ mod tests {
     }
 
     #[test]
+    fn a_last_group_that_starts_a_flex_group_is_kept_only_with_room_for_its_metadata() {
+        for blocks in (16 * BLOCKS_PER_GROUP - 50..16 * BLOCKS_PER_GROUP + 2600).step_by(13) {
+            let inodes = blocks / 4;
+            let g = Geometry::new(blocks, inodes, Features::EXT4).unwrap();
+            assert_sound(&g);
+            // The inode table the 17th group would have.
+            let itb = inodes.div_ceil(17).next_multiple_of(16) * INODE_SIZE as u64 / BLOCK_SIZE;
+            let kept = g.groups.len() == 17;
+            assert_eq!(kept, blocks.saturating_sub(16 * BLOCKS_PER_GROUP) >= 2 + itb + 16, "{blocks}");
+            if kept {
+                assert_eq!(g.groups[16].first_data, 16 * BLOCKS_PER_GROUP + 2 + itb);
+            }
+        }
+    }
+
+    #[test]
     fn dense_inode_tables_get_fewer_groups_per_flex() {
         // 32,768 inodes a group: 2,048 inode-table blocks, 16 of which do not fit in a group.
         let g = Geometry::new(20 * BLOCKS_PER_GROUP, 20 * 32_768, Features::EXT4).unwrap();

@@ -600,3 +600,30 @@ fn minimal_and_each_layout_keep_the_bytes_of_a_tree_reproducible() {
         assert!(std::fs::read(one).unwrap() == std::fs::read(two).unwrap(), "{name}: two images differ");
     }
 }
+
+/// A short last group that starts a flex group of its own holds its
+/// bitmaps and inode table, and the image is clean and mounts.
+#[test]
+fn a_short_last_group_starting_a_flex_group_holds_its_own_metadata() {
+    if !tools_present() {
+        return;
+    }
+    let size = (16 * BLOCKS_PER_GROUP + 600) * 4096;
+    for features in [EXT4, Features { metadata_csum: false, ..EXT4 }] {
+        let (_dir, image) = write(&common::varied_tree(), features, Some(size));
+        let dirs_readable = e2fsck_clean(&image, features);
+        let groups = groups(&image);
+        assert_eq!(groups.len(), 17);
+        let last = &groups[16];
+        let start = 16 * BLOCKS_PER_GROUP;
+        let (bb, ib, it) = (
+            number_after(last, "Block bitmap at "),
+            number_after(last, "Inode bitmap at "),
+            number_after(last, "Inode table at "),
+        );
+        assert_eq!((bb, ib, it), (start, start + 1, start + 2), "{last}");
+        if is_root() {
+            kernel_reads_and_writes(&common::varied_tree(), &image, features, dirs_readable);
+        }
+    }
+}
