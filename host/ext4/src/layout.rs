@@ -80,7 +80,8 @@ pub enum LayoutError {
         /// Bytes asked for.
         size: u64,
     },
-    /// Beyond ext4's limits without the 64bit feature.
+    /// Beyond the writer's limit of 2^32 − 1 blocks (16 TiB), which is
+    /// ext4's without the `64bit` feature and kept with it.
     TooLarge(String),
     /// More inodes than the groups `blocks` gives can hold (at most
     /// [`MAX_INODES_PER_GROUP`] each).
@@ -108,7 +109,9 @@ pub enum LayoutError {
 /// block (8 × the block size: 32,768 with 4 KiB blocks).
 pub const MAX_INODES_PER_GROUP: u64 = 8 * BLOCK_SIZE;
 
-/// The most blocks an image has without the `64bit` feature.
+/// The most blocks an image has: ext4's limit without the `64bit` feature,
+/// kept with it (its 64-byte descriptors are written, its `_hi` halves are
+/// zero).
 const MAX_BLOCKS: u64 = u32::MAX as u64;
 
 /// The most inodes an image holds. ext4 counts inodes in 32 bits (at most
