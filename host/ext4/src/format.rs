@@ -258,6 +258,9 @@ pub fn journal_superblock(blocks: u32, uuid: &[u8; 16]) -> [u8; 1024] {
 
 /// `EXT4_BG_INODE_UNINIT`: the group's inode table and bitmap are unused.
 pub const BG_INODE_UNINIT: u16 = 0x0001;
+/// `EXT4_BG_BLOCK_UNINIT`: the group's block bitmap is not written; it
+/// holds only the group's own metadata.
+pub const BG_BLOCK_UNINIT: u16 = 0x0002;
 /// `EXT4_BG_INODE_ZEROED`: the group's inode table is zeroed.
 pub const BG_INODE_ZEROED: u16 = 0x0004;
 

@@ -186,6 +186,20 @@ impl Geometry {
         self.blocks - self.metadata_blocks()
     }
 
+    /// Whether group `g` holds no metadata but its own (its backup, and its
+    /// bitmaps and inode table if they are in it): what the kernel and
+    /// e2fsck assume of a group whose block bitmap is left uninitialised
+    /// (`BLOCK_UNINIT`), computing it from the group's own descriptor. Not
+    /// the first group of a flex group of several.
+    pub fn holds_only_its_own_metadata(&self, g: usize) -> bool {
+        let group = &self.groups[g];
+        let backup = if group.has_super { 1 + self.gdt_blocks } else { 0 };
+        let own_inside = (group.start..group.start + group.blocks).contains(&group.block_bitmap);
+        let itable_blocks = u64::from(self.inodes_per_group) * INODE_SIZE as u64 / BLOCK_SIZE;
+        let own = if own_inside { 2 + itable_blocks } else { 0 };
+        group.first_data - group.start == backup + own
+    }
+
     /// The geometry for content of `data_blocks` blocks and `inodes` inodes:
     /// exactly `size` bytes when given, else sized with `headroom`.
     ///
@@ -524,6 +538,19 @@ mod tests {
                 assert_eq!(g.groups[16].first_data, 16 * BLOCKS_PER_GROUP + 2 + itb);
             }
         }
+    }
+
+    #[test]
+    fn only_the_first_group_of_a_flex_group_holds_others_metadata() {
+        let g = Geometry::new(40 * BLOCKS_PER_GROUP, 40 * 512, Features::EXT4).unwrap();
+        let first_of_flex: Vec<usize> = (0..40).filter(|&i| !g.holds_only_its_own_metadata(i)).collect();
+        assert_eq!(first_of_flex, vec![0, 16, 32]);
+        let g = Geometry::new(40 * BLOCKS_PER_GROUP, 40 * 512, M).unwrap();
+        assert!((0..40).all(|i| g.holds_only_its_own_metadata(i)));
+        // A flex group of one group holds only its own.
+        let g = Geometry::new(16 * BLOCKS_PER_GROUP + 2000, 17 * 512, Features::EXT4).unwrap();
+        assert_eq!(g.groups.len(), 17);
+        assert!(g.holds_only_its_own_metadata(16));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 
 use crate::checksum::fs_seed;
 use crate::format::{
-    self, BG_INODE_UNINIT, BG_INODE_ZEROED, BLOCK_SIZE, BLOCKS_PER_GROUP, FIRST_INODE, GroupDesc, INODE_SIZE,
-    JOURNAL_INODE, SuperblockFields,
+    self, BG_BLOCK_UNINIT, BG_INODE_UNINIT, BG_INODE_ZEROED, BLOCK_SIZE, BLOCKS_PER_GROUP, FIRST_INODE, GroupDesc,
+    INODE_SIZE, JOURNAL_INODE, SuperblockFields,
 };
 use crate::layout::Geometry;
 use crate::tree::Tree;
@@ -53,7 +53,17 @@ pub(super) fn write(
         // Metadata first, then the blocks handed out from `first_data` on.
         let used_blocks = group.first_data - group.start + allocation.used_per_group[g];
         let block_bitmap = bitmap(used_blocks, group.blocks);
-        image.write_at(&block_bitmap, group.block_bitmap * BLOCK_SIZE)?;
+        // With `metadata_csum`, a group holding no data and no other group's
+        // metadata is left uninitialised, as mke2fs leaves it: the kernel
+        // and e2fsck compute its bitmap from its descriptor. Not the last
+        // group (e2fsck wants that one's bitmap).
+        let block_uninit = csum_seed.is_some()
+            && allocation.used_per_group[g] == 0
+            && g + 1 < geometry.groups.len()
+            && geometry.holds_only_its_own_metadata(g);
+        if !block_uninit {
+            image.write_at(&block_bitmap, group.block_bitmap * BLOCK_SIZE)?;
+        }
         let group_free_blocks = group.blocks - used_blocks;
         let group_free_inodes = u64::from(ipg) - used_inodes_here;
         free_blocks += group_free_blocks;
@@ -79,8 +89,12 @@ pub(super) fn write(
             }
         }
         if let Some(seed) = csum_seed {
-            desc.block_bitmap_csum = format::bitmap_checksum(&block_bitmap, BLOCKS_PER_GROUP, seed);
-            desc.flags = BG_INODE_ZEROED | if inode_uninit { BG_INODE_UNINIT } else { 0 };
+            if !block_uninit {
+                desc.block_bitmap_csum = format::bitmap_checksum(&block_bitmap, BLOCKS_PER_GROUP, seed);
+            }
+            desc.flags = BG_INODE_ZEROED
+                | if inode_uninit { BG_INODE_UNINIT } else { 0 }
+                | if block_uninit { BG_BLOCK_UNINIT } else { 0 };
             desc.itable_unused = group_free_inodes as u32;
         }
         descs.push(desc);
