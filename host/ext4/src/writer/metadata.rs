@@ -53,17 +53,9 @@ pub(super) fn write(
         // Metadata first, then the blocks handed out from `first_data` on.
         let used_blocks = group.first_data - group.start + allocation.used_per_group[g];
         let block_bitmap = bitmap(used_blocks, group.blocks);
-        // With `metadata_csum`, a group holding no data and no other group's
-        // metadata is left uninitialised, as mke2fs leaves it: the kernel
-        // and e2fsck compute its bitmap from its descriptor. Not the last
-        // group (e2fsck wants that one's bitmap).
-        let block_uninit = csum_seed.is_some()
-            && allocation.used_per_group[g] == 0
-            && g + 1 < geometry.groups.len()
-            && geometry.holds_only_its_own_metadata(g);
-        if !block_uninit {
-            image.write_at(&block_bitmap, group.block_bitmap * BLOCK_SIZE)?;
-        }
+        image.write_at(&block_bitmap, group.block_bitmap * BLOCK_SIZE)?;
+        let inode_bitmap = bitmap(used_inodes_here, u64::from(ipg));
+        image.write_at(&inode_bitmap, group.inode_bitmap * BLOCK_SIZE)?;
         let group_free_blocks = group.blocks - used_blocks;
         let group_free_inodes = u64::from(ipg) - used_inodes_here;
         free_blocks += group_free_blocks;
@@ -77,25 +69,24 @@ pub(super) fn write(
             used_dirs: u32::from(dirs_per_group[g]),
             ..GroupDesc::default()
         };
-        // A group with no inode in use is left uninitialised, as mke2fs
-        // leaves it (its inode bitmap unwritten, its checksum 0), with
-        // `metadata_csum`; without, every bitmap is written.
-        let inode_uninit = csum_seed.is_some() && used_inodes_here == 0;
-        if !inode_uninit {
-            let inode_bitmap = bitmap(used_inodes_here, u64::from(ipg));
-            image.write_at(&inode_bitmap, group.inode_bitmap * BLOCK_SIZE)?;
-            if let Some(seed) = csum_seed {
-                desc.inode_bitmap_csum = format::bitmap_checksum(&inode_bitmap, u64::from(ipg), seed);
-            }
-        }
         if let Some(seed) = csum_seed {
-            if !block_uninit {
-                desc.block_bitmap_csum = format::bitmap_checksum(&block_bitmap, BLOCKS_PER_GROUP, seed);
-            }
+            // The flags mke2fs sets: every inode table zeroed (what is not
+            // written is a hole); a group with no inode in use, and one
+            // holding no data and no other group's metadata (not the last:
+            // e2fsck wants its bitmap), uninitialised, so the kernel and
+            // e2fsck compute their bitmaps from the descriptor. Unlike
+            // mke2fs, every bitmap is written and checksummed all the same,
+            // so a tool that ignores the flags finds them right too.
+            let inode_uninit = used_inodes_here == 0;
+            let block_uninit = allocation.used_per_group[g] == 0
+                && g + 1 < geometry.groups.len()
+                && geometry.holds_only_its_own_metadata(g);
             desc.flags = BG_INODE_ZEROED
                 | if inode_uninit { BG_INODE_UNINIT } else { 0 }
                 | if block_uninit { BG_BLOCK_UNINIT } else { 0 };
             desc.itable_unused = group_free_inodes as u32;
+            desc.block_bitmap_csum = format::bitmap_checksum(&block_bitmap, BLOCKS_PER_GROUP, seed);
+            desc.inode_bitmap_csum = format::bitmap_checksum(&inode_bitmap, u64::from(ipg), seed);
         }
         descs.push(desc);
     }
