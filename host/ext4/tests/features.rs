@@ -169,20 +169,36 @@ impl Mount {
         if code != 0 {
             run("losetup", &["-d", &device]);
         }
-        assert_eq!(code, 0, "mount -o {options} {}: {text}", image.display());
+        assert_eq!(code, 0, "mount -o {options} {}: {text}\n{}", image.display(), kernel_log());
         Self { at: at.to_owned(), device }
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let (code, text) = run("umount", &[self.at.to_str().unwrap()]);
+        // Retried: something else on the machine (a udev probe) may hold
+        // the new device for a moment.
+        let mut umount = run("umount", &[self.at.to_str().unwrap()]);
+        for _ in 0..20 {
+            if umount.0 == 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            umount = run("umount", &[self.at.to_str().unwrap()]);
+        }
+        let (code, text) = umount;
         let (detached, detach_text) = run("losetup", &["-d", &self.device]);
         if !std::thread::panicking() {
             assert_eq!(code, 0, "umount: {text}");
             assert_eq!(detached, 0, "losetup -d: {detach_text}");
         }
     }
+}
+
+/// The kernel's last messages, for a failure's message.
+fn kernel_log() -> String {
+    let (_, text) = run("dmesg", &[]);
+    text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// The bytes of a file of the tree.
