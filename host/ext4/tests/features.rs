@@ -187,6 +187,10 @@ impl Drop for Mount {
             umount = run("umount", &[self.at.to_str().unwrap()]);
         }
         let (code, text) = umount;
+        if code != 0 {
+            // Not left mounted: detached lazily, when whatever holds it lets go.
+            run("umount", &["-l", self.at.to_str().unwrap()]);
+        }
         let (detached, detach_text) = run("losetup", &["-d", &self.device]);
         if !std::thread::panicking() {
             assert_eq!(code, 0, "umount: {text}");
