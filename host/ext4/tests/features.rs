@@ -670,3 +670,25 @@ fn a_short_last_group_starting_a_flex_group_holds_its_own_metadata() {
         }
     }
 }
+
+/// Every combination of the four features (with a journal, without
+/// `dir_index`) gives an image e2fsck passes, listing exactly its features.
+#[test]
+fn every_combination_of_the_features_is_clean() {
+    if !tools_present() {
+        return;
+    }
+    let tree = common::varied_tree();
+    for bits in 0..16u8 {
+        let features = Features {
+            sixty_four_bit: bits & 1 != 0,
+            flex_bg: bits & 2 != 0,
+            huge_file: bits & 4 != 0,
+            metadata_csum: bits & 8 != 0,
+            ..EXT4
+        };
+        let (_dir, image) = write(&tree, features, None);
+        e2fsck_clean(&image, features);
+        assert_eq!(listed_features(&image), expected_features(features), "{features:?}");
+    }
+}
