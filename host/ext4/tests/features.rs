@@ -10,9 +10,10 @@
 //! blocks without checksums: the e2fsck check then accepts exactly those
 //! complaints (every one paired with a "has no checksum" for its block) and
 //! nothing else, and the kernel's reads go through inode numbers
-//! (`open_by_handle_at`) instead of paths. Once directory blocks carry their
-//! checksums, the same tests require a silent e2fsck and read the whole tree
-//! back through paths.
+//! (`open_by_handle_at`) instead of paths; a copy that `e2fsck -fy` gave
+//! directory checksums (nothing else) is then read back through paths and
+//! written to. Once directory blocks carry their checksums, the same tests
+//! require a silent e2fsck and read the image itself back through paths.
 
 mod common;
 
@@ -635,7 +636,7 @@ fn mounts_rw(image: &Path) -> bool {
 }
 
 #[test]
-fn minimal_and_each_layout_keep_the_bytes_of_a_tree_reproducible() {
+fn each_feature_gives_the_same_bytes_every_time() {
     for (name, features) in variants() {
         let tree = common::varied_tree();
         let (_a, one) = write(&tree, features, None);
