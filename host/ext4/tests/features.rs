@@ -543,6 +543,27 @@ fn flex_groups_pack_metadata_into_group_0_and_extents_cross_group_borders() {
             assert!(group.contains("(bg #0 + "), "{group}");
         }
     }
+    // Where mke2fs -t ext4 (without resize_inode) puts them, for the same
+    // size and inodes: exactly there.
+    let reference = image.with_extension("mke2fs");
+    File::create(&reference).unwrap().set_len(MANY_GROUPS).unwrap();
+    let inodes = number_after(&text, "Inode count:").to_string();
+    let args = ["-q", "-F", "-t", "ext4", "-O", "^resize_inode", "-b", "4096", "-N", &inodes];
+    let (code, out) = run("mke2fs", &[&args[..], &[reference.to_str().unwrap()]].concat());
+    assert_eq!(code, 0, "{out}");
+    let places = |groups: &[String]| -> Vec<(u64, u64, u64)> {
+        groups
+            .iter()
+            .map(|g| {
+                (
+                    number_after(g, "Block bitmap at "),
+                    number_after(g, "Inode bitmap at "),
+                    number_after(g, "Inode table at "),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(places(&groups), places(&self::groups(&reference)), "the bitmaps and inode tables mke2fs places");
     // The long file's extents: one runs from group 1 into group 2 (no backup there).
     let (code, text) = run("debugfs", &["-n", "-R", "ex /long", image.to_str().unwrap()]);
     assert_eq!(code, 0, "{text}");
