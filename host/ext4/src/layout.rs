@@ -388,7 +388,10 @@ fn log_groups_per_flex(group_count: u64, gdt_blocks: u64, itable_blocks: u64) ->
 
 /// Places every group's metadata: each group's own at its start, or with
 /// `log_groups_per_flex` each flex group's packed into its first group
-/// (block bitmaps, inode bitmaps, inode tables, in group order).
+/// (block bitmaps, inode bitmaps, inode tables, in group order), exactly
+/// where mke2fs puts them (a test compares), with one exception: a last
+/// flex group of a single group, where mke2fs leaves room for a whole flex
+/// group's bitmaps between them; here they are packed like the others.
 fn place(
     blocks: u64,
     group_count: u64,
