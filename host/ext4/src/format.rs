@@ -4,10 +4,12 @@
 //!
 //! Only the features the writer uses are encoded: 4 KiB blocks, 256-byte
 //! inodes with nanosecond timestamps, extents, file types in directory
-//! entries, sparse superblock backups, extended attributes, and (unless
-//! asked not to) a clean jbd2 journal; no checksums, no flex groups, no
-//! hashed directories.
+//! entries, sparse superblock backups, extended attributes, and, as
+//! [`Features`] asks, a clean jbd2 journal, 64-byte group descriptors
+//! (`64bit`), flex groups, `huge_file` and crc32c checksums
+//! (`metadata_csum`).
 
+use super::checksum::crc32c;
 use super::features::Features;
 use super::tree::Timestamp;
 
@@ -29,6 +31,13 @@ pub const FIRST_INODE: u32 = 11;
 pub const ROOT_INODE: u32 = 2;
 /// Bytes of one group descriptor (without the 64bit feature).
 pub const DESC_SIZE: u64 = 32;
+/// Bytes of one group descriptor with the 64bit feature (`s_desc_size`).
+pub const DESC_SIZE_64: u64 = 64;
+
+/// Bytes of one group descriptor with `features`.
+pub fn desc_size(features: Features) -> u64 {
+    if features.sixty_four_bit { DESC_SIZE_64 } else { DESC_SIZE }
+}
 /// Longest extent of initialised blocks.
 pub const MAX_EXTENT_LEN: u64 = 32768;
 /// The journal's inode (`EXT4_JOURNAL_INO`).
@@ -130,9 +139,9 @@ pub struct SuperblockFields {
     /// Total inodes.
     pub inodes_count: u32,
     /// Total blocks.
-    pub blocks_count: u32,
+    pub blocks_count: u64,
     /// Free blocks.
-    pub free_blocks: u32,
+    pub free_blocks: u64,
     /// Free inodes.
     pub free_inodes: u32,
     /// Inodes per group.
@@ -148,14 +157,16 @@ pub struct SuperblockFields {
     /// The journal inode's `i_block` and size, when there is a journal: the
     /// superblock keeps a copy (`s_jnl_blocks`) for e2fsck.
     pub journal: Option<([u8; 60], u64)>,
+    /// `s_log_groups_per_flex`, with `flex_bg`.
+    pub log_groups_per_flex: Option<u8>,
 }
 
 /// The 1024-byte superblock, as stored in group `group`.
 pub fn superblock(f: &SuperblockFields, group: u16) -> [u8; 1024] {
     let mut b = [0u8; 1024];
     put32(&mut b, 0x00, f.inodes_count);
-    put32(&mut b, 0x04, f.blocks_count);
-    put32(&mut b, 0x0C, f.free_blocks);
+    put32(&mut b, 0x04, f.blocks_count as u32);
+    put32(&mut b, 0x0C, f.free_blocks as u32);
     put32(&mut b, 0x10, f.free_inodes);
     put32(&mut b, 0x14, 0); // first data block (4 KiB blocks)
     put32(&mut b, 0x18, LOG_BLOCK_SIZE);
@@ -210,6 +221,19 @@ pub fn superblock(f: &SuperblockFields, group: u16) -> [u8; 1024] {
         put32(&mut b, 0x10C + 60, (size >> 32) as u32);
         put32(&mut b, 0x10C + 64, *size as u32);
     }
+    if x.sixty_four_bit {
+        put16(&mut b, 0xFE, DESC_SIZE_64 as u16); // s_desc_size
+        put32(&mut b, 0x150, (f.blocks_count >> 32) as u32); // s_blocks_count_hi
+        put32(&mut b, 0x158, (f.free_blocks >> 32) as u32); // s_free_blocks_hi
+    }
+    if let Some(log) = f.log_groups_per_flex {
+        b[0x174] = log;
+    }
+    if x.metadata_csum {
+        b[0x175] = 1; // s_checksum_type: crc32c
+        let csum = crc32c(!0, &b[..0x3FC]);
+        put32(&mut b, 0x3FC, csum); // s_checksum
+    }
     b
 }
 
@@ -232,34 +256,111 @@ pub fn journal_superblock(blocks: u32, uuid: &[u8; 16]) -> [u8; 1024] {
     b
 }
 
+/// `EXT4_BG_INODE_UNINIT`: the group's inode table and bitmap are unused.
+pub const BG_INODE_UNINIT: u16 = 0x0001;
+/// `EXT4_BG_BLOCK_UNINIT`: the group's block bitmap is not written; it
+/// holds only the group's own metadata.
+pub const BG_BLOCK_UNINIT: u16 = 0x0002;
+/// `EXT4_BG_INODE_ZEROED`: the group's inode table is zeroed.
+pub const BG_INODE_ZEROED: u16 = 0x0004;
+
 /// One group's descriptor.
+#[derive(Clone, Debug, Default)]
 pub struct GroupDesc {
     /// Block bitmap location.
-    pub block_bitmap: u32,
+    pub block_bitmap: u64,
     /// Inode bitmap location.
-    pub inode_bitmap: u32,
+    pub inode_bitmap: u64,
     /// First inode-table block.
-    pub inode_table: u32,
+    pub inode_table: u64,
     /// Free blocks in the group.
-    pub free_blocks: u16,
+    pub free_blocks: u32,
     /// Free inodes in the group.
-    pub free_inodes: u16,
+    pub free_inodes: u32,
     /// Directories in the group.
-    pub used_dirs: u16,
+    pub used_dirs: u32,
+    /// `bg_flags` (`EXT4_BG_*`).
+    pub flags: u16,
+    /// Inodes at the end of the group's table never used (`bg_itable_unused`).
+    pub itable_unused: u32,
+    /// crc32c of the block bitmap (`metadata_csum`).
+    pub block_bitmap_csum: u32,
+    /// crc32c of the inode bitmap (`metadata_csum`).
+    pub inode_bitmap_csum: u32,
 }
 
 impl GroupDesc {
-    /// The 32 bytes of the descriptor.
-    pub fn encode(&self) -> [u8; DESC_SIZE as usize] {
-        let mut b = [0u8; DESC_SIZE as usize];
-        put32(&mut b, 0x00, self.block_bitmap);
-        put32(&mut b, 0x04, self.inode_bitmap);
-        put32(&mut b, 0x08, self.inode_table);
-        put16(&mut b, 0x0C, self.free_blocks);
-        put16(&mut b, 0x0E, self.free_inodes);
-        put16(&mut b, 0x10, self.used_dirs);
+    /// The descriptor's `desc_size` bytes (32, or 64 with `64bit`: the
+    /// `_hi` halves), with its checksum from `csum_seed` when given
+    /// (`metadata_csum`): the low 16 bits of the crc32c of the group number
+    /// and the descriptor with `bg_checksum` zeroed.
+    pub fn encode(&self, desc_size: u64, group: u32, csum_seed: Option<u32>) -> Vec<u8> {
+        let mut b = vec![0u8; desc_size as usize];
+        put32(&mut b, 0x00, self.block_bitmap as u32);
+        put32(&mut b, 0x04, self.inode_bitmap as u32);
+        put32(&mut b, 0x08, self.inode_table as u32);
+        put16(&mut b, 0x0C, self.free_blocks as u16);
+        put16(&mut b, 0x0E, self.free_inodes as u16);
+        put16(&mut b, 0x10, self.used_dirs as u16);
+        put16(&mut b, 0x12, self.flags);
+        put16(&mut b, 0x18, self.block_bitmap_csum as u16);
+        put16(&mut b, 0x1A, self.inode_bitmap_csum as u16);
+        put16(&mut b, 0x1C, self.itable_unused as u16);
+        if desc_size >= DESC_SIZE_64 {
+            put32(&mut b, 0x20, (self.block_bitmap >> 32) as u32);
+            put32(&mut b, 0x24, (self.inode_bitmap >> 32) as u32);
+            put32(&mut b, 0x28, (self.inode_table >> 32) as u32);
+            put16(&mut b, 0x2C, (self.free_blocks >> 16) as u16);
+            put16(&mut b, 0x2E, (self.free_inodes >> 16) as u16);
+            put16(&mut b, 0x30, (self.used_dirs >> 16) as u16);
+            put16(&mut b, 0x32, (self.itable_unused >> 16) as u16);
+            put16(&mut b, 0x38, (self.block_bitmap_csum >> 16) as u16);
+            put16(&mut b, 0x3A, (self.inode_bitmap_csum >> 16) as u16);
+        }
+        if let Some(seed) = csum_seed {
+            // bg_checksum (0x1E) is still zero here.
+            let csum = crc32c(crc32c(seed, &group.to_le_bytes()), &b);
+            put16(&mut b, 0x1E, csum as u16);
+        }
         b
     }
+}
+
+/// Sets an inode's checksum (`metadata_csum`): the crc32c, from the inode's
+/// seed, of its 256 bytes with `i_checksum_lo` (0x7C) and `i_checksum_hi`
+/// (0x82) zeroed, stored as those two halves.
+pub fn set_inode_checksum(inode: &mut [u8], inode_seed: u32) {
+    put16(inode, 0x7C, 0);
+    put16(inode, 0x82, 0);
+    let csum = crc32c(inode_seed, &inode[..INODE_SIZE]);
+    put16(inode, 0x7C, csum as u16);
+    put16(inode, 0x82, (csum >> 16) as u16);
+}
+
+/// Sets the tail of an extent-tree block (`metadata_csum`): the crc32c,
+/// from the inode's seed, of the header and all `eh_max` entry slots,
+/// stored right after them (`ext4_extent_tail`, at byte 4092).
+pub fn set_extent_block_checksum(block: &mut [u8], inode_seed: u32) {
+    let max = u16::from_le_bytes([block[4], block[5]]) as usize;
+    let tail = 12 + 12 * max;
+    let csum = crc32c(inode_seed, &block[..tail]);
+    put32(block, tail, csum);
+}
+
+/// Sets an extended-attribute block's `h_checksum` (`metadata_csum`): the
+/// crc32c, from the filesystem's seed, of the block's number (le64) and
+/// the block with `h_checksum` zeroed.
+pub fn set_xattr_block_checksum(block: &mut [u8], block_nr: u64, fs_seed: u32) {
+    put32(block, 0x10, 0);
+    let csum = crc32c(crc32c(fs_seed, &block_nr.to_le_bytes()), block);
+    put32(block, 0x10, csum);
+}
+
+/// The checksum of a bitmap (`metadata_csum`): the crc32c, from the
+/// filesystem's seed, of its first `bits / 8` bytes (blocks or inodes per
+/// group).
+pub fn bitmap_checksum(bitmap: &[u8], bits: u64, fs_seed: u32) -> u32 {
+    crc32c(fs_seed, &bitmap[..(bits / 8) as usize])
 }
 
 /// One extent: `len` blocks from logical block `logical` at physical `start`.

@@ -8,7 +8,15 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use rootfs_cache_ext4::layout::MAX_INODES;
-use rootfs_cache_ext4::{ImageOptions, Meta, Tree, WriteError};
+use rootfs_cache_ext4::{Features, ImageOptions, Meta, Tree, WriteError};
+
+/// The options of each layout: the old one, and `flex_bg` with 64-byte
+/// descriptors (with a journal; directory checksums are another branch's,
+/// so not `metadata_csum`, which does not change the layout).
+fn layouts() -> [ImageOptions; 2] {
+    let flex = Features { metadata_csum: false, dir_index: false, ..Features::EXT4 };
+    [common::options(), ImageOptions { features: flex, ..common::options() }]
+}
 
 /// `s_inodes_count` of the image at `path`.
 fn inodes_count(path: &Path) -> u64 {
@@ -44,30 +52,42 @@ fn write_and_check(tree: &Tree, options: &ImageOptions) {
 
 #[test]
 fn a_hundred_thousand_empty_files_fit_the_size_from_the_content() {
-    write_and_check(&empty_files(100, 100_000), &common::options());
+    let tree = empty_files(100, 100_000);
+    for options in layouts() {
+        write_and_check(&tree, &options);
+    }
 }
 
 #[test]
 fn one_directory_of_thirty_thousand_entries_fits_the_size_from_the_content() {
-    write_and_check(&empty_files(1, 30_000), &common::options());
+    let tree = empty_files(1, 30_000);
+    for options in layouts() {
+        write_and_check(&tree, &options);
+    }
 }
 
 #[test]
 fn a_size_too_small_for_the_inodes_names_one_that_holds_them() {
     let tree = empty_files(10, 40_000);
+    for options in layouts() {
+        a_size_too_small_names_one_that_holds_them(&tree, &options);
+    }
+}
+
+fn a_size_too_small_names_one_that_holds_them(tree: &Tree, options: &ImageOptions) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("refused.ext4");
     let out = std::fs::File::create(&path).unwrap();
-    let small = ImageOptions { size: Some(64 << 20), ..common::options() };
-    let err = rootfs_cache_ext4::write_image(&tree, &out, &small).unwrap_err();
+    let small = ImageOptions { size: Some(64 << 20), ..options.clone() };
+    let err = rootfs_cache_ext4::write_image(tree, &out, &small).unwrap_err();
     let WriteError::DoesNotFit { needed, size } = err else { panic!("expected DoesNotFit, got {err:?}") };
     assert_eq!(size, 64 << 20);
     assert!(needed > size, "{needed}");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing is written");
 
-    let options = ImageOptions { size: Some(needed), ..common::options() };
+    let options = ImageOptions { size: Some(needed), ..options.clone() };
     let dir = tempfile::tempdir().unwrap();
-    let (path, report) = common::write(&tree, dir.path(), &options);
+    let (path, report) = common::write(tree, dir.path(), &options);
     assert_eq!(report.bytes, needed);
     assert!(inodes_count(&path) >= report.used_inodes);
     common::e2fsck(&path);
@@ -76,15 +96,17 @@ fn a_size_too_small_for_the_inodes_names_one_that_holds_them() {
 #[test]
 fn an_image_past_max_bytes_for_its_inodes_is_refused_before_anything_is_written() {
     let tree = empty_files(10, 40_000);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("refused.ext4");
-    let out = std::fs::File::create(&path).unwrap();
-    let options = ImageOptions { max_bytes: Some(64 << 20), ..common::options() };
-    let err = rootfs_cache_ext4::write_image(&tree, &out, &options).unwrap_err();
-    let WriteError::TooLarge { needed, max } = err else { panic!("expected TooLarge, got {err:?}") };
-    assert_eq!(max, 64 << 20);
-    assert!(needed > 128 << 20, "40,000 inodes need a second group: {needed}");
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing is written");
+    for options in layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refused.ext4");
+        let out = std::fs::File::create(&path).unwrap();
+        let options = ImageOptions { max_bytes: Some(64 << 20), ..options };
+        let err = rootfs_cache_ext4::write_image(&tree, &out, &options).unwrap_err();
+        let WriteError::TooLarge { needed, max } = err else { panic!("expected TooLarge, got {err:?}") };
+        assert_eq!(max, 64 << 20);
+        assert!(needed > 128 << 20, "40,000 inodes need a second group: {needed}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing is written");
+    }
 }
 
 #[test]

@@ -52,6 +52,7 @@ pub(super) fn geometry(plan: &Plan, options: &ImageOptions) -> Result<Geometry, 
         u64::from(plan.numbering.max_ino),
         options.size,
         &options.headroom,
+        options.features,
     )?;
     if let Some(max) = options.max_bytes
         && geometry.blocks * BLOCK_SIZE > max

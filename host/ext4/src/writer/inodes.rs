@@ -1,6 +1,8 @@
 //! Phase 6, the inodes: each inode's fields, its extent tree and its
 //! attribute block, encoded into the inode table.
 
+use crate::checksum::{fs_seed, inode_seed};
+use crate::features::Features;
 use crate::format::{
     self, BLOCK_SIZE, EXTENTS_FL, EXTENTS_PER_BLOCK, Extent, ExtentNode, INODE_SIZE, InodeFields, JOURNAL_INODE, mode,
 };
@@ -14,15 +16,21 @@ use super::plan::Plan;
 
 /// The inode table of every inode in use (inodes 1 to the highest), written
 /// to the image by the metadata phase; extent-tree and attribute blocks are
-/// written here.
+/// written here. With `metadata_csum`, every inode, extent-tree block and
+/// attribute block carries its checksum (from the UUID's seed).
 pub(super) fn encode(
     tree: &Tree,
     plan: &Plan,
     allocation: &Allocation,
     image: &Image<'_>,
+    features: Features,
+    uuid: &[u8; 16],
 ) -> Result<Vec<u8>, WriteError> {
     let mut itable = vec![0u8; plan.numbering.max_ino as usize * INODE_SIZE];
+    let fs_seed = features.metadata_csum.then(|| fs_seed(uuid));
     for (ino, inode) in plan.written() {
+        // The seed of this inode's checksums (its generation is always 0).
+        let seed = fs_seed.map(|s| inode_seed(s, ino, 0));
         let blocks = &allocation.inodes[ino as usize];
         let (perm, uid, gid, time, kind) = match inode.node {
             Some(id) => {
@@ -61,19 +69,32 @@ pub(super) fn encode(
             || matches!(kind, Some(Kind::Symlink(t)) if t.len() >= 60);
         if uses_extents {
             flags |= EXTENTS_FL;
-            write_extent_tree(&mut block, &blocks.extents, &blocks.tree_blocks, image)?;
+            write_extent_tree(&mut block, &blocks.extents, &blocks.tree_blocks, seed, image)?;
         }
         let (inline_xattrs, xattr_block) = match &inode.xattrs {
             Placement::None => (None, 0),
             Placement::Inline(area) => (Some(area.clone()), 0),
             Placement::Block(data) => {
-                image.write_at(data, blocks.xattr_block * BLOCK_SIZE)?;
+                let mut data = data.clone();
+                if let Some(seed) = fs_seed {
+                    format::set_xattr_block_checksum(&mut data, blocks.xattr_block, seed);
+                }
+                image.write_at(&data, blocks.xattr_block * BLOCK_SIZE)?;
                 (None, blocks.xattr_block)
             }
         };
         let allocated = blocks.extents.iter().map(|e| u64::from(e.len)).sum::<u64>()
             + blocks.tree_blocks.len() as u64
             + u64::from(xattr_block != 0);
+        // `i_blocks` counts 512-byte sectors: 32 bits of them (2 TiB), or
+        // 48 with `huge_file` (no `EXT4_HUGE_FILE_FL`: that flag counts
+        // blocks, needed only past 2^48 sectors, beyond any image here).
+        let sectors = allocated * (BLOCK_SIZE / 512);
+        if !features.huge_file && sectors > u64::from(u32::MAX) {
+            return Err(WriteError::Unsupported(format!(
+                "inode {ino}: {allocated} blocks ({sectors} sectors) is more than ext4 counts without huge_file"
+            )));
+        }
         let fields = InodeFields {
             mode: type_bits | perm as u16,
             uid,
@@ -81,7 +102,7 @@ pub(super) fn encode(
             size,
             time,
             links: inode.links,
-            sectors: allocated * (BLOCK_SIZE / 512),
+            sectors,
             flags,
             block,
             xattr_block,
@@ -89,16 +110,21 @@ pub(super) fn encode(
         };
         let at = (ino as usize - 1) * INODE_SIZE;
         fields.encode(&mut itable[at..at + INODE_SIZE]);
+        if let Some(seed) = seed {
+            format::set_inode_checksum(&mut itable[at..at + INODE_SIZE], seed);
+        }
     }
     Ok(itable)
 }
 
 /// Writes the extent tree: the root into `iblock`, deeper levels into
-/// `tree_blocks`.
+/// `tree_blocks`, each block with its checksum tail when `seed` (the
+/// inode's checksum seed) is given.
 fn write_extent_tree(
     iblock: &mut [u8; 60],
     extents: &[Extent],
     tree_blocks: &[u64],
+    seed: Option<u32>,
     image: &Image<'_>,
 ) -> Result<(), WriteError> {
     if extents.len() <= 4 {
@@ -112,6 +138,9 @@ fn write_extent_tree(
         let at = spare.next().expect("tree blocks were allocated for every node");
         let mut block = vec![0u8; BLOCK_SIZE as usize];
         format::encode_extent_node(&mut block, ExtentNode::Leaf(chunk), 0);
+        if let Some(seed) = seed {
+            format::set_extent_block_checksum(&mut block, seed);
+        }
         image.write_at(&block, at * BLOCK_SIZE)?;
         level.push((chunk[0].logical, at));
     }
@@ -122,6 +151,9 @@ fn write_extent_tree(
             let at = spare.next().expect("tree blocks were allocated for every node");
             let mut block = vec![0u8; BLOCK_SIZE as usize];
             format::encode_extent_node(&mut block, ExtentNode::Index(chunk), depth);
+            if let Some(seed) = seed {
+                format::set_extent_block_checksum(&mut block, seed);
+            }
             image.write_at(&block, at * BLOCK_SIZE)?;
             up.push((chunk[0].0, at));
         }

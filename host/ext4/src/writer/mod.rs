@@ -51,7 +51,7 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
     let image = Image { out };
     directories::write(tree, &plan, &allocation, &image)?;
     data::write(tree, &plan, &allocation, &image)?;
-    let itable = inodes::encode(tree, &plan, &allocation, &image)?;
+    let itable = inodes::encode(tree, &plan, &allocation, &image, options.features, &options.uuid)?;
     if plan.journal_blocks() > 0 {
         journal::write(&allocation, plan.journal_blocks(), &options.uuid, &image)?;
     }
