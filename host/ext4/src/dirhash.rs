@@ -65,7 +65,7 @@ fn message(rest: &[u8]) -> [u32; 8] {
             val = pad;
         }
     }
-    if piece.len() % 4 != 0 {
+    if !piece.len().is_multiple_of(4) {
         out[piece.len() / 4] = val;
     }
     out
