@@ -285,28 +285,80 @@ fn htree_dump(image: &Path, dir: &str, metadata_csum: bool) -> HtreeDump {
     HtreeDump { levels, index_hashes, leaves, names }
 }
 
-/// Writes a tree whose `/d` holds `names`, and checks it every way: e2fsck,
-/// debugfs `htree` (`levels` levels of index, every name in a leaf), the
-/// kernel's exact lookups of (a sample of) every name and of absent names,
-/// a full listing, then a read-write mount that creates and deletes entries
-/// in `/d`, and e2fsck again. Returns the dump, for more checks.
+/// The directories of [`tree_of`]'s trees.
+const DIRECTORIES: [&str; 4] = ["/", "/lost+found", "/d", "/small"];
+
+/// A copy of `image` (written with `metadata_csum`) whose checksums
+/// e2fsprogs computed: the feature cleared, then set again by `tune2fs -O
+/// metadata_csum`, which checksums every piece of metadata and rewrites
+/// each directory block's checksum (it leaves a full index block alone and
+/// asks for `e2fsck -D`, so only the checksums of index blocks with room
+/// to grow are recomputed). Checks that every directory block is exactly
+/// as the writer wrote it: the writer's tails, limits and checksums are
+/// e2fsprogs'.
+fn checksummed_by_tune2fs(image: &Path) -> PathBuf {
+    let copy = image.with_extension("tune2fs.ext4");
+    let mut bytes = std::fs::read(image).unwrap();
+    // s_feature_ro_compat: clear RO_COMPAT_METADATA_CSUM (0x400).
+    let at = 1024 + 0x64 + 1;
+    assert_eq!(bytes[at] & 0x04, 0x04);
+    bytes[at] &= !0x04;
+    std::fs::write(&copy, &bytes).unwrap();
+    let out = Command::new("tune2fs").args(["-O", "metadata_csum"]).arg(&copy).output().unwrap();
+    assert!(
+        out.status.success(),
+        "tune2fs: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = std::fs::read(&copy).unwrap();
+    for dir in DIRECTORIES {
+        let blocks = debugfs(&copy, &format!("blocks {dir}"));
+        for block in blocks.split_whitespace() {
+            let at = block.parse::<usize>().unwrap() * 4096;
+            assert!(bytes[at..at + 4096] == after[at..at + 4096], "{dir}: block {block} differs after tune2fs");
+        }
+    }
+    copy
+}
+
+/// Writes a tree whose `/d` holds `names`, and checks it every way (see
+/// [`check_image`]). With `metadata_csum`, checks the image e2fsprogs
+/// checksummed (see [`checksummed_by_tune2fs`]) and, once the writer
+/// checksums the rest of the metadata (the other half of the feature: the
+/// superblock has its checksum), the image itself.
 fn check_directory(names: &[Vec<u8>], levels: u32, metadata_csum: bool) -> Option<HtreeDump> {
     if !tools() {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
     let (image, _) = common::write(&tree_of(names), tmp.path(), &options(metadata_csum));
-    if metadata_csum && !superblock_has_checksum(&image) {
-        println!("SKIPPED: the image has no superblock checksum yet (the other half of metadata_csum)");
-        return None;
+    if !metadata_csum {
+        return Some(check_image(&image, names, levels, false));
     }
+    let dump = check_image(&checksummed_by_tune2fs(&image), names, levels, true);
+    if superblock_has_checksum(&image) {
+        check_image(&image, names, levels, true);
+    } else {
+        println!("NOT CHECKED: the image itself, without a superblock checksum (the other half of metadata_csum)");
+    }
+    Some(dump)
+}
+
+/// Checks an image whose `/d` holds `names`: e2fsck, debugfs `htree`
+/// (`levels` levels of index, every name in a leaf), the kernel's exact
+/// lookups of (a sample of) every name and of absent names, a full listing,
+/// then a read-write mount that creates and deletes entries in `/d`, and
+/// e2fsck again. Returns the dump, for more checks.
+fn check_image(image: &Path, names: &[Vec<u8>], levels: u32, metadata_csum: bool) -> HtreeDump {
+    let image = image.to_path_buf();
     common::e2fsck(&image);
     let dump = htree_dump(&image, "/d", metadata_csum);
     assert_eq!(dump.levels, levels, "indirect levels");
     assert_eq!(dump.names, names.len(), "names in the leaves debugfs reaches through the index");
     // One-block directories stay linear.
     let stat = debugfs(&image, "stat /small");
-    assert!(!stat.contains("Index"), "{stat}");
+    assert!(stat.contains("Flags: 0x80000"), "extents only: {stat}");
     let stat = debugfs(&image, "stat /d");
     assert!(stat.contains("Flags: 0x81000"), "indexed and extents: {stat}");
 
@@ -346,7 +398,7 @@ fn check_directory(names: &[Vec<u8>], levels: u32, metadata_csum: bool) -> Optio
         }
     }
     common::e2fsck(&image);
-    Some(dump)
+    dump
 }
 
 fn two_blocks(metadata_csum: bool) {
