@@ -419,6 +419,24 @@ fn a_directory_of_two_blocks_with_metadata_csum() {
     two_blocks(true);
 }
 
+fn one_leaf(metadata_csum: bool) {
+    // 255 entries of 16 bytes: with `.` and `..`, more than a block (even
+    // less a checksum tail); without them, one leaf.
+    if let Some(dump) = check_directory(&names(255, 8), 0, metadata_csum) {
+        assert_eq!((dump.leaves, dump.index_hashes.len()), (1, 1), "a root pointing at one leaf");
+    }
+}
+
+#[test]
+fn a_directory_just_over_a_block_is_a_root_and_one_leaf() {
+    one_leaf(false);
+}
+
+#[test]
+fn a_directory_just_over_a_block_is_a_root_and_one_leaf_with_metadata_csum() {
+    one_leaf(true);
+}
+
 fn a_hundred_blocks(metadata_csum: bool) {
     // 56 entries of 72 bytes a leaf: 100 leaves.
     let dump = check_directory(&names(5600, 64), 0, metadata_csum);

@@ -312,7 +312,9 @@ fn encode_htree(entries: &[DirEntry], h: &Htree, fmt: &DirFormat, seed: Option<u
     for l in 0..leaves {
         let end = h.leaf_starts.get(l + 1).copied().unwrap_or(h.sorted.len());
         let leaf = h.sorted[h.leaf_starts[l]..end].iter().map(|&(_, _, e)| &entries[e]);
-        let mut block = linear_blocks(leaf, fmt.space(), 1).pop().expect("one block");
+        let mut packed = linear_blocks(leaf, fmt.space(), 1);
+        assert_eq!(packed.len(), 1, "a leaf is one block");
+        let mut block = packed.pop().expect("one block");
         if let Some(seed) = seed {
             put_dirent_tail(&mut block, seed);
         }
