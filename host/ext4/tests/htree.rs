@@ -322,6 +322,29 @@ fn checksummed_by_tune2fs(image: &Path) -> PathBuf {
     copy
 }
 
+/// Checks that `e2fsck -fD` (which rebuilds every directory's index) with
+/// full leaves (`indexed_dir_slack_percentage = 0`, the writer's choice)
+/// rebuilds `/d` into exactly the blocks the writer wrote: the same sort,
+/// leaves, collision bits, nodes, limits and (with `metadata_csum`)
+/// checksums, all computed by e2fsprogs.
+fn same_as_e2fsck_rebuilds(image: &Path) {
+    let copy = image.with_extension("rehashed.ext4");
+    std::fs::copy(image, &copy).unwrap();
+    let config = image.with_extension("e2fsck.conf");
+    std::fs::write(&config, "[options]\n\tindexed_dir_slack_percentage = 0\n").unwrap();
+    let out = Command::new("e2fsck").arg("-fyD").arg(&copy).env("E2FSCK_CONFIG", &config).output().unwrap();
+    // 1: the filesystem was changed (rewritten, here).
+    assert!(matches!(out.status.code(), Some(0 | 1)), "e2fsck -fyD: {}", String::from_utf8_lossy(&out.stdout));
+    let (before, after) = (std::fs::read(image).unwrap(), std::fs::read(&copy).unwrap());
+    let blocks = debugfs(&copy, "blocks /d");
+    assert_eq!(blocks, debugfs(image, "blocks /d"), "the same blocks");
+    for block in blocks.split_whitespace() {
+        let at = block.parse::<usize>().unwrap() * 4096;
+        assert!(before[at..at + 4096] == after[at..at + 4096], "/d: block {block} differs after e2fsck -D");
+    }
+    std::fs::remove_file(&copy).unwrap();
+}
+
 /// Writes a tree whose `/d` holds `names`, and checks it every way (see
 /// [`check_image`]). With `metadata_csum`, checks the image e2fsprogs
 /// checksummed (see [`checksummed_by_tune2fs`]) and, once the writer
@@ -334,10 +357,14 @@ fn check_directory(names: &[Vec<u8>], levels: u32, metadata_csum: bool) -> Optio
     let tmp = tempfile::tempdir().unwrap();
     let (image, _) = common::write(&tree_of(names), tmp.path(), &options(metadata_csum));
     if !metadata_csum {
+        same_as_e2fsck_rebuilds(&image);
         return Some(check_image(&image, names, levels, false));
     }
-    let dump = check_image(&checksummed_by_tune2fs(&image), names, levels, true);
+    let checksummed = checksummed_by_tune2fs(&image);
+    same_as_e2fsck_rebuilds(&checksummed);
+    let dump = check_image(&checksummed, names, levels, true);
     if superblock_has_checksum(&image) {
+        same_as_e2fsck_rebuilds(&image);
         check_image(&image, names, levels, true);
     } else {
         println!("NOT CHECKED: the image itself, without a superblock checksum (the other half of metadata_csum)");
