@@ -1,5 +1,5 @@
 //! Phase 4, the directories: each directory's entries, in linear blocks or
-//! hashed (see [`htree`](super::htree)), written where its extents say.
+//! hashed (see [`htree`]), written where its extents say.
 
 use crate::format::{FIRST_INODE, ROOT_INODE, ftype};
 use crate::tree::Tree;
