@@ -150,7 +150,8 @@ pub(super) fn dir_shape(tree: &Tree, numbering: &Numbering, fmt: &DirFormat, dir
     htree::shape(&entries, fmt, min).map_err(|e| {
         WriteError::Unsupported(format!(
             "{}: a directory of {} entries needs {} leaf blocks, more than the {} of a two-level hashed \
-             directory (a third level needs `largedir`, which the writer does not make)",
+             directory (a third level needs `largedir`, which the writer does not make; without `dir_index` the \
+             directory stays linear)",
             path_of(tree, dir),
             entries.len() - 2,
             e.leaves,
