@@ -21,6 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -54,8 +55,9 @@ fn tools() -> bool {
 /// the other half of `metadata_csum` writes: without it e2fsck and the
 /// kernel refuse the image before looking at any directory.
 fn superblock_has_checksum(image: &Path) -> bool {
-    let bytes = std::fs::read(image).unwrap();
-    bytes[1024 + 0x3FC..1024 + 0x400] != [0; 4]
+    let mut checksum = [0u8; 4];
+    std::fs::File::open(image).unwrap().read_exact_at(&mut checksum, 1024 + 0x3FC).unwrap();
+    checksum != [0; 4]
 }
 
 /// `debugfs -R request image`'s output, failing on any error it prints.
