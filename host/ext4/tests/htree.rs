@@ -380,7 +380,7 @@ fn check_directory(names: &[Vec<u8>], levels: u32, metadata_csum: bool) -> Optio
 
 /// Checks an image whose `/d` holds `names`: e2fsck, debugfs `htree`
 /// (`levels` levels of index, every name in a leaf), the kernel's exact
-/// lookups of (a sample of) every name and of absent names, a full listing,
+/// lookups of every name and of absent names, a full listing,
 /// then a read-write mount that creates and deletes entries in `/d`, and
 /// e2fsck again. Returns the dump, for more checks.
 fn check_image(image: &Path, names: &[Vec<u8>], levels: u32, metadata_csum: bool) -> HtreeDump {
@@ -397,8 +397,7 @@ fn check_image(image: &Path, names: &[Vec<u8>], levels: u32, metadata_csum: bool
 
     {
         let m = Mount::new(&image, false);
-        let step = (names.len() / 2000).max(1);
-        for name in names.iter().step_by(step).chain(names.last()) {
+        for name in names {
             let path = m.path(&[b"d/", name.as_slice()].concat());
             let meta = std::fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             assert!(meta.is_file());
@@ -557,6 +556,49 @@ fn collisions(metadata_csum: bool) {
             dump.index_hashes
         );
     }
+}
+
+/// A two-level directory whose first node ends inside a run of equal
+/// hashes: `fillers` names hashing below the pair, the pair, then 190 names
+/// hashing above it. The second name is found only if the kernel's lookup
+/// climbs back to the root and down into the next node, which it does
+/// because the root's entry for that node has the collision bit.
+fn collision_across_nodes(metadata_csum: bool) {
+    let seed = common::options().hash_seed;
+    // The pair of the highest hash, so most fillers hash below it.
+    let pair = colliding_pairs(12).into_iter().max_by_key(|[a, _]| half_md4(a, &seed).0).unwrap();
+    let hash = half_md4(&pair[0], &seed).0;
+    // 19 entries of 208 bytes a leaf; 511 leaves a node (510 with checksums).
+    let node_limit = if metadata_csum { 510 } else { 511 };
+    let below_wanted = node_limit * 19 - 1;
+    let (mut below, mut above) = (Vec::new(), Vec::new());
+    let prefix = "q".repeat(192);
+    for i in 0u32.. {
+        let name = format!("{prefix}{i:08x}").into_bytes();
+        match half_md4(&name, &seed).0 {
+            h if h < hash && below.len() < below_wanted => below.push(name),
+            h if h > hash && above.len() < 190 => above.push(name),
+            _ => {}
+        }
+        if below.len() == below_wanted && above.len() == 190 {
+            break;
+        }
+    }
+    let names: Vec<Vec<u8>> = below.into_iter().chain(pair).chain(above).collect();
+    if let Some(dump) = check_directory(&names, 1, metadata_csum) {
+        assert_eq!(dump.leaves, node_limit + 11);
+        assert!(dump.index_hashes.contains(&(hash | 1)), "the second node starts with {:x}|1", hash);
+    }
+}
+
+#[test]
+fn a_node_boundary_inside_a_run_of_equal_hashes() {
+    collision_across_nodes(false);
+}
+
+#[test]
+fn a_node_boundary_inside_a_run_of_equal_hashes_with_metadata_csum() {
+    collision_across_nodes(true);
 }
 
 #[test]
