@@ -299,10 +299,10 @@ const DIRECTORIES: [&str; 4] = ["/", "/lost+found", "/d", "/small"];
 /// metadata_csum`, which checksums every piece of metadata and rewrites
 /// each directory block's checksum (it leaves a full index block alone and
 /// asks for `e2fsck -D`, so only the checksums of index blocks with room
-/// to grow are recomputed). Checks that every directory block is exactly
+/// to grow are recomputed). Checks that every block of `directories` is exactly
 /// as the writer wrote it: the writer's tails, limits and checksums are
 /// e2fsprogs'.
-fn checksummed_by_tune2fs(image: &Path) -> PathBuf {
+fn checksummed_by_tune2fs(image: &Path, directories: &[&str]) -> PathBuf {
     let copy = image.with_extension("tune2fs.ext4");
     let mut bytes = std::fs::read(image).unwrap();
     // s_feature_ro_compat: clear RO_COMPAT_METADATA_CSUM (0x400).
@@ -318,7 +318,7 @@ fn checksummed_by_tune2fs(image: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     let after = std::fs::read(&copy).unwrap();
-    for dir in DIRECTORIES {
+    for &dir in directories {
         let blocks = debugfs(&copy, &format!("blocks {dir}"));
         for block in blocks.split_whitespace() {
             let at = block.parse::<usize>().unwrap() * 4096;
@@ -366,7 +366,7 @@ fn check_directory(names: &[Vec<u8>], levels: u32, metadata_csum: bool) -> Optio
         same_as_e2fsck_rebuilds(&image);
         return Some(check_image(&image, names, levels, false));
     }
-    let checksummed = checksummed_by_tune2fs(&image);
+    let checksummed = checksummed_by_tune2fs(&image, &DIRECTORIES);
     same_as_e2fsck_rebuilds(&checksummed);
     let dump = check_image(&checksummed, names, levels, true);
     if superblock_has_checksum(&image) {
@@ -660,7 +660,7 @@ fn without_dir_index_big_directories_stay_linear_with_checksum_tails() {
     let (image, _) = common::write(&tree_of(&names), tmp.path(), &options);
     // Every block of the linear /d has the tail tune2fs expects, with
     // e2fsprogs' checksum.
-    let checksummed = checksummed_by_tune2fs(&image);
+    let checksummed = checksummed_by_tune2fs(&image, &DIRECTORIES);
     common::e2fsck(&checksummed);
     let stat = debugfs(&checksummed, "stat /d");
     assert!(stat.contains("Flags: 0x80000") && stat.contains("Size: 409600"), "linear, 100 blocks: {stat}");
@@ -669,4 +669,24 @@ fn without_dir_index_big_directories_stay_linear_with_checksum_tails() {
         assert!(std::fs::symlink_metadata(m.path(&[b"d/", name.as_slice()].concat())).is_ok());
     }
     assert_eq!(std::fs::read_dir(m.path(b"d")).unwrap().count(), names.len());
+}
+
+#[test]
+fn a_big_lost_and_found_is_hashed_and_e2fsck_finds_it_whole() {
+    if !tools() {
+        return;
+    }
+    for metadata_csum in [false, true] {
+        let mut tree = Tree::new(common::meta(0o755, 0, 1_700_000_000));
+        let lf = common::dir(&mut tree, Tree::ROOT, "lost+found");
+        for name in names(600, 24) {
+            tree.add(lf, name, empty_file());
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (image, _) = common::write(&tree, tmp.path(), &options(metadata_csum));
+        let image = if metadata_csum { checksummed_by_tune2fs(&image, &["/", "/lost+found"]) } else { image };
+        common::e2fsck(&image);
+        let dump = htree_dump(&image, "/lost+found", metadata_csum);
+        assert_eq!((dump.levels, dump.names), (0, 600));
+    }
 }
