@@ -44,6 +44,7 @@
 #![deny(missing_docs)]
 
 pub mod checksum;
+pub mod dirhash;
 mod features;
 pub mod format;
 pub mod layout;

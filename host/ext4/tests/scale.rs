@@ -82,6 +82,18 @@ fn one_directory_of_a_hundred_thousand_entries() {
     if let Some(out) = debugfs(&path, "stat /many/entry-099999") {
         assert!(out.contains("Type: FIFO"), "{out}");
     }
+    // Hashed (dir_index): a root over 491 leaves, every name in one, and
+    // (metadata_csum) every index block's checksum the one debugfs expects.
+    if let Some(out) = debugfs(&path, "stat /many") {
+        assert!(out.contains("Flags: 0x81000"), "indexed and extents: {out}");
+    }
+    if let Some(out) = debugfs(&path, "htree /many") {
+        assert!(out.contains("Indirect levels: 0"), "{out}");
+        assert!(!out.contains("EXPECTED"), "{out}");
+        assert_eq!(out.matches("Reading directory block").count(), 491);
+        let names = out.split_whitespace().filter(|w| w.starts_with("entry-")).count();
+        assert_eq!(names, 100_000);
+    }
 }
 
 #[test]

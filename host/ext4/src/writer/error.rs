@@ -32,7 +32,8 @@ pub enum WriteError {
     },
     /// Something the source holds that ext4 cannot: a name longer than 255
     /// bytes, a symlink target of a block or more, more links to one file
-    /// than ext4 counts. The message names the path.
+    /// than ext4 counts, a directory (with `dir_index`) too large for a
+    /// two-level hashed index. The message names the path.
     #[error("{0}")]
     Unsupported(String),
     /// The image's layout could not be made: a size beyond ext4's limits,

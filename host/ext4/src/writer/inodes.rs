@@ -43,7 +43,7 @@ pub(super) fn encode(
             None => (0o700, 0, 0, tree.node(Tree::ROOT).meta.mtime, None),
         };
         let mut block = [0u8; 60];
-        let mut flags = 0u32;
+        let mut flags = if inode.indexed { super::htree::INDEX_FL } else { 0 };
         let (type_bits, size) = match kind {
             None if ino == JOURNAL_INODE => (mode::REG, inode.data_blocks * BLOCK_SIZE),
             None | Some(Kind::Dir(_)) => (mode::DIR, inode.data_blocks * BLOCK_SIZE),

@@ -23,6 +23,7 @@ mod data;
 mod directories;
 mod error;
 mod file_data;
+mod htree;
 mod image;
 mod inodes;
 mod journal;
@@ -42,7 +43,7 @@ use crate::tree::Tree;
 
 /// Writes `tree` into `out`, which must be an empty file opened for writing.
 pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<WriteReport, WriteError> {
-    let mut plan = plan::plan(tree)?;
+    let mut plan = plan::plan(tree, options)?;
     let geometry = size_journal(&mut plan, options)?;
     let allocation = allocate::allocate(&plan, &geometry, options)?;
     // The file is sized first, so every block not written stays a hole.

@@ -1,13 +1,15 @@
 //! Phase 1, the plan: inode numbers, link counts, and what each inode
 //! holds and how many blocks it needs, before any block is placed.
 
-use crate::format::{self, BLOCK_SIZE, FIRST_INODE, JOURNAL_INODE, MAX_LINKS, MAX_NAME_LEN, ROOT_INODE, ftype};
+use crate::format::{BLOCK_SIZE, FIRST_INODE, JOURNAL_INODE, MAX_LINKS, MAX_NAME_LEN, ROOT_INODE, ftype};
 use crate::layout::MAX_INODES;
 use crate::tree::{Kind, NodeId, Tree};
 use crate::xattr::{self, Placement};
 
 use super::error::WriteError;
 use super::file_data;
+use super::htree::{self, DirFormat, Shape};
+use super::options::ImageOptions;
 
 /// Which inode each node is, and each directory's parent.
 pub(super) struct Numbering {
@@ -34,6 +36,8 @@ pub(super) struct InodePlan {
     pub runs: Vec<(u64, u64)>,
     /// Data blocks (directory blocks, file blocks, symlink block).
     pub data_blocks: u64,
+    /// A hashed directory (`EXT4_INDEX_FL`).
+    pub indexed: bool,
     /// Its extended attributes, encoded.
     pub xattrs: Placement,
 }
@@ -42,6 +46,8 @@ pub(super) struct InodePlan {
 pub(super) struct Plan {
     pub numbering: Numbering,
     pub inodes: Vec<InodePlan>,
+    /// How directories are encoded.
+    pub dir_format: DirFormat,
 }
 
 impl Plan {
@@ -68,11 +74,19 @@ impl Plan {
     }
 }
 
-/// Plans every inode of `tree`.
-pub(super) fn plan(tree: &Tree) -> Result<Plan, WriteError> {
+/// Plans every inode of `tree`, its directories encoded as `options` ask.
+pub(super) fn plan(tree: &Tree, options: &ImageOptions) -> Result<Plan, WriteError> {
+    let dir_format = DirFormat::new(options);
     let numbering = number(tree)?;
     let links = link_counts(tree, &numbering);
-    let empty = || InodePlan { node: None, links: 0, runs: Vec::new(), data_blocks: 0, xattrs: Placement::None };
+    let empty = || InodePlan {
+        node: None,
+        links: 0,
+        runs: Vec::new(),
+        data_blocks: 0,
+        indexed: false,
+        xattrs: Placement::None,
+    };
     let mut inodes: Vec<InodePlan> = (0..=numbering.max_ino).map(|_| empty()).collect();
     if numbering.synthetic_lost_found {
         inodes[FIRST_INODE as usize] = InodePlan { links: 2, data_blocks: LOST_FOUND_BLOCKS, ..empty() };
@@ -96,6 +110,7 @@ pub(super) fn plan(tree: &Tree) -> Result<Plan, WriteError> {
         };
         let xattrs = xattr::encode(&node.meta.xattrs)
             .map_err(|source| WriteError::Xattrs { path: path_of(tree, id), source })?;
+        let mut indexed = false;
         let (runs, data_blocks) = match &node.kind {
             Kind::File { size, data } => {
                 let runs = file_data::runs(data, *size)?;
@@ -103,9 +118,9 @@ pub(super) fn plan(tree: &Tree) -> Result<Plan, WriteError> {
                 (runs, blocks)
             }
             Kind::Dir(_) => {
-                let entries = entries(tree, &numbering, id);
-                let min = if Some(id) == numbering.existing_lost_found { LOST_FOUND_BLOCKS } else { 1 };
-                (Vec::new(), block_count(&entries).max(min))
+                let shape = dir_shape(tree, &numbering, &dir_format, id)?;
+                indexed = matches!(shape, Shape::Indexed(_));
+                (Vec::new(), shape.blocks())
             }
             Kind::Symlink(target) if target.len() >= 60 => {
                 if target.len() >= BLOCK_SIZE as usize {
@@ -120,9 +135,29 @@ pub(super) fn plan(tree: &Tree) -> Result<Plan, WriteError> {
             }
             _ => (Vec::new(), 0),
         };
-        inodes[ino as usize] = InodePlan { node: Some(id), links: link_count, runs, data_blocks, xattrs };
+        inodes[ino as usize] = InodePlan { node: Some(id), links: link_count, runs, data_blocks, indexed, xattrs };
     }
-    Ok(Plan { numbering, inodes })
+    Ok(Plan { numbering, inodes, dir_format })
+}
+
+/// How directory node `dir` is laid out (see [`htree`]): its entries in at
+/// least one block (the tree's own `lost+found` in at least
+/// [`LOST_FOUND_BLOCKS`] when linear), refused when a two-level index cannot
+/// hold them.
+pub(super) fn dir_shape(tree: &Tree, numbering: &Numbering, fmt: &DirFormat, dir: NodeId) -> Result<Shape, WriteError> {
+    let entries = entries(tree, numbering, dir);
+    let min = if Some(dir) == numbering.existing_lost_found { LOST_FOUND_BLOCKS } else { 1 };
+    htree::shape(&entries, fmt, min).map_err(|e| {
+        WriteError::Unsupported(format!(
+            "{}: a directory of {} entries needs {} leaf blocks, more than the {} of a two-level hashed \
+             directory (a third level needs `largedir`, which the writer does not make; without `dir_index` the \
+             directory stays linear)",
+            path_of(tree, dir),
+            entries.len() - 2,
+            e.leaves,
+            e.max
+        ))
+    })
 }
 
 /// Inode numbers, depth-first in name order; the root is 2, `lost+found` 11.
@@ -251,19 +286,4 @@ pub(super) fn entries(tree: &Tree, numbering: &Numbering, dir: NodeId) -> Vec<Di
         tree.entries(dir).map(|(name, id)| (numbering.ino_of[id], file_type(&tree.node(id).kind), name.clone())),
     );
     entries
-}
-
-/// Blocks the packed `entries` take.
-pub(super) fn block_count(entries: &[DirEntry]) -> u64 {
-    let bs = BLOCK_SIZE as usize;
-    let (mut blocks, mut at) = (1u64, 0usize);
-    for (_, _, name) in entries {
-        let len = format::dirent_len(name.len());
-        if at + len > bs {
-            blocks += 1;
-            at = 0;
-        }
-        at += len;
-    }
-    blocks
 }
