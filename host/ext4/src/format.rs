@@ -45,6 +45,10 @@ pub const JOURNAL_INODE: u32 = 8;
 /// Most links one inode may have (`EXT4_LINK_MAX`); a directory with more
 /// subdirectories counts 1 under `dir_nlink`.
 pub const MAX_LINKS: u32 = 65000;
+/// The longest file ext4 holds with extents and 4 KiB blocks: logical block
+/// numbers are 32 bits and the last one is reserved (`EXT_MAX_BLOCKS`), so
+/// 2^32 − 1 blocks, the kernel's `s_maxbytes`.
+pub const MAX_FILE_BYTES: u64 = (u32::MAX as u64) * BLOCK_SIZE;
 /// The longest name a directory entry holds, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
-use rootfs_cache_ext4::format::MAX_NAME_LEN;
+use rootfs_cache_ext4::format::{MAX_FILE_BYTES, MAX_NAME_LEN};
 use rootfs_cache_ext4::xattr::XattrError;
 use rootfs_cache_ext4::{Features, FileData, ImageOptions, Kind, Meta, Tree, WriteError, WriteReport};
 
@@ -131,6 +131,34 @@ fn a_five_gib_sparse_file_stays_sparse_at_its_exact_size() {
     // A block between the pieces is a hole.
     let out = debugfs(&path, &format!("bmap /var/sparse {}", SIZE / 4 / 4096)).unwrap();
     assert_eq!(out.trim(), "0", "a hole");
+}
+
+#[test]
+fn the_largest_file_ext4_holds_is_written_and_one_byte_more_is_refused_naming_the_path() {
+    // 2^32 − 1 blocks: a sparse spool of that length, its last bytes data.
+    let spool = tempfile::tempfile().unwrap();
+    spool.set_len(MAX_FILE_BYTES).unwrap();
+    spool.write_all_at(b"end", MAX_FILE_BYTES - 3).unwrap();
+    let spool = Arc::new(spool);
+    let mut tree = Tree::new(Meta::default());
+    let kind = Kind::File { size: MAX_FILE_BYTES, data: FileData::Range { file: spool.clone(), offset: 0 } };
+    common::node(&mut tree, Tree::ROOT, "largest", kind);
+    let (_dir, path, _) = write_and_check(&tree);
+    if let Some(size) = size_of(&path, "/largest") {
+        assert_eq!(size, MAX_FILE_BYTES);
+    }
+
+    let mut tree = Tree::new(Meta::default());
+    let dir = common::dir(&mut tree, Tree::ROOT, "srv");
+    let kind = Kind::File { size: MAX_FILE_BYTES + 1, data: FileData::Range { file: spool, offset: 0 } };
+    common::node(&mut tree, dir, "too-large", kind);
+    match refused(&tree) {
+        WriteError::Unsupported(message) => {
+            assert!(message.starts_with("/srv/too-large: "), "{message}");
+            assert!(message.contains(&MAX_FILE_BYTES.to_string()), "{message}");
+        }
+        other => panic!("not unsupported: {other:?}"),
+    }
 }
 
 #[test]

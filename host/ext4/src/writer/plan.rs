@@ -1,7 +1,9 @@
 //! Phase 1, the plan: inode numbers, link counts, and what each inode
 //! holds and how many blocks it needs, before any block is placed.
 
-use crate::format::{BLOCK_SIZE, FIRST_INODE, JOURNAL_INODE, MAX_LINKS, MAX_NAME_LEN, ROOT_INODE, ftype};
+use crate::format::{
+    BLOCK_SIZE, FIRST_INODE, JOURNAL_INODE, MAX_FILE_BYTES, MAX_LINKS, MAX_NAME_LEN, ROOT_INODE, ftype,
+};
 use crate::layout::MAX_INODES;
 use crate::tree::{Kind, NodeId, Tree};
 use crate::xattr::{self, Placement};
@@ -112,6 +114,12 @@ pub(super) fn plan(tree: &Tree, options: &ImageOptions) -> Result<Plan, WriteErr
             .map_err(|source| WriteError::Xattrs { path: path_of(tree, id), source })?;
         let mut indexed = false;
         let (runs, data_blocks) = match &node.kind {
+            Kind::File { size, .. } if *size > MAX_FILE_BYTES => {
+                return Err(WriteError::Unsupported(format!(
+                    "{}: a file of {size} bytes, and an ext4 file holds at most {MAX_FILE_BYTES} (2^32 − 1 blocks)",
+                    path_of(tree, id)
+                )));
+            }
             Kind::File { size, data } => {
                 let runs = file_data::runs(data, *size)?;
                 let blocks = runs.iter().map(|(_, l)| l / BLOCK_SIZE).sum();
