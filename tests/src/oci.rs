@@ -357,3 +357,26 @@ pub fn feature_layout(dir: &Path, style: IndexStyle) {
     ]);
     layout_with(dir, &[(one, Compression::Gzip), (two, Compression::Gzip), (three, Compression::None)], "amd64", style);
 }
+
+/// Unpacks `layout`'s `latest` with `umoci unpack` into `bundle` (which
+/// must not exist yet) and returns the unpacked root filesystem: the
+/// reference tree the differential tests compare an OCI layout's image with.
+pub fn umoci_unpack(layout: &Path, bundle: &Path) -> std::path::PathBuf {
+    let out = std::process::Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umoci unpack {}: {}", layout.display(), String::from_utf8_lossy(&out.stderr));
+    bundle.join("rootfs")
+}
+
+/// Whether a blob of `layout` names `tar+zstd` layers (which umoci 0.4
+/// cannot unpack).
+pub fn is_zstd(layout: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(layout.join("blobs/sha256")) else { return false };
+    entries
+        .flatten()
+        .any(|e| std::fs::read(e.path()).map(|b| String::from_utf8_lossy(&b).contains("tar+zstd")).unwrap_or(false))
+}

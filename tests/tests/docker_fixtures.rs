@@ -8,10 +8,10 @@
 //! `CI=true` it fails instead.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use rootfs_cache::{Config, ConverterSpec, Request, RootfsCache};
 use rootfs_cache_tests::compare::{added_by_image, differences};
+use rootfs_cache_tests::oci::{is_zstd, umoci_unpack};
 use rootfs_cache_tests::{OverlayMount, ReadOnlyMount, agent, fsck, require_root};
 
 struct Fixture {
@@ -47,24 +47,6 @@ fn diff(reference: &Path, image: &Path) -> Vec<String> {
     let added = added_by_image(reference);
     let ignore: Vec<&[u8]> = added.iter().map(Vec::as_slice).collect();
     differences(reference, image, &ignore)
-}
-
-fn umoci_unpack(layout: &Path, bundle: &Path) -> PathBuf {
-    let out = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:latest", layout.display()))
-        .arg(bundle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "umoci unpack {}: {}", layout.display(), String::from_utf8_lossy(&out.stderr));
-    bundle.join("rootfs")
-}
-
-fn is_zstd(layout: &Path) -> bool {
-    let Ok(entries) = std::fs::read_dir(layout.join("blobs/sha256")) else { return false };
-    entries
-        .flatten()
-        .any(|e| std::fs::read(e.path()).map(|b| String::from_utf8_lossy(&b).contains("tar+zstd")).unwrap_or(false))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,11 @@
 //! image after it powered off, and the image must stay `e2fsck`-clean.
 //!
 //! Runs for the bundled example chain always, and for every Docker fixture
-//! in `ROOTFS_FIXTURES` when that is set. Without root, QEMU or the kernel
-//! package it prints `SKIPPED:` and the reason; under `CI=true` it fails
-//! instead.
+//! in `ROOTFS_FIXTURES` when that is set: its overlay2 chain (against the
+//! kernel's overlay mount) and its OCI layout (against `umoci unpack` of the
+//! layout, or of its gzip twin for a zstd one, as the differential tests
+//! do). Without root, QEMU or the kernel package it prints `SKIPPED:` and
+//! the reason; under `CI=true` it fails instead.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use rootfs_cache::{Config, ConverterSpec, Request, RootfsCache};
 use rootfs_cache_tests::compare::{added_by_image, walk};
+use rootfs_cache_tests::oci::{is_zstd, umoci_unpack};
 use rootfs_cache_tests::vm::{BootReport, Vm};
 use rootfs_cache_tests::{OverlayMount, ReadOnlyMount, fsck, require_root};
 
@@ -25,25 +28,83 @@ fn example_chain() -> PathBuf {
         .join("../examples/overlay2/c81e4f2a6b9d0c3e5f7a1b2d4c6e8f0a2b4c6d8e0f1a3b5c7d9e1f3a5b7c9d2e")
 }
 
-/// The overlay2 chains of the Docker fixtures, when `ROOTFS_FIXTURES` names them.
-fn fixture_chains() -> Vec<(String, PathBuf)> {
+/// One Docker fixture of `ROOTFS_FIXTURES`.
+struct Fixture {
+    name: String,
+    overlay2: PathBuf,
+    oci: PathBuf,
+}
+
+/// The Docker fixtures, when `ROOTFS_FIXTURES` names them.
+fn fixtures() -> Vec<Fixture> {
     let Some(path) = std::env::var_os("ROOTFS_FIXTURES") else {
         eprintln!("ROOTFS_FIXTURES is not set: booting the example chain only");
         return Vec::new();
     };
     let list: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("ROOTFS_FIXTURES")).unwrap();
-    let mut seen = std::collections::HashSet::new();
     list.as_array()
         .unwrap()
         .iter()
-        .map(|f| (f["name"].as_str().unwrap().to_string(), PathBuf::from(f["overlay2"].as_str().unwrap())))
-        // Fixtures that share a chain (the zstd export of an image) boot once.
-        .filter(|(_, chain)| seen.insert(chain.clone()))
+        .map(|f| Fixture {
+            name: f["name"].as_str().unwrap().into(),
+            overlay2: f["overlay2"].as_str().unwrap().into(),
+            oci: f["oci"].as_str().unwrap().into(),
+        })
         .collect()
+}
+
+/// What one boot converts, and the tree its image must hold.
+enum Source {
+    /// An overlay2 chain's top layer directory: the reference is the
+    /// kernel's overlay mount of the chain.
+    Chain(PathBuf),
+    /// An OCI layout, and the layout `umoci unpack` makes the reference
+    /// from (the gzip twin of a zstd layout: umoci reads no zstd).
+    Oci { layout: PathBuf, unpacked_from: PathBuf },
+}
+
+/// The example chain, then each fixture's overlay2 chain (once per chain:
+/// the zstd export of an image shares its chain) and each fixture's OCI
+/// layout.
+fn sources(fixtures: &[Fixture]) -> Vec<(String, Source)> {
+    let mut sources = vec![("example".to_string(), Source::Chain(example_chain()))];
+    let mut seen = std::collections::HashSet::new();
+    for f in fixtures.iter().filter(|f| seen.insert(f.overlay2.clone())) {
+        sources.push((f.name.clone(), Source::Chain(f.overlay2.clone())));
+    }
+    for f in fixtures {
+        let unpacked_from = if is_zstd(&f.oci) {
+            let twin = fixtures.iter().find(|t| t.overlay2 == f.overlay2 && !is_zstd(&t.oci));
+            twin.unwrap_or_else(|| panic!("{}: a zstd layout without a gzip twin", f.name)).oci.clone()
+        } else {
+            f.oci.clone()
+        };
+        sources.push((format!("{}-oci", f.name), Source::Oci { layout: f.oci.clone(), unpacked_from }));
+    }
+    sources
 }
 
 fn show(path: &[u8]) -> String {
     format!("/{}", String::from_utf8_lossy(path))
+}
+
+/// `umoci unpack` of a layout into a bundle directory, removed on drop.
+struct Unpacked {
+    bundle: PathBuf,
+    rootfs: PathBuf,
+}
+
+impl Unpacked {
+    fn new(layout: &Path, bundle: &Path) -> Self {
+        let rootfs = umoci_unpack(layout, bundle);
+        Self { bundle: bundle.to_path_buf(), rootfs }
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.bundle);
+    }
 }
 
 /// Mounts `image` read-write and unmounts it: the kernel replays whatever
@@ -56,12 +117,16 @@ fn mount_and_unmount(image: &Path) {
     assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Converts the chain, boots a copy of its image and checks everything the
+/// Converts the source, boots a copy of its image and checks everything the
 /// agent reported and left behind. Returns the failures.
-async fn boot_and_check(vm: &Vm, cache: &RootfsCache, name: &str, chain: &Path, work: &Path) -> Vec<String> {
+async fn boot_and_check(vm: &Vm, cache: &RootfsCache, name: &str, source: &Source, work: &Path) -> Vec<String> {
     let mut failures = Vec::new();
     let started = Instant::now();
-    let image = cache.convert(&Request::new(chain, vm.agent()).converter(ConverterSpec::Exact)).await.unwrap().image;
+    let input = match source {
+        Source::Chain(chain) => chain,
+        Source::Oci { layout, .. } => layout,
+    };
+    let image = cache.convert(&Request::new(input, vm.agent()).converter(ConverterSpec::Exact)).await.unwrap().image;
     let converted = started.elapsed();
     // The VM writes to its disk: boot a copy, so the cached image stays valid.
     let booted = work.join(format!("{name}.ext4"));
@@ -95,8 +160,8 @@ async fn boot_and_check(vm: &Vm, cache: &RootfsCache, name: &str, chain: &Path, 
     }
 
     // What the VM saw is what the host sees in the image, and what the
-    // container sees (the kernel's overlay mount), but for what the image
-    // adds.
+    // container sees (the kernel's overlay mount of a chain, umoci's unpack
+    // of a layout), but for what the image adds.
     {
         let host_view = ReadOnlyMount::new(&image);
         let diffs = report.differences(&host_view.path, &[]);
@@ -107,18 +172,26 @@ async fn boot_and_check(vm: &Vm, cache: &RootfsCache, name: &str, chain: &Path, 
                 diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
             ));
         }
-        let reference = OverlayMount::new(chain);
-        let added = added_by_image(&reference.path);
+        // Held (mounted, unpacked) until the comparisons are done.
+        let (mut mount, mut unpacked) = (None, None);
+        let (reference, what): (&Path, &str) = match source {
+            Source::Chain(chain) => (&mount.insert(OverlayMount::new(chain)).path, "the overlay mount"),
+            Source::Oci { unpacked_from, .. } => {
+                let bundle = work.join(format!("{name}.bundle"));
+                (&unpacked.insert(Unpacked::new(unpacked_from, &bundle)).rootfs, "umoci's unpack")
+            }
+        };
+        let added = added_by_image(reference);
         let ignore: Vec<&[u8]> = added.iter().map(Vec::as_slice).collect();
         // The comparison sees what the image adds when told nothing.
-        let unfiltered = report.differences(&reference.path, &[]);
+        let unfiltered = report.differences(reference, &[]);
         if !unfiltered.iter().any(|d| d == "/lost+found: only in the VM") {
             failures.push(format!("{name}: the VM's lost+found went unnoticed: {unfiltered:?}"));
         }
-        let diffs = report.differences(&reference.path, &ignore);
+        let diffs = report.differences(reference, &ignore);
         if !diffs.is_empty() {
             failures.push(format!(
-                "{name}: {} differences between the VM's view and the overlay mount\n{}",
+                "{name}: {} differences between the VM's view and {what}\n{}",
                 diffs.len(),
                 diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
             ));
@@ -182,11 +255,12 @@ async fn a_micro_vm_boots_every_image_and_its_agent_sees_exactly_the_reference_t
     eprintln!("booting {} with {} under {accel}", kernel.display(), initrd.display());
     let dir = tempfile::tempdir().unwrap();
     let cache = RootfsCache::open(Config::new(dir.path().join("cache"))).unwrap();
-    let mut chains = vec![("example".to_string(), example_chain())];
-    chains.extend(fixture_chains());
+    let started = Instant::now();
+    let sources = sources(&fixtures());
     let mut failures = Vec::new();
-    for (name, chain) in &chains {
-        failures.extend(boot_and_check(&vm, &cache, name, chain, dir.path()).await);
+    for (name, source) in &sources {
+        failures.extend(boot_and_check(&vm, &cache, name, source, dir.path()).await);
     }
+    eprintln!("booted {} images in {:.1?}", sources.len(), started.elapsed());
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -28,6 +28,19 @@
 //! once its first write is done, `CHURN <ops>` every 64 operations, and
 //! `CHURN-ERROR <message>` for an error a churn cannot cause (not a missing
 //! file, which the random sequence runs into all the time).
+//!
+//! When the image holds `/vm-agent-bench` (the benchmark's images, see
+//! `tests/benches/vm_ext4.rs`), it measures instead of reporting, timing
+//! with `clock_gettime(CLOCK_MONOTONIC)`: it prints `BENCH-AGENT <pid>`
+//! first, then walks the whole tree while the page cache is still cold
+//! (`readdir` and `lstat` of every entry, as `find` does, in the order the
+//! directories give; no file content is read) and prints
+//! `BENCH-WALK <entries> <ns>`; then it reads the file (its first line is a
+//! directory, each further line a name to look up in it), mounts `/proc`,
+//! calls `sync` and drops the caches (`/proc/sys/vm/drop_caches`), and
+//! `lstat`s every name relative to the directory (`fstatat`), printing
+//! `BENCH-LOOKUP <names> <found> <absent> <ns>`. Then `AGENT-ERROR` lines
+//! for what went wrong, `BENCH-DONE`, `sync`, and it powers off.
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -42,7 +55,26 @@ unsafe extern "C" {
     fn lgetxattr(path: *const i8, name: *const i8, value: *mut u8, size: usize) -> isize;
     fn sync();
     fn reboot(cmd: i32) -> i32;
+    fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
+    fn fstatat(dirfd: i32, path: *const i8, stat: *mut u8, flags: i32) -> i32;
 }
+
+/// `struct timespec` on 64-bit Linux.
+#[repr(C)]
+struct Timespec {
+    secs: i64,
+    nanos: i64,
+}
+
+/// `CLOCK_MONOTONIC`.
+const CLOCK_MONOTONIC: i32 = 1;
+/// `AT_SYMLINK_NOFOLLOW`: `fstatat` as `lstat`.
+const AT_SYMLINK_NOFOLLOW: i32 = 0x100;
+/// `ENOENT`.
+const ENOENT: i32 = 2;
+/// The file whose presence selects the benchmark mode, and which lists its
+/// lookups.
+const BENCH_LIST: &str = "/vm-agent-bench";
 
 /// `RB_POWER_OFF` (`LINUX_REBOOT_CMD_POWER_OFF`).
 const RB_POWER_OFF: i32 = 0x4321_fedc_u32 as i32;
@@ -53,6 +85,9 @@ const WRITTEN: &str = "/vm-agent-wrote-this";
 const RENAMED_SUFFIX: &str = ".vm-agent-renamed";
 
 fn main() {
+    if fs::symlink_metadata(BENCH_LIST).is_ok() {
+        bench();
+    }
     let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut errors = Vec::new();
     let mut candidates = Vec::new();
@@ -132,6 +167,130 @@ fn main() {
     eprintln!("AGENT-ERROR reboot(RB_POWER_OFF): {}", io::Error::last_os_error());
     // Exiting PID 1 panics the kernel, which then reboots (`panic=-1`), and
     // QEMU exits (`-no-reboot`).
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds.
+fn monotonic_ns() -> u64 {
+    let mut t = Timespec { secs: 0, nanos: 0 };
+    // SAFETY: a valid clock and a valid `timespec` to fill.
+    unsafe { clock_gettime(CLOCK_MONOTONIC, &mut t) };
+    t.secs as u64 * 1_000_000_000 + t.nanos as u64
+}
+
+/// The benchmark mode (see the module's documentation).
+fn bench() -> ! {
+    let mut out = io::stdout().lock();
+    writeln!(out, "BENCH-AGENT {}", std::process::id()).ok();
+    if std::process::id() != 1 {
+        writeln!(out, "AGENT-ERROR running as PID {}, not 1: refusing to touch this machine", std::process::id()).ok();
+        std::process::exit(2);
+    }
+    let mut errors = Vec::new();
+
+    // The cold walk, first: nothing but the init and this file's lookup
+    // has touched the filesystem yet.
+    let started = monotonic_ns();
+    let entries = bench_walk(&mut errors);
+    writeln!(out, "BENCH-WALK {entries} {}", monotonic_ns() - started).ok();
+
+    // The names, read before the caches are dropped.
+    let list = fs::read(BENCH_LIST).unwrap_or_else(|e| {
+        errors.push(format!("reading {BENCH_LIST}: {e}"));
+        Vec::new()
+    });
+    let mut lines = list.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+    let dir = lines.next().map(|d| PathBuf::from(std::ffi::OsStr::from_bytes(d)));
+    let names: Vec<CString> = lines.filter_map(|l| CString::new(l).ok()).collect();
+
+    if fs::symlink_metadata("/proc").is_err()
+        && let Err(e) = fs::create_dir("/proc")
+    {
+        errors.push(format!("mkdir /proc: {e}"));
+    }
+    if let Err(e) = mount_proc() {
+        errors.push(format!("mount proc: {e}"));
+    }
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { sync() };
+    if let Err(e) = fs::write("/proc/sys/vm/drop_caches", "3\n") {
+        errors.push(format!("dropping the caches: {e}"));
+    }
+
+    // The lookups, relative to the directory (opened before the clock
+    // starts), from a cold cache.
+    match dir.as_deref().map(File::open) {
+        Some(Ok(dir)) => {
+            use std::os::fd::AsRawFd;
+            let (mut found, mut absent) = (0u64, 0u64);
+            let mut stat = [0u64; 32];
+            let started = monotonic_ns();
+            for name in &names {
+                // SAFETY: an open directory, a NUL-terminated name and a
+                // buffer larger than `struct stat`.
+                let rc =
+                    unsafe { fstatat(dir.as_raw_fd(), name.as_ptr(), stat.as_mut_ptr().cast(), AT_SYMLINK_NOFOLLOW) };
+                if rc == 0 {
+                    found += 1;
+                } else {
+                    let e = io::Error::last_os_error();
+                    if e.raw_os_error() == Some(ENOENT) {
+                        absent += 1;
+                    } else if errors.len() < 10 {
+                        errors.push(format!("lstat {}: {e}", name.to_string_lossy()));
+                    }
+                }
+            }
+            let elapsed = monotonic_ns() - started;
+            writeln!(out, "BENCH-LOOKUP {} {found} {absent} {elapsed}", names.len()).ok();
+        }
+        Some(Err(e)) => errors.push(format!("opening the lookup directory: {e}")),
+        None => errors.push(format!("{BENCH_LIST} names no directory")),
+    }
+    for e in &errors {
+        writeln!(out, "AGENT-ERROR {}", e.replace('\n', " ")).ok();
+    }
+    writeln!(out, "BENCH-DONE").ok();
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { sync() };
+    writeln!(out, "POWER-OFF").ok();
+    out.flush().ok();
+    // SAFETY: powers the machine off; returns only on failure.
+    unsafe { reboot(RB_POWER_OFF) };
+    eprintln!("AGENT-ERROR reboot(RB_POWER_OFF): {}", io::Error::last_os_error());
+    std::process::exit(1);
+}
+
+/// `readdir` and `lstat` of every entry under `/`, depth first in the order
+/// the directories give their entries; the number of entries.
+fn bench_walk(errors: &mut Vec<String>) -> u64 {
+    let mut entries = 1;
+    let mut stack = vec![PathBuf::from("/")];
+    while let Some(dir) = stack.pop() {
+        let read = match fs::read_dir(&dir) {
+            Ok(read) => read,
+            Err(e) => {
+                errors.push(format!("readdir {}: {e}", dir.display()));
+                continue;
+            }
+        };
+        for entry in read {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    errors.push(format!("readdir {}: {e}", dir.display()));
+                    break;
+                }
+            };
+            entries += 1;
+            // `fstatat` on the directory, without following symlinks.
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(_) => {}
+                Err(e) => errors.push(format!("lstat {}: {e}", entry.path().display())),
+            }
+        }
+    }
+    entries
 }
 
 /// The seed of `vm_agent.churn=<seed>` on the kernel command line.
