@@ -40,7 +40,9 @@ use crate::dirhash::half_md4;
 use crate::format::{self, BLOCK_SIZE, ftype};
 
 use super::options::ImageOptions;
-use super::plan::DirEntry;
+
+/// One directory entry: inode, file type, name.
+pub(super) type DirEntry = (u32, u8, Vec<u8>);
 
 /// `EXT4_INDEX_FL`: the directory is hashed.
 pub(super) const INDEX_FL: u32 = 0x1000;

@@ -10,7 +10,7 @@ use crate::xattr::{self, Placement};
 
 use super::error::WriteError;
 use super::file_data;
-use super::htree::{self, DirFormat, Shape};
+use super::htree::{self, DirEntry, DirFormat, Shape};
 use super::options::ImageOptions;
 
 /// Which inode each node is, and each directory's parent.
@@ -278,9 +278,6 @@ pub(super) const LOST_FOUND: &[u8] = b"lost+found";
 /// Blocks of `lost+found`: room for e2fsck to reconnect files without
 /// allocating.
 pub(super) const LOST_FOUND_BLOCKS: u64 = 4;
-
-/// One directory entry: inode, file type, name.
-pub(super) type DirEntry = (u32, u8, Vec<u8>);
 
 /// The entries of directory node `dir`: `.`, `..`, a synthetic
 /// `lost+found` in the root, then its names in order.
