@@ -7,17 +7,26 @@
 
 mod common;
 
+use rootfs_cache_ext4::{Features, ImageOptions};
 use sha2::{Digest, Sha256};
+
+/// The varied tree's image with `features`: its SHA-256, used blocks and
+/// used inodes.
+fn written(features: Features) -> (String, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ImageOptions { features, ..common::options() };
+    let (path, report) = common::write(&common::varied_tree(), dir.path(), &options);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes.len() as u64, report.bytes);
+    let digest = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    (digest, report.used_blocks, report.used_inodes)
+}
 
 #[test]
 fn the_varied_tree_gives_the_pinned_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let (path, report) = common::write(&common::varied_tree(), dir.path(), &common::options());
-    let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes.len() as u64, report.bytes);
-    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let (digest, blocks, inodes) = written(Features::MINIMAL);
     assert_eq!(
-        (digest.as_str(), report.used_blocks, report.used_inodes),
+        (digest.as_str(), blocks, inodes),
         ("44529db550c19afb21064ddad39e0553e613bce2ecb703694300c47d542d9137", 650, 331),
         "the image's bytes changed"
     );
@@ -25,14 +34,9 @@ fn the_varied_tree_gives_the_pinned_bytes() {
 
 #[test]
 fn the_varied_tree_with_every_feature_gives_the_pinned_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = rootfs_cache_ext4::ImageOptions { features: rootfs_cache_ext4::Features::EXT4, ..common::options() };
-    let (path, report) = common::write(&common::varied_tree(), dir.path(), &options);
-    let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes.len() as u64, report.bytes);
-    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let (digest, blocks, inodes) = written(Features::EXT4);
     assert_eq!(
-        (digest.as_str(), report.used_blocks, report.used_inodes),
+        (digest.as_str(), blocks, inodes),
         ("5f72b31ded48a5a774580c784ed22b4b7c1bb5ae7e0ee102368230f2a2a11d2f", 1675, 331),
         "the image's bytes changed"
     );
