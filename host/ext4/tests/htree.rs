@@ -60,15 +60,6 @@ fn superblock_has_checksum(image: &Path) -> bool {
     checksum != [0; 4]
 }
 
-/// `debugfs -R request image`'s output, failing on any error it prints.
-fn debugfs(image: &Path, request: &str) -> String {
-    let out = Command::new("debugfs").arg("-R").arg(request).arg(image).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let complaints: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("debugfs ")).collect();
-    assert!(out.status.success() && complaints.is_empty(), "debugfs -R {request:?}: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn seed_uuid(seed: &[u8; 16]) -> String {
     let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
@@ -319,7 +310,7 @@ fn checksummed_by_tune2fs(image: &Path, directories: &[&str]) -> PathBuf {
     );
     let after = std::fs::read(&copy).unwrap();
     for &dir in directories {
-        let blocks = debugfs(&copy, &format!("blocks {dir}"));
+        let blocks = common::debugfs(&copy, &format!("blocks {dir}")).expect("debugfs is installed");
         for block in blocks.split_whitespace() {
             let at = block.parse::<usize>().unwrap() * 4096;
             assert!(bytes[at..at + 4096] == after[at..at + 4096], "{dir}: block {block} differs after tune2fs");
@@ -342,8 +333,8 @@ fn same_as_e2fsck_rebuilds(image: &Path) {
     // 1: the filesystem was changed (rewritten, here).
     assert!(matches!(out.status.code(), Some(0 | 1)), "e2fsck -fyD: {}", String::from_utf8_lossy(&out.stdout));
     let (before, after) = (std::fs::read(image).unwrap(), std::fs::read(&copy).unwrap());
-    let blocks = debugfs(&copy, "blocks /d");
-    assert_eq!(blocks, debugfs(image, "blocks /d"), "the same blocks");
+    let blocks = common::debugfs(&copy, "blocks /d").expect("debugfs is installed");
+    assert_eq!(blocks, common::debugfs(image, "blocks /d").expect("debugfs is installed"), "the same blocks");
     for block in blocks.split_whitespace() {
         let at = block.parse::<usize>().unwrap() * 4096;
         assert!(before[at..at + 4096] == after[at..at + 4096], "/d: block {block} differs after e2fsck -D");
@@ -390,9 +381,9 @@ fn check_image(image: &Path, names: &[Vec<u8>], levels: u32, metadata_csum: bool
     assert_eq!(dump.levels, levels, "indirect levels");
     assert_eq!(dump.names, names.len(), "names in the leaves debugfs reaches through the index");
     // One-block directories stay linear.
-    let stat = debugfs(&image, "stat /small");
+    let stat = common::debugfs(&image, "stat /small").expect("debugfs is installed");
     assert!(stat.contains("Flags: 0x80000"), "extents only: {stat}");
-    let stat = debugfs(&image, "stat /d");
+    let stat = common::debugfs(&image, "stat /d").expect("debugfs is installed");
     assert!(stat.contains("Flags: 0x81000"), "indexed and extents: {stat}");
 
     {
@@ -662,7 +653,7 @@ fn without_dir_index_big_directories_stay_linear_with_checksum_tails() {
     // e2fsprogs' checksum.
     let checksummed = checksummed_by_tune2fs(&image, &DIRECTORIES);
     common::e2fsck(&checksummed);
-    let stat = debugfs(&checksummed, "stat /d");
+    let stat = common::debugfs(&checksummed, "stat /d").expect("debugfs is installed");
     assert!(stat.contains("Flags: 0x80000") && stat.contains("Size: 409600"), "linear, 100 blocks: {stat}");
     let m = Mount::new(&checksummed, false);
     for name in names.iter().step_by(7) {

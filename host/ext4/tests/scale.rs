@@ -9,7 +9,6 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use rootfs_cache_ext4::format::{MAX_FILE_BYTES, MAX_NAME_LEN};
@@ -30,24 +29,9 @@ fn write_and_check(tree: &Tree) -> (tempfile::TempDir, std::path::PathBuf, Write
     (dir, path, report)
 }
 
-/// `debugfs -R request image`'s output, `None` when debugfs is not installed.
-fn debugfs(image: &Path, request: &str) -> Option<String> {
-    let output = match Command::new("debugfs").arg("-R").arg(request).arg(image).output() {
-        Ok(output) => output,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            assert!(std::env::var_os("CI").is_none(), "CI is set but debugfs is not installed");
-            println!("SKIPPED: debugfs not installed");
-            return None;
-        }
-        Err(e) => panic!("running debugfs: {e}"),
-    };
-    assert!(output.status.success(), "debugfs -R {request:?}: {}", String::from_utf8_lossy(&output.stderr));
-    Some(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
 /// The `Size:` debugfs's `stat` gives for `path` in `image`.
 fn size_of(image: &Path, path: &str) -> Option<u64> {
-    let stat = debugfs(image, &format!("stat \"{path}\""))?;
+    let stat = common::debugfs(image, &format!("stat \"{path}\""))?;
     let size = stat.split_whitespace().skip_while(|w| *w != "Size:").nth(1);
     Some(size.unwrap_or_else(|| panic!("no size in {stat}")).parse().unwrap())
 }
@@ -79,15 +63,15 @@ fn one_directory_of_a_hundred_thousand_entries() {
     // lost+found, the directory and its entries, past the ten reserved
     // (the root among them).
     assert_eq!(report.used_inodes, 10 + 2 + 100_000, "{report:?}");
-    if let Some(out) = debugfs(&path, "stat /many/entry-099999") {
+    if let Some(out) = common::debugfs(&path, "stat /many/entry-099999") {
         assert!(out.contains("Type: FIFO"), "{out}");
     }
     // Hashed (dir_index): a root over 491 leaves, every name in one, and
     // (metadata_csum) every index block's checksum the one debugfs expects.
-    if let Some(out) = debugfs(&path, "stat /many") {
+    if let Some(out) = common::debugfs(&path, "stat /many") {
         assert!(out.contains("Flags: 0x81000"), "indexed and extents: {out}");
     }
-    if let Some(out) = debugfs(&path, "htree /many") {
+    if let Some(out) = common::debugfs(&path, "htree /many") {
         assert!(out.contains("Indirect levels: 0"), "{out}");
         assert!(!out.contains("EXPECTED"), "{out}");
         assert_eq!(out.matches("Reading directory block").count(), 491);
@@ -121,7 +105,7 @@ fn a_five_gib_sparse_file_stays_sparse_at_its_exact_size() {
     // Each piece is where the file's block map says.
     let image = std::fs::File::open(&path).unwrap();
     for (at, bytes) in pieces {
-        let out = debugfs(&path, &format!("bmap /var/sparse {}", at / 4096)).unwrap();
+        let out = common::debugfs(&path, &format!("bmap /var/sparse {}", at / 4096)).unwrap();
         let block: u64 = out.trim().parse().unwrap_or_else(|_| panic!("bmap: {out}"));
         assert_ne!(block, 0, "logical block {} is a hole", at / 4096);
         let mut read = vec![0u8; bytes.len()];
@@ -129,7 +113,7 @@ fn a_five_gib_sparse_file_stays_sparse_at_its_exact_size() {
         assert_eq!(read, bytes, "at {at}");
     }
     // A block between the pieces is a hole.
-    let out = debugfs(&path, &format!("bmap /var/sparse {}", SIZE / 4 / 4096)).unwrap();
+    let out = common::debugfs(&path, &format!("bmap /var/sparse {}", SIZE / 4 / 4096)).unwrap();
     assert_eq!(out.trim(), "0", "a hole");
 }
 

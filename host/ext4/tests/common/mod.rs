@@ -139,3 +139,22 @@ pub fn e2fsck(image: &Path) -> bool {
     );
     true
 }
+
+/// `debugfs -R request image`'s output, failing the test on any error it
+/// prints. `None`, having said why, when debugfs is not installed (outside
+/// CI only).
+pub fn debugfs(image: &Path, request: &str) -> Option<String> {
+    let output = match Command::new("debugfs").arg("-R").arg(request).arg(image).output() {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            assert!(std::env::var_os("CI").is_none(), "CI is set but debugfs is not installed");
+            println!("SKIPPED: debugfs not installed");
+            return None;
+        }
+        Err(e) => panic!("running debugfs: {e}"),
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let complaints: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("debugfs ")).collect();
+    assert!(output.status.success() && complaints.is_empty(), "debugfs -R {request:?}: {stderr}");
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
