@@ -21,7 +21,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -49,15 +48,6 @@ fn tools() -> bool {
         println!("SKIPPED: needs root (loop mounts) and e2fsprogs");
     }
     root && e2fsprogs
-}
-
-/// Whether the image's superblock carries its checksum (`s_checksum`), which
-/// the other half of `metadata_csum` writes: without it e2fsck and the
-/// kernel refuse the image before looking at any directory.
-fn superblock_has_checksum(image: &Path) -> bool {
-    let mut checksum = [0u8; 4];
-    std::fs::File::open(image).unwrap().read_exact_at(&mut checksum, 1024 + 0x3FC).unwrap();
-    checksum != [0; 4]
 }
 
 fn seed_uuid(seed: &[u8; 16]) -> String {
@@ -172,13 +162,31 @@ fn names(n: usize, len: usize) -> Vec<Vec<u8>> {
 struct Mount {
     dir: tempfile::TempDir,
     device: String,
-    /// Lines of the kernel's log before the mount.
-    log_lines: usize,
+    /// A line written to the kernel's log before the mount: what follows
+    /// it is what the kernel said since. (Counting lines would not do: the
+    /// log is a ring that drops its oldest lines when full.)
+    mark: String,
 }
 
-fn kernel_log() -> Vec<String> {
+/// Writes a unique line to the kernel's log and returns it.
+fn mark_kernel_log(device: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mark = format!("rootfs-cache htree test {} mount {n} of {device}", std::process::id());
+    std::fs::write("/dev/kmsg", format!("{mark}\n")).expect("writing to /dev/kmsg");
+    mark
+}
+
+/// The kernel's log after the last line containing `mark`.
+fn kernel_log_since(mark: &str) -> Vec<String> {
     let out = Command::new("dmesg").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.contains(mark))
+        .unwrap_or_else(|| panic!("the kernel's log lost the mark {mark:?}"));
+    lines[start + 1..].iter().map(|l| (*l).to_owned()).collect()
 }
 
 impl Mount {
@@ -186,7 +194,7 @@ impl Mount {
         let out = Command::new("losetup").args(["-f", "--show"]).arg(image).output().unwrap();
         assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
         let device = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        let log_lines = kernel_log().len();
+        let mark = mark_kernel_log(&device);
         let dir = tempfile::tempdir().unwrap();
         let opts = if rw { "rw" } else { "ro,noload" };
         let out = Command::new("mount").args(["-t", "ext4", "-o", opts]).arg(&device).arg(dir.path()).output().unwrap();
@@ -194,7 +202,7 @@ impl Mount {
             Command::new("losetup").arg("-d").arg(&device).status().unwrap();
             panic!("mount: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Self { dir, device, log_lines }
+        Self { dir, device, mark }
     }
 
     fn path(&self, rel: &[u8]) -> PathBuf {
@@ -212,10 +220,9 @@ impl Drop for Mount {
         assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
         // "EXT4-fs warning (device loop3): dx_probe:…", "EXT4-fs error …".
         let name = self.device.trim_start_matches("/dev/");
-        let log = kernel_log();
+        let log = kernel_log_since(&self.mark);
         let said: Vec<&str> = log
             .iter()
-            .skip(self.log_lines)
             .map(String::as_str)
             .filter(|l| l.contains(&format!("(device {name})")) || l.contains(&format!("({name}):")))
             .filter(|l| l.contains("warning") || l.contains("rror"))
@@ -285,15 +292,15 @@ fn htree_dump(image: &Path, dir: &str, metadata_csum: bool) -> HtreeDump {
 /// The directories of [`tree_of`]'s trees.
 const DIRECTORIES: [&str; 4] = ["/", "/lost+found", "/d", "/small"];
 
-/// A copy of `image` (written with `metadata_csum`) whose checksums
-/// e2fsprogs computed: the feature cleared, then set again by `tune2fs -O
-/// metadata_csum`, which checksums every piece of metadata and rewrites
-/// each directory block's checksum (it leaves a full index block alone and
-/// asks for `e2fsck -D`, so only the checksums of index blocks with room
-/// to grow are recomputed). Checks that every block of `directories` is exactly
-/// as the writer wrote it: the writer's tails, limits and checksums are
-/// e2fsprogs'.
-fn checksummed_by_tune2fs(image: &Path, directories: &[&str]) -> PathBuf {
+/// Checks that e2fsprogs computes the directory checksums the writer wrote:
+/// on a copy of `image` (written with `metadata_csum`), the feature is
+/// cleared, then set again by `tune2fs -O metadata_csum`, which checksums
+/// every piece of metadata and rewrites each directory block's checksum;
+/// every block of `directories` must come out exactly as the writer wrote
+/// it. (tune2fs leaves a full index block alone, so only the checksums of
+/// index blocks with room to grow are recomputed, and marks the copy not
+/// clean, asking for `e2fsck -D`: the copy is only compared, then removed.)
+fn same_as_tune2fs_checksums(image: &Path, directories: &[&str]) {
     let copy = image.with_extension("tune2fs.ext4");
     let mut bytes = std::fs::read(image).unwrap();
     // s_feature_ro_compat: clear RO_COMPAT_METADATA_CSUM (0x400).
@@ -316,7 +323,7 @@ fn checksummed_by_tune2fs(image: &Path, directories: &[&str]) -> PathBuf {
             assert!(bytes[at..at + 4096] == after[at..at + 4096], "{dir}: block {block} differs after tune2fs");
         }
     }
-    copy
+    std::fs::remove_file(&copy).unwrap();
 }
 
 /// Checks that `e2fsck -fD` (which rebuilds every directory's index) with
@@ -343,30 +350,19 @@ fn same_as_e2fsck_rebuilds(image: &Path) {
 }
 
 /// Writes a tree whose `/d` holds `names`, and checks it every way (see
-/// [`check_image`]). With `metadata_csum`, checks the image e2fsprogs
-/// checksummed (see [`checksummed_by_tune2fs`]) and, once the writer
-/// checksums the rest of the metadata (the other half of the feature: the
-/// superblock has its checksum), the image itself.
+/// [`check_image`]); with `metadata_csum`, also that e2fsprogs computes
+/// the same directory checksums (see [`same_as_tune2fs_checksums`]).
 fn check_directory(names: &[Vec<u8>], levels: u32, metadata_csum: bool) -> Option<HtreeDump> {
     if !tools() {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
     let (image, _) = common::write(&tree_of(names), tmp.path(), &options(metadata_csum));
-    if !metadata_csum {
-        same_as_e2fsck_rebuilds(&image);
-        return Some(check_image(&image, names, levels, false));
+    if metadata_csum {
+        same_as_tune2fs_checksums(&image, &DIRECTORIES);
     }
-    let checksummed = checksummed_by_tune2fs(&image, &DIRECTORIES);
-    same_as_e2fsck_rebuilds(&checksummed);
-    let dump = check_image(&checksummed, names, levels, true);
-    if superblock_has_checksum(&image) {
-        same_as_e2fsck_rebuilds(&image);
-        check_image(&image, names, levels, true);
-    } else {
-        println!("NOT CHECKED: the image itself, without a superblock checksum (the other half of metadata_csum)");
-    }
-    Some(dump)
+    same_as_e2fsck_rebuilds(&image);
+    Some(check_image(&image, names, levels, metadata_csum))
 }
 
 /// Checks an image whose `/d` holds `names`: e2fsck, debugfs `htree`
@@ -651,11 +647,11 @@ fn without_dir_index_big_directories_stay_linear_with_checksum_tails() {
     let (image, _) = common::write(&tree_of(&names), tmp.path(), &options);
     // Every block of the linear /d has the tail tune2fs expects, with
     // e2fsprogs' checksum.
-    let checksummed = checksummed_by_tune2fs(&image, &DIRECTORIES);
-    common::e2fsck(&checksummed);
-    let stat = common::debugfs(&checksummed, "stat /d").expect("debugfs is installed");
+    same_as_tune2fs_checksums(&image, &DIRECTORIES);
+    common::e2fsck(&image);
+    let stat = common::debugfs(&image, "stat /d").expect("debugfs is installed");
     assert!(stat.contains("Flags: 0x80000") && stat.contains("Size: 409600"), "linear, 100 blocks: {stat}");
-    let m = Mount::new(&checksummed, false);
+    let m = Mount::new(&image, false);
     for name in names.iter().step_by(7) {
         assert!(std::fs::symlink_metadata(m.path(&[b"d/", name.as_slice()].concat())).is_ok());
     }
@@ -675,7 +671,9 @@ fn a_big_lost_and_found_is_hashed_and_e2fsck_finds_it_whole() {
         }
         let tmp = tempfile::tempdir().unwrap();
         let (image, _) = common::write(&tree, tmp.path(), &options(metadata_csum));
-        let image = if metadata_csum { checksummed_by_tune2fs(&image, &["/", "/lost+found"]) } else { image };
+        if metadata_csum {
+            same_as_tune2fs_checksums(&image, &["/", "/lost+found"]);
+        }
         common::e2fsck(&image);
         let dump = htree_dump(&image, "/lost+found", metadata_csum);
         assert_eq!((dump.levels, dump.names), (0, 600));
