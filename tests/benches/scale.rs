@@ -129,7 +129,7 @@ async fn case(title: &str, name: &str, dir: &Path, make: fn(&Path) -> PathBuf) {
 
     let cache_dir = dir.join(format!("{name}-cache"));
     let cache = RootfsCache::open(Config::new(&cache_dir)).unwrap();
-    let request = Request::new(&top, &agent(dir, "vm-agent", name)).converter(ConverterSpec::Exact);
+    let request = Request::new(&top, agent(dir, "vm-agent", name)).converter(ConverterSpec::Exact);
     let started = Instant::now();
     let outcome = cache.convert(&request).await.unwrap();
     let ours = started.elapsed();
