@@ -570,7 +570,7 @@ fn platform_name(os: &str, arch: &str, variant: Option<&str>) -> String {
     }
 }
 
-/// [`select`] from the top index (a layout's `index.json`, or the index or
+/// The selection (`select`) from the top index (a layout's `index.json`, or the index or
 /// manifest a registry answered, as a list of one): no match is an error
 /// listing the platforms there are.
 pub fn select_image(

@@ -49,7 +49,7 @@ impl SourceRef {
         }
         match text.strip_prefix("oci:") {
             Some(rest) => match rest.rsplit_once(':') {
-                Some((path, name)) if !name.contains('/') && path.starts_with('/') => {
+                Some((path, name)) if !name.contains('/') && !path.is_empty() => {
                     Self::Path(PathBuf::from(path), Some(name.to_owned()))
                 }
                 _ => Self::Path(PathBuf::from(rest), None),
@@ -121,4 +121,23 @@ pub(crate) fn admit(policy: &Policy, request: &Request) -> Result<(wit::ConvertR
     };
     let scope = RequestScope { roots, agent: Some((agent_str, agent)) };
     Ok((wit_request, scope))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_split_into_paths_named_images_and_references() {
+        let parse = |s: &str| SourceRef::parse(Path::new(s));
+        assert_eq!(parse("/srv/oci/app"), SourceRef::Path("/srv/oci/app".into(), None));
+        assert_eq!(parse("oci:/srv/oci/app"), SourceRef::Path("/srv/oci/app".into(), None));
+        assert_eq!(parse("oci:/srv/oci/app:v1"), SourceRef::Path("/srv/oci/app".into(), Some("v1".into())));
+        assert_eq!(parse("oci:layouts/app:v1"), SourceRef::Path("layouts/app".into(), Some("v1".into())));
+        assert_eq!(parse("oci:/a:b/c"), SourceRef::Path("/a:b/c".into(), None));
+        assert_eq!(
+            parse("docker://127.0.0.1:5000/app:v1"),
+            SourceRef::Registry("docker://127.0.0.1:5000/app:v1".into())
+        );
+    }
 }

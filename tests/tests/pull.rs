@@ -130,7 +130,8 @@ fn a_pulled_image_matches_umoci_and_a_tag_pulled_before_is_served_offline() {
     let agent = agent(dir.path(), "vm-agent", "pull");
     let cache = dir.path().join("cache");
     let source = format!("docker://{}/team/app:v1", registry.host);
-    let insecure = ["--insecure-registry", registry.host.as_str()];
+    // The minimal profile: this test is about pulling, not the journal.
+    let insecure = ["--insecure-registry", registry.host.as_str(), "--ext4-profile", "minimal"];
 
     let (code, first, stderr) = convert(&cache, &source, &agent, &insecure);
     assert_eq!(code, 0, "{stderr}");
@@ -165,13 +166,13 @@ fn a_pulled_image_matches_umoci_and_a_tag_pulled_before_is_served_offline() {
     // With the registry gone, the tag resolved before is a hit (`--pull missing`).
     drop(registry);
     let before = snapshot(&cache);
-    let (code, hit, stderr) = convert(&cache, &source, &agent, &[]);
+    let (code, hit, stderr) = convert(&cache, &source, &agent, &["--ext4-profile", "minimal"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!((hit["cached"].as_bool(), &hit["key"]), (Some(true), &first["key"]));
-    let (code, hit, stderr) = convert(&cache, &source, &agent, &["--pull", "never"]);
+    let (code, hit, stderr) = convert(&cache, &source, &agent, &["--pull", "never", "--ext4-profile", "minimal"]);
     assert_eq!((code, hit["cached"].as_bool()), (0, Some(true)), "{stderr}");
     // `always` must ask the registry, which is gone: an I/O error, and nothing changes.
-    let (code, _, stderr) = convert(&cache, &source, &agent, &["--pull", "always"]);
+    let (code, _, stderr) = convert(&cache, &source, &agent, &["--pull", "always", "--ext4-profile", "minimal"]);
     assert_eq!(code, 11, "{stderr}");
     assert!(stderr.contains("unreachable"), "{stderr}");
     assert_eq!(snapshot(&cache), before, "a failed pull changed the cache");
@@ -450,4 +451,79 @@ fn tls_with_a_test_ca_and_basic_auth_from_config_json() {
     for secret in ["s3cret-pass", auth.as_str()] {
         assert!(!audit.contains(secret) && !stderr.contains(secret), "a secret leaked");
     }
+}
+
+/// Every file of `<cache>/blobs/sha256` hashes to its name, and `<cache>/blobs/tmp` is empty.
+fn blob_store_is_clean(cache: &Path) {
+    for entry in std::fs::read_dir(cache.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let bytes = std::fs::read(entry.path()).unwrap();
+        assert_eq!(rootfs_cache_tests::sha256_hex(&bytes), entry.file_name().to_string_lossy(), "a blob is corrupt");
+    }
+    let left: Vec<_> = std::fs::read_dir(cache.join("blobs/tmp")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left in blobs/tmp: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_pull_leaves_only_what_sweep_removes_and_corrupt_blobs_are_never_used() {
+    use support::{Fault, Proxy};
+    if !require(TOOLS) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(Setup::default());
+    let layout = dir.path().join("layout");
+    let data = rootfs_cache_tests::incompressible(1 << 20, 7);
+    let layer = oci::tar(&[TarEntry::dir("data/", 0o755), TarEntry::file("data/blob", &data, 0o644)]);
+    oci::layout(&layout, &[layer], "amd64", IndexStyle::Skopeo);
+    push(&layout, &registry, "app:v1", false);
+    let agent = agent(dir.path(), "vm-agent", "pull");
+    let cache = dir.path().join("cache");
+    let bin = rootfs_cache_tests::rootfs_cache_bin();
+    let convert_through = |proxy: &Proxy| {
+        let mut command = Command::new(&bin);
+        command
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["convert", &format!("docker://{}/app:v1", proxy.host), "--json", "--ext4-profile", "minimal"])
+            .args(["--insecure-registry", &proxy.host, "--agent"])
+            .arg(&agent)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+
+    // A download that stalls halfway, killed: a partial file, which `sweep` removes.
+    let proxy = Proxy::start(registry.host.clone(), Fault::Stall, std::time::Duration::ZERO).await;
+    let mut child = convert_through(&proxy).spawn().unwrap();
+    let tmp = cache.join("blobs/tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(std::time::Instant::now() < deadline, "no download started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(proxy);
+    let (code, stdout, stderr) = cli(&[os("--cache-dir"), cache.as_os_str(), os("sweep"), os("--json")]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let removed: Vec<&str> = report["removed"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert!(removed.iter().any(|r| r.starts_with("blobs/tmp/partial-")), "{stdout}");
+    blob_store_is_clean(&cache);
+    assert_eq!(std::fs::read_dir(cache.join("images")).unwrap().count(), 0);
+
+    // Corrupt on every attempt: `corrupt` (exit 9), and nothing corrupt is kept.
+    let proxy = Proxy::start(registry.host.clone(), Fault::Corrupt(usize::MAX), std::time::Duration::ZERO).await;
+    let out = convert_through(&proxy).output().unwrap();
+    assert_eq!(out.status.code(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
+    blob_store_is_clean(&cache);
+    assert_eq!(std::fs::read_dir(cache.join("images")).unwrap().count(), 0);
+    drop(proxy);
+
+    // Corrupt once: retried, and the image is built.
+    let proxy = Proxy::start(registry.host.clone(), Fault::Corrupt(1), std::time::Duration::ZERO).await;
+    let out = convert_through(&proxy).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    blob_store_is_clean(&cache);
 }
