@@ -1,6 +1,6 @@
 // A host adapter for the rootfs-cache component, written in JavaScript.
 //
-// It implements `rootfs:cache/host@0.3.0` for Node.js: publishing, removal,
+// It implements `rootfs:cache/host@0.4.0` for Node.js: publishing, removal,
 // use records and fsck are real (fs, child_process); the converter writes a
 // synthetic ext4 superblock and the "mount" records the agent install, like
 // the Rust fake adapter, so no root is needed. Every path the guest names is
@@ -265,6 +265,14 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
       if (!KEY.test(key)) throw err('invalid-request', `${key} is not a cache key`);
       // One thread: nobody else can hold it while this guest runs.
       return new BuildLock(key);
+    },
+    // Images by name: this adapter has no network, so it refuses them as a
+    // policy would (the Rust host pulls; see the README's `docker://`).
+    fetchManifest(reference) {
+      throw err('denied', { rule: 'registries', detail: `${reference}: the jco example host pulls nothing (no network)` });
+    },
+    fetchBlobs(reference) {
+      throw err('denied', { rule: 'registries', detail: `${reference}: the jco example host pulls nothing (no network)` });
     },
     fsck(image) {
       const out = spawnSync('e2fsck', ['-fn', inCache(image, ['images'])], { encoding: 'utf8' });

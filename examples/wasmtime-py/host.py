@@ -1,7 +1,7 @@
 """A host adapter for the rootfs-cache component, written in Python.
 
 It runs the committed component under wasmtime-py (`pip install wasmtime`)
-and implements `rootfs:cache/host@0.3.0` the way `examples/jco/host.mjs` does
+and implements `rootfs:cache/host@0.4.0` the way `examples/jco/host.mjs` does
 for Node.js: publishing, removal, use records and fsck are real; the
 converter writes a synthetic ext4 superblock and the "mount" records the
 agent install (like the Rust fake adapter), so no root is needed. Every path
@@ -43,8 +43,8 @@ KEY = re.compile(r"^[0-9a-f]{64}$")
 MAX_PROBE_PATHS = 256
 MAX_READ_BYTES = 65536
 MAX_TOTAL_READ_BYTES = 1 << 20
-HOST = "rootfs:cache/host@0.3.0"
-CACHE = "rootfs:cache/cache@0.3.0"
+HOST = "rootfs:cache/host@0.4.0"
+CACHE = "rootfs:cache/cache@0.4.0"
 
 # The resource types this host defines: any two distinct numbers.
 BUILD_LOCK = 1
@@ -343,6 +343,14 @@ class Host:
         out = subprocess.run(["e2fsck", "-fn", self.in_cache(image, ("images",))], capture_output=True, text=True)
         return record(clean=out.returncode == 0, exit_status=out.returncode, output_tail=(out.stdout + out.stderr)[-1024:])
 
+    def fetch_manifest(self, reference: str, _pull: Any):
+        # Images by name: this adapter has no network, so it refuses them as
+        # a policy would (the Rust host pulls; see the README's `docker://`).
+        return denied("registries", f"{reference}: the wasmtime-py example host pulls nothing (no network)")
+
+    def fetch_blobs(self, reference: str, _blobs: Any, _pull: Any):
+        return denied("registries", f"{reference}: the wasmtime-py example host pulls nothing (no network)")
+
     def token(self, lock: ResourceHost) -> str:
         return f"{os.getpid()}-{lock.rep}"
 
@@ -409,6 +417,8 @@ class Cache:
                 i.add_func("try-lock", guarded(h.try_lock))
                 i.add_func("lock", guarded(h.lock))
                 i.add_func("fsck", guarded(h.fsck))
+                i.add_func("fetch-manifest", guarded(h.fetch_manifest))
+                i.add_func("fetch-blobs", guarded(h.fetch_blobs))
                 i.add_func("[method]build-lock.token", guarded(h.token))
                 i.add_func("[method]build-lock.fail", guarded(lambda _lock, _reason: None))
 
@@ -436,7 +446,7 @@ class Cache:
         return result
 
     def convert(self, source: str, agent: str, size: Optional[int] = None, converter: str = "exact") -> Record:
-        request = record(source=source, agent=agent, size=size, converter=converter, platform=None)
+        request = record(source=source, agent=agent, size=size, converter=converter, platform=None, pull=None)
         return self.call("convert", request)
 
     def list_entries(self) -> List[Record]:

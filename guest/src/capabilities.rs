@@ -7,6 +7,7 @@
 //! without a wasm runtime (`guest/tests/flows.rs`).
 
 use crate::probe::Probe;
+use crate::registry::Puller;
 use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult};
 use crate::wit::types::Error;
 
@@ -28,7 +29,7 @@ pub trait MountedImage {
 
 /// The privileged operations of the `host` interface (and its read-only
 /// `probe`).
-pub trait Capabilities: Probe {
+pub trait Capabilities: Probe + Puller {
     /// The build lock type.
     type Lock: BuildLock;
     /// The mounted image type.

@@ -68,6 +68,25 @@ impl crate::probe::Probe for WitHost {
     }
 }
 
+impl crate::registry::Puller for WitHost {
+    fn fetch_manifest(
+        &self,
+        reference: &str,
+        pull: crate::wit::types::PullPolicy,
+    ) -> Result<host::FetchedManifest, Error> {
+        host::fetch_manifest(reference, pull)
+    }
+
+    fn fetch_blobs(
+        &self,
+        reference: &str,
+        blobs: &[host::BlobRequest],
+        pull: crate::wit::types::PullPolicy,
+    ) -> Result<Vec<host::FetchedBlob>, Error> {
+        host::fetch_blobs(reference, blobs, pull)
+    }
+}
+
 impl Capabilities for WitHost {
     type Lock = host::BuildLock;
     type Mounted = host::MountedImage;

@@ -18,7 +18,11 @@
 //! - the build locks are in-process: [`FakeHost::hold`] marks a key as held
 //!   by another builder, and [`FakeHost::on_lock`] runs a hook while a
 //!   caller "waits" for a lock (another builder publishing meanwhile);
-//! - `fsck` answers a configurable result ([`FakeHost::set_fsck`]).
+//! - `fsck` answers a configurable result ([`FakeHost::set_fsck`]);
+//! - `fetch-manifest` and `fetch-blobs` serve an in-memory registry
+//!   ([`FakeHost::serve_manifest`], [`FakeHost::serve_blob`]): documents by
+//!   reference, blobs by digest, written into `<cache>/blobs/sha256/` when
+//!   fetched; anything not served is `not-found`.
 //!
 //! Every call is recorded ([`FakeHost::calls`]), and any capability can be
 //! made to fail with a chosen error ([`FakeHost::fail`]), so each error class
@@ -36,10 +40,12 @@ use sha2::{Digest as _, Sha256};
 use crate::capabilities::{BuildLock, Capabilities, MountedImage};
 use crate::key::{CacheKey, hex};
 use crate::probe::Probe;
+use crate::registry::Puller;
+use crate::wit::host::{BlobRequest, FetchedBlob, FetchedManifest};
 use crate::wit::host::{
     Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult, PathInfo, PathKind, ProbeRequest,
 };
-use crate::wit::types::{Denial, Error};
+use crate::wit::types::{Denial, Error, PullPolicy};
 
 /// Most paths one probe call may name (the Rust host's limit).
 pub const MAX_PROBE_PATHS: usize = 256;
@@ -209,6 +215,10 @@ pub enum Capability {
     TryLock,
     /// `host.fsck`.
     Fsck,
+    /// `host.fetch-manifest`.
+    FetchManifest,
+    /// `host.fetch-blobs`.
+    FetchBlobs,
 }
 
 /// One recorded call, with its arguments.
@@ -263,6 +273,10 @@ pub enum Call {
     },
     /// `fsck`, with the image.
     Fsck(String),
+    /// `fetch-manifest`, with the reference and the pull policy.
+    FetchManifest(String, PullPolicy),
+    /// `fetch-blobs`, with the repository and the digests asked for.
+    FetchBlobs(String, Vec<String>),
 }
 
 impl Call {
@@ -283,6 +297,8 @@ impl Call {
             Self::Lock(_) => Capability::Lock,
             Self::TryLock(_) => Capability::TryLock,
             Self::Fsck(_) => Capability::Fsck,
+            Self::FetchManifest(..) => Capability::FetchManifest,
+            Self::FetchBlobs(..) => Capability::FetchBlobs,
             Self::DropMount(_) | Self::LockFail { .. } => return None,
         })
     }
@@ -322,6 +338,10 @@ struct State {
     held: BTreeMap<String, Holder>,
     hooks: BTreeMap<String, Hook>,
     tokens: u64,
+    /// The fake registry's documents: reference → (bytes, media type).
+    manifests: BTreeMap<String, (Vec<u8>, String)>,
+    /// The fake registry's blobs, by digest.
+    blobs: BTreeMap<String, Vec<u8>>,
 }
 
 /// The fake host. See the module's documentation.
@@ -361,6 +381,8 @@ impl FakeHost {
             held: BTreeMap::new(),
             hooks: BTreeMap::new(),
             tokens: 0,
+            manifests: BTreeMap::new(),
+            blobs: BTreeMap::new(),
         };
         Ok(Self { probe: FsProbe::new(cache), state: Arc::new(Mutex::new(state)) })
     }
@@ -430,6 +452,29 @@ impl FakeHost {
     /// entry, say). The other builder then lets the lock go.
     pub fn on_lock(&self, key: &str, hook: impl FnOnce() + Send + 'static) {
         lock(&self.state).hooks.insert(key.into(), Box::new(hook));
+    }
+
+    /// Serves `bytes` as the document `reference` names (a
+    /// `docker://HOST/REPO:TAG` or `…@sha256:HEX` as the guest writes it),
+    /// and by its digest in the same repository.
+    pub fn serve_manifest(&self, reference: &str, bytes: &[u8], media_type: &str) {
+        let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
+        let repository = reference.split_once('@').map_or(reference, |(r, _)| r);
+        let slash = repository.rfind('/').unwrap_or(0);
+        let repository = match repository[slash..].rfind(':') {
+            Some(i) => &repository[..slash + i],
+            None => repository,
+        };
+        let mut state = lock(&self.state);
+        state.manifests.insert(reference.into(), (bytes.to_vec(), media_type.into()));
+        state.manifests.insert(format!("{repository}@{digest}"), (bytes.to_vec(), media_type.into()));
+    }
+
+    /// Serves `bytes` as a blob of every repository; returns its digest.
+    pub fn serve_blob(&self, bytes: &[u8]) -> String {
+        let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
+        lock(&self.state).blobs.insert(digest.clone(), bytes.to_vec());
+        digest
     }
 
     /// Whether anyone (a lock of this fake, or another builder) holds the
@@ -572,6 +617,45 @@ impl Probe for FakeHost {
     fn probe(&self, requests: &[ProbeRequest]) -> Result<Vec<Result<PathInfo, Error>>, Error> {
         self.call(Call::Probe(requests.to_vec()))?;
         self.probe.probe(requests)
+    }
+}
+
+impl Puller for FakeHost {
+    fn fetch_manifest(&self, reference: &str, pull: PullPolicy) -> Result<FetchedManifest, Error> {
+        self.call(Call::FetchManifest(reference.into(), pull))?;
+        let state = lock(&self.state);
+        let (bytes, media_type) = state
+            .manifests
+            .get(reference)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("not found in the fake registry: {reference}")))?;
+        Ok(FetchedManifest { digest: format!("sha256:{}", hex(&Sha256::digest(&bytes))), bytes, media_type })
+    }
+
+    fn fetch_blobs(
+        &self,
+        reference: &str,
+        blobs: &[BlobRequest],
+        _pull: PullPolicy,
+    ) -> Result<Vec<FetchedBlob>, Error> {
+        self.call(Call::FetchBlobs(reference.into(), blobs.iter().map(|b| b.digest.clone()).collect()))?;
+        let dir = self.in_cache("blobs/sha256");
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("blobs/sha256", &e))?;
+        let state = lock(&self.state);
+        let mut answers = Vec::with_capacity(blobs.len());
+        for blob in blobs {
+            let bytes = state.blobs.get(&blob.digest).ok_or_else(|| {
+                Error::NotFound(format!("not found in the fake registry: {reference}@{}", blob.digest))
+            })?;
+            let hex_part = blob.digest.strip_prefix("sha256:").unwrap_or(&blob.digest);
+            let path = dir.join(hex_part);
+            std::fs::write(&path, bytes).map_err(|e| io_error(path.display(), &e))?;
+            answers.push(FetchedBlob {
+                path: path.to_string_lossy().into_owned(),
+                contents: blob.read.then(|| bytes.clone()),
+            });
+        }
+        Ok(answers)
     }
 }
 

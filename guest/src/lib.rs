@@ -23,6 +23,7 @@ pub mod manifest;
 pub mod oci;
 pub mod overlay2;
 pub mod probe;
+pub mod registry;
 pub mod source;
 pub mod sys;
 pub mod validate;

@@ -32,7 +32,7 @@ pub struct Manifest {
     pub format: u32,
     /// The cache key; must match the file name.
     pub key: String,
-    /// `overlay2` or `oci-layout`.
+    /// `overlay2`, `oci-layout` or `registry`.
     pub kind: String,
     /// Host path of the source.
     pub source: String,

@@ -55,6 +55,43 @@ pub struct Descriptor {
     /// For manifests in an index: the platform they are for.
     #[serde(default)]
     pub platform: Option<PlatformSpec>,
+    /// Annotations; an index's `org.opencontainers.image.ref.name` names
+    /// the image (`oci:PATH:REF` picks by it).
+    #[serde(default)]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// The annotation that names an image in a layout's `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Where the documents of an image (indexes, manifests, its config) come
+/// from: an OCI layout's blobs, or a registry through the host. Either way
+/// the bytes are checked against their descriptor ([`check_blob`]) before
+/// they are parsed, and parsed by the one set of rules of this module.
+pub trait Documents {
+    /// The bytes of the index or manifest (`config` false) or image config
+    /// (`config` true) that `desc` names, checked against it.
+    fn document(&self, desc: &Descriptor, config: bool) -> Result<Vec<u8>, SourceError>;
+    /// Where the image comes from, for messages: `the layout`, a reference.
+    fn origin(&self) -> String;
+}
+
+/// An OCI layout's blobs, read through the probe.
+pub struct LayoutBlobs<'a, P: Probe> {
+    /// The layout directory.
+    pub layout: &'a Path,
+    /// How its files are read.
+    pub fs: &'a P,
+}
+
+impl<P: Probe> Documents for LayoutBlobs<'_, P> {
+    fn document(&self, desc: &Descriptor, _config: bool) -> Result<Vec<u8>, SourceError> {
+        read_blob(self.layout, desc, self.fs)
+    }
+
+    fn origin(&self) -> String {
+        "the layout".into()
+    }
 }
 
 /// A platform as OCI writes it.
@@ -210,6 +247,13 @@ fn read_blob(layout: &Path, desc: &Descriptor, fs: &impl Probe) -> Result<Vec<u8
         )));
     }
     let bytes = probe::read(fs, &path, desc.size, MAX_DOCUMENT_BYTES)?;
+    check_blob(desc, &bytes, "the layout")?;
+    Ok(bytes)
+}
+
+/// Checks `bytes` against the descriptor that named them: its length, and
+/// its SHA-256. `origin` names where they came from in the message.
+pub fn check_blob(desc: &Descriptor, bytes: &[u8], origin: &str) -> Result<(), SourceError> {
     if bytes.len() as u64 != desc.size {
         return Err(SourceError::Unsupported(format!(
             "blob {} has {} bytes, its descriptor says {}",
@@ -218,14 +262,14 @@ fn read_blob(layout: &Path, desc: &Descriptor, fs: &impl Probe) -> Result<Vec<u8
             desc.size
         )));
     }
-    let actual = sha256_hex(&bytes);
+    let actual = sha256_hex(bytes);
     if Some(actual.as_str()) != desc.digest.strip_prefix("sha256:") {
         return Err(SourceError::Unsupported(format!(
-            "blob {} hashes to sha256:{actual}: the layout is corrupt",
+            "blob {} hashes to sha256:{actual}: {origin} is corrupt",
             desc.digest
         )));
     }
-    Ok(bytes)
+    Ok(())
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, SourceError> {
@@ -286,6 +330,7 @@ impl OciImage {
     pub fn resolve(
         layout: &Path,
         platform: &str,
+        ref_name: Option<&str>,
         marker: Result<PathInfo, Error>,
         index: Result<PathInfo, Error>,
         fs: &impl Probe,
@@ -308,7 +353,11 @@ impl OciImage {
         let (index_path, index) = index_file(layout, index, fs)?;
         let (created_ns, modified_ns) = index_times(&index);
         let manifests = parse_index(&probe::contents(&index_path, Ok(index), MAX_DOCUMENT_BYTES)?)?;
-        let (manifest_digest, manifest) = select_image(layout, &manifests, &wanted, fs)?;
+        let manifests = match ref_name {
+            None => manifests,
+            Some(name) => by_ref_name(manifests, name)?,
+        };
+        let (manifest_digest, manifest) = select_image(&LayoutBlobs { layout, fs }, &manifests, &wanted)?;
         let (config, layers) = manifest;
         let layers = layers
             .into_iter()
@@ -340,29 +389,51 @@ impl OciImage {
     /// checked against its descriptor; it must list exactly one well-formed
     /// SHA-256 digest per layer.
     pub fn diff_ids(&self, fs: &impl Probe) -> Result<Vec<String>, SourceError> {
-        let config: ImageConfig =
-            parse_json("the image config", &read_blob(Path::new(&self.layout), &self.config, fs)?)?;
-        let rootfs = config.rootfs.ok_or_else(|| {
-            SourceError::Unsupported(format!("the image config {} has no rootfs.diff_ids", self.config.digest))
-        })?;
-        if rootfs.kind != "layers" {
-            return Err(SourceError::Unsupported(format!(
-                "the image config's rootfs.type is {:?}, expected \"layers\"",
-                rootfs.kind
-            )));
-        }
-        if rootfs.diff_ids.len() != self.layers.len() {
-            return Err(SourceError::Unsupported(format!(
-                "the image config lists {} diff_ids for {} layers",
-                rootfs.diff_ids.len(),
-                self.layers.len()
-            )));
-        }
-        for id in &rootfs.diff_ids {
-            sha256_of_digest(id)?;
-        }
-        Ok(rootfs.diff_ids)
+        let bytes = read_blob(Path::new(&self.layout), &self.config, fs)?;
+        parse_diff_ids(&bytes, &self.config, self.layers.len())
     }
+}
+
+/// The images of `manifests` named `name` by their [`REF_NAME`] annotation;
+/// none is an error listing the names there are.
+fn by_ref_name(manifests: Vec<Descriptor>, name: &str) -> Result<Vec<Descriptor>, SourceError> {
+    let named = |d: &Descriptor| d.annotations.as_ref().and_then(|a| a.get(REF_NAME)).cloned();
+    let names: Vec<String> = manifests.iter().filter_map(named).collect();
+    let chosen: Vec<Descriptor> = manifests.into_iter().filter(|d| named(d).as_deref() == Some(name)).collect();
+    if chosen.is_empty() {
+        let found = if names.is_empty() { "none".to_owned() } else { names.join(", ") };
+        return Err(SourceError::NotFound(format!(
+            "the layout has no image named {name:?} ({REF_NAME}; found: {found})"
+        )));
+    }
+    Ok(chosen)
+}
+
+/// The digests of the uncompressed layers an image config lists
+/// (`rootfs.diff_ids`), checked: exactly one well-formed SHA-256 digest per
+/// layer of the image (`layers` of them).
+pub fn parse_diff_ids(bytes: &[u8], desc: &Descriptor, layers: usize) -> Result<Vec<String>, SourceError> {
+    let config: ImageConfig = parse_json("the image config", bytes)?;
+    let rootfs = config
+        .rootfs
+        .ok_or_else(|| SourceError::Unsupported(format!("the image config {} has no rootfs.diff_ids", desc.digest)))?;
+    if rootfs.kind != "layers" {
+        return Err(SourceError::Unsupported(format!(
+            "the image config's rootfs.type is {:?}, expected \"layers\"",
+            rootfs.kind
+        )));
+    }
+    if rootfs.diff_ids.len() != layers {
+        return Err(SourceError::Unsupported(format!(
+            "the image config lists {} diff_ids for {} layers",
+            rootfs.diff_ids.len(),
+            layers
+        )));
+    }
+    for id in &rootfs.diff_ids {
+        sha256_of_digest(id)?;
+    }
+    Ok(rootfs.diff_ids)
 }
 
 /// Most symlinks followed from `index.json` to the file it names.
@@ -444,45 +515,45 @@ fn index_times(index: &PathInfo) -> (u64, u64) {
     (index.created_ns, index.modified_ns)
 }
 
-type Selected = (String, (Descriptor, Vec<Descriptor>));
+/// The digest of the selected image manifest, with its config and layers.
+pub type Selected = (String, (Descriptor, Vec<Descriptor>));
 
 /// Picks the manifest for `wanted` among `candidates`, descending into nested
 /// indexes. A descriptor without a platform is checked against its config.
 /// The platforms passed over are added to `seen`; `None` means no candidate
 /// matched.
 fn select(
-    layout: &Path,
+    docs: &impl Documents,
     candidates: &[Descriptor],
     wanted: &Platform,
     depth: usize,
     seen: &mut Vec<String>,
-    fs: &impl Probe,
 ) -> Result<Option<Selected>, SourceError> {
     if depth > MAX_INDEX_DEPTH {
         return Err(SourceError::Unsupported(format!(
-            "image indexes nest more than {MAX_INDEX_DEPTH} levels deep below index.json"
+            "image indexes nest more than {MAX_INDEX_DEPTH} levels deep below the top index"
         )));
     }
     for desc in candidates {
         if let Some(p) = &desc.platform
             && !wanted.matches(&p.os, &p.architecture, p.variant.as_deref())
         {
-            seen.push(format!("{}/{}", p.os, p.architecture));
+            seen.push(platform_name(&p.os, &p.architecture, p.variant.as_deref()));
             continue;
         }
         if INDEX_TYPES.contains(&desc.media_type.as_str()) {
-            let nested = parse_index(&read_blob(layout, desc, fs)?)?;
-            match select(layout, &nested, wanted, depth + 1, seen, fs)? {
+            let nested = parse_index(&docs.document(desc, false)?)?;
+            match select(docs, &nested, wanted, depth + 1, seen)? {
                 Some(found) => return Ok(Some(found)),
                 None => continue,
             }
         }
-        let bytes = read_blob(layout, desc, fs)?;
+        let bytes = docs.document(desc, false)?;
         let (config, layers) = parse_manifest(&bytes)?;
         if desc.platform.is_none() {
-            let cfg: ImageConfig = parse_json("the image config", &read_blob(layout, &config, fs)?)?;
+            let cfg: ImageConfig = parse_json("the image config", &docs.document(&config, true)?)?;
             if !wanted.matches(&cfg.os, &cfg.architecture, cfg.variant.as_deref()) {
-                seen.push(format!("{}/{}", cfg.os, cfg.architecture));
+                seen.push(platform_name(&cfg.os, &cfg.architecture, cfg.variant.as_deref()));
                 continue;
             }
         }
@@ -491,20 +562,56 @@ fn select(
     Ok(None)
 }
 
-/// [`select`] from `index.json`: no match is an error listing the platforms
-/// the layout has.
-fn select_image(
-    layout: &Path,
+/// `os/arch[/variant]`, as a list of platforms shows it.
+fn platform_name(os: &str, arch: &str, variant: Option<&str>) -> String {
+    match variant {
+        Some(v) => format!("{os}/{arch}/{v}"),
+        None => format!("{os}/{arch}"),
+    }
+}
+
+/// The selection (`select`) from the top index (a layout's `index.json`, or the index or
+/// manifest a registry answered, as a list of one): no match is an error
+/// listing the platforms there are.
+pub fn select_image(
+    docs: &impl Documents,
     manifests: &[Descriptor],
     wanted: &Platform,
-    fs: &impl Probe,
 ) -> Result<Selected, SourceError> {
     let mut seen = Vec::new();
-    select(layout, manifests, wanted, 0, &mut seen, fs)?.ok_or_else(|| {
+    select(docs, manifests, wanted, 0, &mut seen)?.ok_or_else(|| {
         let found = if seen.is_empty() { "none".to_owned() } else { seen.join(", ") };
-        SourceError::Unsupported(format!("the layout has no image for {wanted} (found: {found})"))
+        SourceError::Unsupported(format!("{} has no image for {wanted} (found: {found})", docs.origin()))
     })
 }
+
+/// Whether a document is an image index rather than a manifest: by its
+/// media type, else by its `mediaType` field, else by having `manifests`.
+pub fn is_index(media_type: &str, bytes: &[u8]) -> bool {
+    if INDEX_TYPES.contains(&media_type) {
+        return true;
+    }
+    if MANIFEST_TYPES.contains(&media_type) {
+        return false;
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Sniff {
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Sniff>(bytes) {
+        Ok(Sniff { media_type: Some(t), .. }) => INDEX_TYPES.contains(&t.as_str()),
+        Ok(Sniff { manifests, .. }) => manifests.is_some(),
+        Err(_) => false,
+    }
+}
+
+/// The media type of an image manifest, for a descriptor the guest makes
+/// of a manifest a registry answered directly.
+pub const MANIFEST_TYPE: &str = MANIFEST_TYPES[0];
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ pub use crate::overlay2::LayerIdentity;
 use crate::overlay2::{self, Overlay2Chain};
 pub use crate::probe::read_small;
 use crate::probe::{self, Probe};
+use crate::registry::PulledImage;
 use crate::wit::host::{PathInfo, PathKind};
 use crate::wit::types::Error;
 
@@ -28,6 +29,8 @@ pub enum Source {
     Overlay2(Overlay2Chain),
     /// One image selected from an OCI image layout.
     Oci(OciImage),
+    /// One image selected from a registry, by name.
+    Pulled(PulledImage),
 }
 
 impl Source {
@@ -40,6 +43,18 @@ impl Source {
     /// more, however many layers it has, and an OCI image one more per
     /// manifest, nested index or config it reads.
     pub fn resolve(path: &Path, platform: &str, fs: &impl Probe) -> Result<Self, SourceError> {
+        Self::resolve_named(path, platform, None, fs)
+    }
+
+    /// [`Source::resolve`], picking from an OCI layout the image whose
+    /// `org.opencontainers.image.ref.name` is `ref_name` when one is given
+    /// (`oci:PATH:REF`).
+    pub fn resolve_named(
+        path: &Path,
+        platform: &str,
+        ref_name: Option<&str>,
+        fs: &impl Probe,
+    ) -> Result<Self, SourceError> {
         let (link, lower, diff, marker, index) = (
             path.join("link"),
             path.join("lower"),
@@ -83,7 +98,7 @@ impl Source {
             return Overlay2Chain::resolve(path, &link, lower_info, diff_info, fs).map(Self::Overlay2);
         }
         if marker_info.is_ok() {
-            return OciImage::resolve(path, platform, marker_info, index_info, fs).map(Self::Oci);
+            return OciImage::resolve(path, platform, ref_name, marker_info, index_info, fs).map(Self::Oci);
         }
         Err(SourceError::Unsupported(format!(
             "{} is neither an overlay2 layer directory (diff/ and link) nor an OCI image layout (oci-layout and index.json)",
@@ -110,6 +125,11 @@ impl Source {
                     .number("index.modified", image.index_modified_ns)
                     .text("manifest", &image.manifest_digest)
                     .text("platform", &image.platform);
+            }
+            // Content only: the same image gives the same key on every
+            // host, whatever its tag, registry or the time it was pulled.
+            Self::Pulled(image) => {
+                key.text("kind", "registry").text("manifest", &image.manifest_digest).text("platform", &image.platform);
             }
         }
     }

@@ -10,7 +10,9 @@ use rootfs_cache_guest::flow::{AGENT_MODE, AGENT_TARGET, Cache};
 use rootfs_cache_guest::key::sha256_hex;
 use rootfs_cache_guest::manifest::Manifest;
 use rootfs_cache_guest::wit::host::FsckResult;
-use rootfs_cache_guest::wit::types::{ConvertRequest, ConverterFailure, Denial, Error, Outcome, SourceKind};
+use rootfs_cache_guest::wit::types::{
+    ConvertRequest, ConverterFailure, Denial, Error, Outcome, PullPolicy, SourceKind,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -147,6 +149,7 @@ fn request(source: &str, agent: &str) -> ConvertRequest {
         size: None,
         converter: "oci2rootfs".into(),
         platform: None,
+        pull: None,
     }
 }
 
@@ -297,6 +300,90 @@ fn an_oci_layout_is_built_from_its_verified_layers() {
     arm.platform = Some("linux/arm64".into());
     let err = env.cache().convert(&arm).unwrap_err();
     assert!(matches!(&err, Error::UnsupportedSource(m) if m.contains("no image for linux/arm64")), "{err:?}");
+}
+
+/// Serves the image of the layout at `layout` from the fake host's registry
+/// as `reference` (its index as the tag's document, every blob by digest).
+fn serve_layout(host: &FakeHost, layout: &Path, reference: &str) {
+    let index = std::fs::read(layout.join("index.json")).unwrap();
+    host.serve_manifest(reference, &index, "application/vnd.oci.image.index.v1+json");
+    let repository = reference.rsplit_once(':').unwrap().0;
+    for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        let digest = host.serve_blob(&bytes);
+        host.serve_manifest(&format!("{repository}@{digest}"), &bytes, "");
+    }
+}
+
+#[test]
+fn an_image_by_name_is_resolved_fetched_and_built_like_a_layout() {
+    let env = Env::new();
+    let layout = env.dir.path().join("layout");
+    let (manifest_digest, layers) = oci_layout(&layout);
+    let reference = "docker://reg.test:5000/team/app:1";
+    serve_layout(&env.host, &layout, reference);
+    let outcome = env.cache().convert(&request(reference, &env.agent)).unwrap();
+    assert_eq!(outcome.kind, SourceKind::Registry);
+    assert_eq!(outcome.reference.as_deref(), Some(reference));
+    assert_eq!(outcome.manifest_digest.as_deref(), Some(manifest_digest.as_str()));
+    let job = &env.host.jobs()[0];
+    assert_eq!(job.kind, SourceKind::Registry);
+    assert_eq!(job.source, reference);
+    let cache = env.host.cache_dir().display().to_string();
+    let got: Vec<(String, String)> = job.layers.iter().map(|l| (l.path.clone(), l.diff_id.clone())).collect();
+    let want: Vec<(String, String)> =
+        layers.iter().map(|(d, id)| (format!("{cache}/blobs/sha256/{}", &d[7..]), id.clone())).collect();
+    assert_eq!(got, want);
+    assert_eq!(env.manifest(&outcome.key).source, format!("docker://reg.test:5000/team/app@{manifest_digest}"));
+
+    // A hit needs the documents only; the blobs are not asked for again.
+    env.host.clear_calls();
+    let hit = env.cache().convert(&request(reference, &env.agent)).unwrap();
+    assert!(hit.cached);
+    assert_eq!(hit.key, outcome.key);
+    assert_eq!(env.host.count(Capability::FetchBlobs), 0);
+    assert!(env.host.calls().contains(&Call::FetchManifest(reference.into(), PullPolicy::Missing)));
+
+    // The key is the content's: another cache, another tag, the same key.
+    let other = Env::new();
+    serve_layout(&other.host, &layout, "docker://elsewhere.test/mirror/app:latest");
+    let again = other.cache().convert(&request("docker://elsewhere.test/mirror/app", &other.agent)).unwrap();
+    assert_eq!(again.key, outcome.key);
+
+    // An absent platform lists the ones there are; an unknown tag is not found.
+    let mut arm = request(reference, &env.agent);
+    arm.platform = Some("linux/arm64".into());
+    let err = env.cache().convert(&arm).unwrap_err();
+    assert!(
+        matches!(&err, Error::UnsupportedSource(m) if m.contains("no image for linux/arm64 (found: linux/amd64)")),
+        "{err:?}"
+    );
+    let err = env.cache().convert(&request("docker://reg.test:5000/team/app:2", &env.agent)).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    let err = env.cache().convert(&request("docker://reg.test:5000/Team/app", &env.agent)).unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err:?}");
+}
+
+#[test]
+fn a_layout_image_is_chosen_by_its_ref_name_with_oci_colon() {
+    let env = Env::new();
+    let layout = env.dir.path().join("layout");
+    let (manifest_digest, _) = oci_layout(&layout);
+    let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
+    let named =
+        index.replace(r#""platform":"#, r#""annotations":{"org.opencontainers.image.ref.name":"v1"},"platform":"#);
+    std::fs::write(layout.join("index.json"), named).unwrap();
+    let outcome = env.cache().convert(&request(&format!("oci:{}:v1", path(&layout)), &env.agent)).unwrap();
+    assert_eq!(outcome.manifest_digest.as_deref(), Some(manifest_digest.as_str()));
+    assert_eq!(env.host.jobs()[0].source, path(&layout));
+    let err = env.cache().convert(&request(&format!("oci:{}:v2", path(&layout)), &env.agent)).unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound(m) if m.contains("no image named \"v2\"") && m.contains("found: v1")),
+        "{err:?}"
+    );
+    // A bare oci:PATH is the path.
+    let bare = env.cache().convert(&request(&format!("oci:{}", path(&layout)), &env.agent)).unwrap();
+    assert_eq!(bare.manifest_digest, outcome.manifest_digest);
 }
 
 #[test]

@@ -28,6 +28,37 @@ pub fn source_root(source: &Path) -> PathBuf {
     }
 }
 
+/// What a request's source names, as the host needs to know it before the
+/// guest runs (the guest parses it again, and decides).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceRef {
+    /// A host path (an overlay2 layer, an OCI layout), with the ref name
+    /// of `oci:PATH:REF`.
+    Path(PathBuf, Option<String>),
+    /// `docker://…`: an image by name; nothing on the host is preopened.
+    Registry(String),
+}
+
+impl SourceRef {
+    /// Splits a source: `docker://…`, `oci:PATH[:REF]` (REF after the last
+    /// `:`, when it holds no `/`), or a path.
+    pub fn parse(source: &Path) -> Self {
+        let Some(text) = source.to_str() else { return Self::Path(source.to_path_buf(), None) };
+        if text.starts_with("docker://") {
+            return Self::Registry(text.to_owned());
+        }
+        match text.strip_prefix("oci:") {
+            Some(rest) => match rest.rsplit_once(':') {
+                Some((path, name)) if !name.contains('/') && !path.is_empty() => {
+                    Self::Path(PathBuf::from(path), Some(name.to_owned()))
+                }
+                _ => Self::Path(PathBuf::from(rest), None),
+            },
+            None => Self::Path(source.to_path_buf(), None),
+        }
+    }
+}
+
 /// `path` as UTF-8, which every path the guest sees must be.
 pub(crate) fn utf8<'a>(what: &str, path: &'a Path) -> Result<&'a str> {
     path.to_str().ok_or_else(|| Error::InvalidRequest(format!("{what} {} is not valid UTF-8", path.display())))
@@ -52,21 +83,61 @@ pub(crate) fn existing(what: &str, path: &Path) -> Result<PathBuf> {
 /// within its limit. Returns the request as the guest gets it and the scope
 /// its store is made with (the source root to preopen, the canonical agent).
 pub(crate) fn admit(policy: &Policy, request: &Request) -> Result<(wit::ConvertRequest, RequestScope)> {
-    let source = existing("source", &request.source)?;
+    let (source_str, roots) = match SourceRef::parse(&request.source) {
+        SourceRef::Registry(reference) => {
+            if reference.len() > MAX_PATH_BYTES {
+                return Err(Error::InvalidRequest(format!(
+                    "source is {} bytes long; references are limited to {MAX_PATH_BYTES}",
+                    reference.len()
+                )));
+            }
+            // The guest parses the reference; every registry it asks for
+            // is checked against `registries` before any connection.
+            (reference, Vec::new())
+        }
+        SourceRef::Path(path, name) => {
+            let source = existing("source", &path)?;
+            let source_str = utf8("source", &source)?;
+            policy.check_source_real("source", source_str, &source)?;
+            let root = source_root(&source);
+            match name {
+                Some(name) => (format!("oci:{source_str}:{name}"), vec![root]),
+                None => (source_str.to_owned(), vec![root]),
+            }
+        }
+    };
     let agent = existing("agent", &request.agent)?;
-    let source_str = utf8("source", &source)?;
-    policy.check_source_real("source", source_str, &source)?;
     // A size beyond what any image may have is invalid, not denied: the
     // guest says so.
     policy.check_size(request.size.filter(|&size| size <= MAX_VALID_IMAGE_BYTES))?;
     let agent_str = utf8("agent", &agent)?.to_owned();
     let wit_request = wit::ConvertRequest {
-        source: source_str.to_owned(),
+        source: source_str,
         agent: agent_str.clone(),
         size: request.size,
         converter: request.converter.to_string(),
         platform: request.platform.clone(),
+        pull: Some(request.pull.into()),
     };
-    let scope = RequestScope { roots: vec![source_root(&source)], agent: Some((agent_str, agent)) };
+    let scope = RequestScope { roots, agent: Some((agent_str, agent)) };
     Ok((wit_request, scope))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_split_into_paths_named_images_and_references() {
+        let parse = |s: &str| SourceRef::parse(Path::new(s));
+        assert_eq!(parse("/srv/oci/app"), SourceRef::Path("/srv/oci/app".into(), None));
+        assert_eq!(parse("oci:/srv/oci/app"), SourceRef::Path("/srv/oci/app".into(), None));
+        assert_eq!(parse("oci:/srv/oci/app:v1"), SourceRef::Path("/srv/oci/app".into(), Some("v1".into())));
+        assert_eq!(parse("oci:layouts/app:v1"), SourceRef::Path("layouts/app".into(), Some("v1".into())));
+        assert_eq!(parse("oci:/a:b/c"), SourceRef::Path("/a:b/c".into(), None));
+        assert_eq!(
+            parse("docker://127.0.0.1:5000/app:v1"),
+            SourceRef::Registry("docker://127.0.0.1:5000/app:v1".into())
+        );
+    }
 }

@@ -191,12 +191,39 @@ impl RootfsCache {
         let request = store.data().request_id;
         let report = self.settle(store, "sweep", || json!({}), started, result).await?;
         let detached = self.detach_left_behind(request).await;
-        Ok(SweepReport {
-            removed: report.removed,
-            stale_locks: report.stale_locks,
-            busy: report.busy,
-            detached_loop_devices: detached,
-        })
+        let mut removed = report.removed;
+        removed.extend(self.sweep_pulls()?);
+        Ok(SweepReport { removed, stale_locks: report.stale_locks, busy: report.busy, detached_loop_devices: detached })
+    }
+
+    /// Removes what killed pulls left: partial blobs in `blobs/tmp/` whose digest's lock
+    /// nobody holds (a running download holds it), and temporary files of `refs/` records
+    /// older than a minute (a record is written in microseconds). Returns them
+    /// cache-relative.
+    fn sweep_pulls(&self) -> Result<Vec<String>> {
+        let root = self.cache_dir();
+        let mut removed = Vec::new();
+        if root.join("blobs").is_dir() {
+            let store =
+                rootfs_cache_registry::BlobStore::open(root).map_err(crate::capabilities::puller::registry_error)?;
+            for stale in store.sweep(true).map_err(crate::capabilities::puller::registry_error)? {
+                let relative = stale.path.strip_prefix(root).unwrap_or(&stale.path);
+                removed.push(relative.to_string_lossy().into_owned());
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(root.join("refs")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(60)));
+                if name.starts_with(".tmp") && old && std::fs::remove_file(entry.path()).is_ok() {
+                    removed.push(format!("refs/{name}"));
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Detaches, through the mounter, every device still attached to a
@@ -231,7 +258,7 @@ impl RootfsCache {
             .get_or_init(|| async {
                 let untidy =
                     |dir: &str| self.shared.cache.root().read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false);
-                if (untidy("tmp") || untidy("locks"))
+                if (untidy("tmp") || untidy("locks") || untidy("blobs/tmp"))
                     && let Err(e) = self.sweep().await
                 {
                     tracing::warn!(error = %e, "sweeping the cache failed");

@@ -45,9 +45,8 @@ impl From<&Error> for wit::Error {
             Error::InjectFailed(m) => Self::InjectFailed(m),
             Error::Corrupt(m) => Self::Corrupt(m),
             Error::NoSpace(m) => Self::NoSpace(m),
-            other @ (Error::Io(_) | Error::GuestTrap(_) | Error::Component(_) | Error::Config(_)) => {
-                Self::Io(other.to_string())
-            }
+            Error::Io(m) => Self::Io(m),
+            other @ (Error::GuestTrap(_) | Error::Component(_) | Error::Config(_)) => Self::Io(other.to_string()),
         }
     }
 }
@@ -57,6 +56,7 @@ impl From<wit::SourceKind> for SourceKind {
         match k {
             wit::SourceKind::Overlay2 => Self::Overlay2,
             wit::SourceKind::OciLayout => Self::OciLayout,
+            wit::SourceKind::Registry => Self::Registry,
         }
     }
 }
@@ -102,6 +102,8 @@ pub(crate) fn outcome(o: wit::Outcome, cache: &Path) -> Outcome {
         image_bytes: o.image_bytes,
         rebuilt_because: o.rebuilt_because,
         timings: o.timings.into(),
+        reference: o.reference,
+        manifest_digest: o.manifest_digest,
     }
 }
 
@@ -142,5 +144,15 @@ pub(crate) fn guest_result<T>(result: wasmtime::Result<Result<T, wit::Error>>) -
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(e.into()),
         Err(trap) => Err(Error::GuestTrap(format!("{trap:#}"))),
+    }
+}
+
+impl From<crate::request::PullPolicy> for wit::PullPolicy {
+    fn from(p: crate::request::PullPolicy) -> Self {
+        match p {
+            crate::request::PullPolicy::Missing => Self::Missing,
+            crate::request::PullPolicy::Always => Self::Always,
+            crate::request::PullPolicy::Never => Self::Never,
+        }
     }
 }

@@ -68,7 +68,7 @@ mod shared;
 mod store;
 mod test_hooks;
 
-pub use admission::source_root;
+pub use admission::{SourceRef, source_root};
 pub use cache::RootfsCache;
 pub use capabilities::converter::exact::Ext4Profile;
 pub use capabilities::{Capabilities, FakeHandles};
@@ -79,6 +79,6 @@ pub use error::{Error, Result};
 pub use observer::{Observer, Phase};
 pub use policy::{Limits, Policy};
 pub use reports::{Entry, GcReport, ImageInfo, Outcome, SourceKind, SweepReport, Timings, VerifyReport};
-pub use request::Request;
+pub use request::{PullPolicy, Request};
 /// The ext4 image writer, its own crate ([`rootfs_cache_ext4`]).
 pub use rootfs_cache_ext4 as ext4;

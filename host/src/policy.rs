@@ -19,6 +19,8 @@
 //! guest_memory_bytes = 67108864
 //! guest_time_ms = 2000
 //! audit_log = "/var/log/rootfs-cache/audit.jsonl"
+//! registries = ["registry.example.com", "127.0.0.1:5000"]
+//! insecure_registries = ["127.0.0.1:5000"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -86,6 +88,13 @@ pub struct Policy {
     pub limits: Limits,
     /// Where to append one JSON line per capability call.
     pub audit_log: Option<PathBuf>,
+    /// Registries (`HOST[:PORT]`, `docker.io` for Docker Hub) that may be
+    /// contacted for images by name (`registries`): the token services and
+    /// redirect targets they use must be listed too. `None` means any.
+    pub registries: Option<Vec<String>>,
+    /// Registries reached over plain HTTP instead of TLS
+    /// (`insecure_registries`); each must be allowed by `registries` too.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +110,8 @@ struct PolicyFile {
     guest_memory_bytes: Option<u64>,
     guest_time_ms: Option<u64>,
     audit_log: Option<PathBuf>,
+    registries: Option<Vec<String>>,
+    insecure_registries: Option<Vec<String>>,
 }
 
 fn canonical(what: &str, path: &Path) -> Result<PathBuf> {
@@ -152,7 +163,33 @@ impl Policy {
             converters,
             limits,
             audit_log: file.audit_log.as_deref().map(|p| absolute("audit_log", p)).transpose()?,
+            registries: file
+                .registries
+                .map(|v| v.iter().map(|h| registry_host("registries", h)).collect())
+                .transpose()?,
+            insecure_registries: file
+                .insecure_registries
+                .unwrap_or_default()
+                .iter()
+                .map(|h| registry_host("insecure_registries", h))
+                .collect::<Result<_>>()?,
         })
+    }
+
+    /// Checks that the registry `host` (`HOST[:PORT]`) may be contacted:
+    /// nothing is sent to one that may not. Errors: `Denied` (rule
+    /// `registries`).
+    pub fn check_registry(&self, host: &str) -> Result<()> {
+        match &self.registries {
+            Some(allowed) if !allowed.iter().any(|h| h == host) => Err(Error::denied(
+                "registries",
+                format!(
+                    "registry {host} is not allowed (allowed: {}); nothing was sent to it",
+                    if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") }
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Reads and parses a policy file: a regular file of at most
@@ -265,6 +302,18 @@ impl Policy {
     }
 }
 
+/// A registry host as a policy names it: `HOST[:PORT]`, no scheme or path.
+fn registry_host(what: &str, host: &str) -> Result<String> {
+    let valid = !host.is_empty()
+        && host.bytes().all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c))
+        && !host.starts_with(['.', '-', ':']);
+    if valid {
+        Ok(host.to_owned())
+    } else {
+        Err(Error::Config(format!("policy: {what} entry {host:?} is not HOST or HOST:PORT")))
+    }
+}
+
 fn absolute(what: &str, path: &Path) -> Result<PathBuf> {
     if path.is_absolute() {
         Ok(path.to_path_buf())
@@ -333,12 +382,17 @@ mod tests {
         let p = Policy::from_toml(&format!(
             "cache_dir = \"{root}\"\nsource_roots = [\"{root}\"]\nagents = []\nconverters = [\"exact\"]\n\
              max_image_bytes = 10\nconvert_timeout_secs = 3\nmax_parallel_conversions = 1\n\
-             guest_memory_bytes = 1048576\nguest_time_ms = 5\naudit_log = \"/tmp/a.jsonl\"\n"
+             guest_memory_bytes = 1048576\nguest_time_ms = 5\naudit_log = \"/tmp/a.jsonl\"\n\
+             registries = [\"127.0.0.1:5000\", \"docker.io\"]\ninsecure_registries = [\"127.0.0.1:5000\"]\n"
         ))
         .unwrap();
         assert_eq!(p.limits.max_image_bytes, 10);
         assert_eq!(p.limits.guest_time, Duration::from_millis(5));
         assert_eq!(p.converters.as_deref(), Some(&["exact".to_owned()][..]));
+        assert!(p.check_registry("127.0.0.1:5000").is_ok());
+        let err = p.check_registry("evil.example").unwrap_err();
+        assert!(err.to_string().contains("registries"), "{err}");
+        assert_eq!(p.insecure_registries, ["127.0.0.1:5000"]);
     }
 
     #[test]
@@ -349,6 +403,7 @@ mod tests {
             "source_roots = [\"relative\"]",
             "converters = [\"magic\"]",
             "guest_time_ms = \"x\"",
+            "registries = [\"https://example.com/v2\"]",
         ] {
             assert_eq!(Policy::from_toml(bad).unwrap_err().class(), "config", "{bad}");
         }

@@ -15,6 +15,8 @@ pub enum SourceKind {
     Overlay2,
     /// An OCI image layout.
     OciLayout,
+    /// An image pulled from a registry by name (`docker://…`).
+    Registry,
 }
 
 /// Where a request's time went, in microseconds, as the guest measured it.
@@ -56,6 +58,14 @@ pub struct Outcome {
     pub rebuilt_because: Option<String>,
     /// Where the time went.
     pub timings: Timings,
+    /// For an image by name: the reference, defaults filled in
+    /// (`docker://HOST/REPO:TAG`). Absent from JSON for other sources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// For an image by name or from a layout: the digest of the image
+    /// manifest selected for the platform. Absent from JSON for overlay2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
 }
 
 /// What an image's superblock says.

@@ -5,15 +5,16 @@
 use std::path::Path;
 
 use super::Cache;
-use super::request::{AGENT_MODE, AGENT_TARGET, RECORD_USE_EVERY, check_request};
+use super::request::{AGENT_MODE, AGENT_TARGET, RECORD_USE_EVERY, SourceName, check_request};
 use crate::capabilities::{BuildLock, Capabilities, MountedImage};
 use crate::key::{CacheKey, KeyBuilder};
 use crate::manifest::{AgentRecord, FORMAT, Manifest};
+use crate::registry::PulledImage;
 use crate::source::Source;
 use crate::sys::{self, Instant};
 use crate::validate::{self, Expected, Hit, Lookup};
 use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall, Layer};
-use crate::wit::types::{ConvertRequest, Error, Outcome, SourceKind, Timings};
+use crate::wit::types::{ConvertRequest, Error, Outcome, PullPolicy, SourceKind, Timings};
 
 /// Everything one build starts from: what the request resolved to, and
 /// where the converter writes.
@@ -32,6 +33,8 @@ struct BuildInputs<'a> {
     converter: &'a ConverterInfo,
     /// The cache-relative temporary image, under `tmp/`.
     staged: &'a str,
+    /// What the entry records as its source.
+    source_name: &'a str,
 }
 
 fn now_secs() -> u64 {
@@ -43,7 +46,24 @@ impl<H: Capabilities> Cache<'_, H> {
     pub fn convert(&self, request: &ConvertRequest) -> Result<Outcome, Error> {
         let started = Instant::now();
         let platform = check_request(request)?;
-        let source = Source::resolve(Path::new(&request.source), &platform, self.host)?;
+        let source = match SourceName::parse(&request.source)? {
+            SourceName::Path(path) => Source::resolve(Path::new(&path), &platform, self.host)?,
+            SourceName::NamedInLayout(path, name) => {
+                Source::resolve_named(Path::new(&path), &platform, Some(&name), self.host)?
+            }
+            SourceName::Registry(reference) => Source::Pulled(PulledImage::resolve(
+                &reference,
+                &platform,
+                request.pull.unwrap_or(PullPolicy::Missing),
+                self.host,
+            )?),
+        };
+        // What the entry records as its source, and a hit must match: for an
+        // image by name, the image by digest, which every tag naming it shares.
+        let source_name = match &source {
+            Source::Pulled(image) => image.source_name(),
+            _ => request.source.clone(),
+        };
         let agent = self.host.digest_file(&request.agent)?;
         let converter = self.host.describe_converter(&request.converter)?;
         let mut key = KeyBuilder::new();
@@ -60,12 +80,8 @@ impl<H: Capabilities> Cache<'_, H> {
             total_us: 0,
         };
 
-        let expected = Expected {
-            key: &key,
-            agent_sha256: &agent.sha256,
-            converter: &converter.identity,
-            source: &request.source,
-        };
+        let expected =
+            Expected { key: &key, agent_sha256: &agent.sha256, converter: &converter.identity, source: &source_name };
         let step = Instant::now();
         let first_look = validate::lookup(self.host, &expected)?;
         timings.lookup_us = step.micros();
@@ -99,6 +115,7 @@ impl<H: Capabilities> Cache<'_, H> {
             agent: &agent,
             converter: &converter,
             staged: &staged,
+            source_name: &source_name,
         };
         let built = self.build(&inputs, &mut timings);
         match built {
@@ -112,6 +129,8 @@ impl<H: Capabilities> Cache<'_, H> {
                     image_bytes,
                     rebuilt_because,
                     timings,
+                    reference: reference_of(&source),
+                    manifest_digest: manifest_digest_of(&source),
                 })
             }
             Err(err) => {
@@ -151,11 +170,13 @@ impl<H: Capabilities> Cache<'_, H> {
             image_bytes: manifest.image_bytes,
             rebuilt_because: None,
             timings,
+            reference: reference_of(source),
+            manifest_digest: manifest_digest_of(source),
         })
     }
 
     fn build(&self, inputs: &BuildInputs<'_>, timings: &mut Timings) -> Result<u64, Error> {
-        let BuildInputs { key, source, request, platform, agent, converter, staged } = *inputs;
+        let BuildInputs { key, source, request, platform, agent, converter, staged, source_name } = *inputs;
         let install = FileInstall {
             source: request.agent.clone(),
             sha256: agent.sha256.clone(),
@@ -192,11 +213,31 @@ impl<H: Capabilities> Cache<'_, H> {
                     .collect(),
                 Some(format!("{} {}", image.platform, image.manifest_digest)),
             ),
+            Source::Pulled(image) => (
+                image
+                    .fetch_layers(self.host)?
+                    .into_iter()
+                    .zip(&image.layers)
+                    .map(|((path, diff_id), l)| Layer {
+                        path,
+                        media_type: l.media_type.clone(),
+                        digest: l.digest.clone(),
+                        size: l.size,
+                        diff_id,
+                    })
+                    .collect(),
+                Some(format!("{} {}", image.platform, image.manifest_digest)),
+            ),
+        };
+        let job_source = match (source, SourceName::parse(&request.source)?) {
+            (Source::Pulled(image), _) => image.reference.to_string(),
+            (_, SourceName::NamedInLayout(path, _) | SourceName::Path(path)) => path,
+            (_, SourceName::Registry(r)) => r.to_string(),
         };
         let job = Conversion {
             converter: request.converter.clone(),
             kind: kind_of(source),
-            source: request.source.clone(),
+            source: job_source,
             layers: layers.clone(),
             platform: platform.to_owned(),
             output: staged.to_owned(),
@@ -228,7 +269,7 @@ impl<H: Capabilities> Cache<'_, H> {
             format: FORMAT,
             key: key.to_string(),
             kind: kind_name(source).into(),
-            source: request.source.clone(),
+            source: source_name.to_owned(),
             layers: layers.into_iter().map(|l| l.path).collect(),
             platform: recorded_platform,
             agent: AgentRecord { path: request.agent.clone(), sha256: agent.sha256.clone(), size: agent.size },
@@ -249,6 +290,7 @@ fn kind_of(source: &Source) -> SourceKind {
     match source {
         Source::Overlay2(_) => SourceKind::Overlay2,
         Source::Oci(_) => SourceKind::OciLayout,
+        Source::Pulled(_) => SourceKind::Registry,
     }
 }
 
@@ -256,5 +298,23 @@ fn kind_name(source: &Source) -> &'static str {
     match source {
         Source::Overlay2(_) => "overlay2",
         Source::Oci(_) => "oci-layout",
+        Source::Pulled(_) => "registry",
+    }
+}
+
+/// The reference of an image by name, defaults filled in.
+fn reference_of(source: &Source) -> Option<String> {
+    match source {
+        Source::Pulled(image) => Some(image.reference.to_string()),
+        _ => None,
+    }
+}
+
+/// The digest of the selected image manifest, for a layout or a registry.
+fn manifest_digest_of(source: &Source) -> Option<String> {
+    match source {
+        Source::Pulled(image) => Some(image.manifest_digest.clone()),
+        Source::Oci(image) => Some(image.manifest_digest.clone()),
+        Source::Overlay2(_) => None,
     }
 }

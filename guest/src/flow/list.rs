@@ -69,7 +69,11 @@ impl<H: Capabilities> Cache<'_, H> {
         };
         Entry {
             source: manifest.source,
-            kind: if manifest.kind == "oci-layout" { SourceKind::OciLayout } else { SourceKind::Overlay2 },
+            kind: match manifest.kind.as_str() {
+                "oci-layout" => SourceKind::OciLayout,
+                "registry" => SourceKind::Registry,
+                _ => SourceKind::Overlay2,
+            },
             agent_sha256: manifest.agent.sha256,
             converter: manifest.converter,
             image_bytes: manifest.image_bytes,

@@ -18,7 +18,7 @@ mod request;
 
 pub use request::{
     AGENT_MODE, AGENT_TARGET, DEFAULT_PLATFORM, MAX_IMAGE_BYTES, MAX_PATH_BYTES, MIN_IMAGE_BYTES, RECORD_USE_EVERY,
-    check_converter, check_host_path, check_request,
+    SourceName, check_converter, check_host_path, check_request,
 };
 
 /// The cache, as one request sees it: the host's capabilities and the

@@ -5,6 +5,7 @@
 use std::path::{Component, Path};
 
 use crate::oci::Platform;
+use crate::registry::ImageRef;
 use crate::wit::types::{ConvertRequest, Error};
 
 /// Where the agent goes inside every image.
@@ -62,9 +63,46 @@ pub fn check_converter(name: &str) -> Result<(), Error> {
     }
 }
 
+/// What a request's `source` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceName {
+    /// A host path: an overlay2 layer directory or an OCI layout.
+    Path(String),
+    /// `oci:PATH:REF`: the image named `REF` in the layout at `PATH`.
+    NamedInLayout(String, String),
+    /// `docker://…`: an image in a registry.
+    Registry(ImageRef),
+}
+
+impl SourceName {
+    /// Parses a request's `source`: `docker://…`, `oci:PATH[:REF]` (a bare
+    /// `oci:PATH` is the path), or an absolute host path.
+    pub fn parse(source: &str) -> Result<Self, Error> {
+        if source.starts_with(crate::registry::SCHEME) {
+            return ImageRef::parse(source).map(Self::Registry);
+        }
+        if let Some(rest) = source.strip_prefix("oci:") {
+            // A path may hold `:`; the reference is what follows the last
+            // one, if that is not part of the path.
+            let (path, name) = match rest.rsplit_once(':') {
+                Some((path, name)) if !name.contains('/') && path.starts_with('/') => (path, Some(name)),
+                _ => (rest, None),
+            };
+            check_host_path("source", path)?;
+            return Ok(match name {
+                None => Self::Path(path.to_owned()),
+                Some("") => return Err(Error::InvalidRequest(format!("source {source:?} names an empty reference"))),
+                Some(name) => Self::NamedInLayout(path.to_owned(), name.to_owned()),
+            });
+        }
+        check_host_path("source", source)?;
+        Ok(Self::Path(source.to_owned()))
+    }
+}
+
 /// Checks the whole request before anything is read.
 pub fn check_request(request: &ConvertRequest) -> Result<String, Error> {
-    check_host_path("source", &request.source)?;
+    SourceName::parse(&request.source)?;
     check_host_path("agent", &request.agent)?;
     check_converter(&request.converter)?;
     if let Some(size) = request.size {

@@ -74,11 +74,10 @@ impl RegistryClient {
         blobs: &[BlobRequest],
         progress: &dyn Progress,
     ) -> Result<Vec<FetchedBlob>, RegistryError> {
-        stream::iter(blobs)
-            .map(|blob| self.fetch_blob(store, repository, blob, progress))
-            .buffered(MAX_CONCURRENT_DOWNLOADS)
-            .try_collect()
-            .await
+        // The futures are made first (they start only when polled): a stream mapping through a
+        // closure would make this future impossible to prove `Send` for callers that spawn it.
+        let fetches: Vec<_> = blobs.iter().map(|blob| self.fetch_blob(store, repository, blob, progress)).collect();
+        stream::iter(fetches).buffered(MAX_CONCURRENT_DOWNLOADS).try_collect().await
     }
 
     /// Fetches one blob of `repository` into `store`, unless it is there already.

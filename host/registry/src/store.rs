@@ -125,6 +125,34 @@ impl BlobStore {
         Ok(path)
     }
 
+    /// Stores `bytes` (a manifest or index fetched whole) as the blob `digest`, unless it is
+    /// there: under the digest's lock, through a temporary file, synced, then renamed, like a
+    /// download. The bytes must hash to `digest`. Blocking: call it off the async workers.
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<PathBuf, RegistryError> {
+        if Digest::of(bytes) != *digest {
+            return Err(RegistryError::Corrupt {
+                digest: digest.clone(),
+                what: "bytes to store".into(),
+                reason: format!("they hash to {}", Digest::of(bytes)),
+            });
+        }
+        if self.contains(digest) {
+            return Ok(self.path(digest));
+        }
+        let _lock = self.lock(digest)?;
+        if self.contains(digest) {
+            return Ok(self.path(digest));
+        }
+        let (temp, mut file) = self.create_temp(digest)?;
+        let mut guard = TempGuard { path: Some(temp.clone()) };
+        io::Write::write_all(&mut file, bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| RegistryError::store(&temp, e))?;
+        let path = self.commit(&temp, digest)?;
+        guard.path = None;
+        Ok(path)
+    }
+
     /// Temporary files left by pulls that are no longer running (their digest's lock is free),
     /// removed when `remove` is true. A temporary file of a running pull is never listed.
     pub fn sweep(&self, remove: bool) -> Result<Vec<StaleFile>, RegistryError> {

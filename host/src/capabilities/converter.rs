@@ -45,6 +45,26 @@ pub enum SourceLayers {
         /// Layer blobs with their media types and digests, bottom first.
         blobs: Vec<LayerBlob>,
     },
+    /// An image pulled by name: layer blobs of the cache's blob store.
+    Pulled {
+        /// The reference, `docker://HOST/REPO:TAG`.
+        reference: String,
+        /// `os/arch[/variant]`.
+        platform: String,
+        /// Layer blobs with their media types and digests, bottom first.
+        blobs: Vec<LayerBlob>,
+    },
+}
+
+impl SourceLayers {
+    /// The error of a converter that reads a source directory itself and so cannot take a
+    /// pulled image, which has only blobs.
+    pub fn pulled_refused(converter: &str, reference: &str) -> crate::error::Error {
+        crate::error::Error::UnsupportedSource(format!(
+            "the {converter} converter reads an OCI layout or an overlay2 directory, and {reference} was pulled \
+             into the cache's blob store: convert it with --converter exact"
+        ))
+    }
 }
 
 pub use rootfs_cache_layers::LayerBlob;

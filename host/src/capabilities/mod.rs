@@ -7,6 +7,7 @@
 //! | image mounter (and the sweep's detach) | [`mounter::ImageMounter`] | [`mounter::loop_mount::LoopMounter`]; rootless: [`mounter::debugfs::DebugfsInstaller`] | [`mounter::fake::FakeMounter`] (records) |
 //! | publisher | [`publisher::Publisher`] | [`publisher::DurablePublisher`] | the same, without fsync |
 //! | lock | [`lock::CrossProcessLock`] behind [`lock::LockService`] | [`lock::Flock`] | [`lock::InProcessOnly`] |
+//! | puller (images by name) | [`puller::Puller`] | [`puller::RegistryPuller`] | [`puller::NoNetwork`] (refuses: `denied`) |
 //!
 //! The fake adapter needs no root and no loop devices: embedders use it to
 //! test their integration, and the guest-logic tests use it.
@@ -15,6 +16,7 @@ pub mod converter;
 pub mod lock;
 pub mod mounter;
 pub mod publisher;
+pub mod puller;
 
 use std::sync::Arc;
 
@@ -40,6 +42,8 @@ pub struct Capabilities {
     pub publisher: Arc<dyn Publisher>,
     /// Locks across processes.
     pub cross_process_lock: Arc<dyn lock::CrossProcessLock>,
+    /// Fetches images by name.
+    pub puller: Arc<dyn puller::Puller>,
 }
 
 impl Capabilities {
@@ -69,6 +73,7 @@ impl Capabilities {
             mounter,
             publisher: Arc::new(DurablePublisher::default()),
             cross_process_lock: Arc::new(lock::Flock),
+            puller: Arc::new(puller::RegistryPuller::default()),
         }
     }
 
@@ -81,6 +86,7 @@ impl Capabilities {
             mounter: Arc::new(mounter.clone()),
             publisher: Arc::new(DurablePublisher { skip_fsync: true }),
             cross_process_lock: Arc::new(lock::InProcessOnly),
+            puller: Arc::new(puller::NoNetwork),
         };
         (caps, FakeHandles { converter, mounter })
     }

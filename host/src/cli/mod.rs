@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rootfs_cache::{Config, ConverterSpec, Error, Policy, Request, RootfsCache};
+use rootfs_cache::{Config, ConverterSpec, Error, Policy, PullPolicy, Request, RootfsCache, SourceRef};
 
 /// Turn container image layers into bootable ext4 root filesystems, cached.
 ///
@@ -89,10 +89,23 @@ struct JsonArg {
 
 #[derive(Debug, Args)]
 struct ConvertArgs {
-    /// An overlay2 layer directory (/var/lib/docker/overlay2/<id>) or an OCI
-    /// image layout directory.
+    /// An overlay2 layer directory (/var/lib/docker/overlay2/<id>), an OCI
+    /// image layout directory, `oci:PATH:REF` (the layout's image named REF),
+    /// or `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]` (pulled from a registry).
     #[arg(value_name = "SOURCE")]
     source: PathBuf,
+
+    /// For a docker:// source: `missing` pulls only what the cache lacks (a
+    /// tag resolved before is served offline), `always` resolves the tag
+    /// again, `never` uses only what the cache holds.
+    #[arg(long, value_enum, default_value_t = PullArg::Missing, value_name = "POLICY")]
+    pull: PullArg,
+
+    /// Reach this registry (HOST:PORT) over plain HTTP instead of TLS;
+    /// repeat for more. With --policy, the policy's `insecure_registries`
+    /// must name it too.
+    #[arg(long, value_name = "HOST:PORT")]
+    insecure_registry: Vec<String>,
 
     /// The agent binary to install at /sbin/vm-agent.
     #[arg(long, env = "ROOTFS_CACHE_AGENT", value_name = "PATH")]
@@ -151,6 +164,17 @@ struct InspectArgs {
     json: bool,
 }
 
+/// `--pull`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PullArg {
+    /// Pull only what the cache lacks.
+    Missing,
+    /// Resolve the reference again.
+    Always,
+    /// Use only what the cache holds.
+    Never,
+}
+
 /// `--ext4-profile`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum ProfileArg {
@@ -180,7 +204,13 @@ impl ConvertArgs {
             Some(text) => Some(size::parse(text).map_err(|e| Error::InvalidRequest(format!("--size {text}: {e}")))?),
             None => None,
         };
-        let mut request = Request::new(&self.source, &self.agent).converter(converter).platform(&self.platform);
+        let pull = match self.pull {
+            PullArg::Missing => PullPolicy::Missing,
+            PullArg::Always => PullPolicy::Always,
+            PullArg::Never => PullPolicy::Never,
+        };
+        let mut request =
+            Request::new(&self.source, &self.agent).converter(converter).platform(&self.platform).pull(pull);
         request.size = size;
         Ok(request)
     }
@@ -193,6 +223,7 @@ impl ConvertArgs {
             "converter": self.converter,
             "size": self.size,
             "platform": self.platform,
+            "pull": format!("{:?}", self.pull).to_lowercase(),
         })
     }
 }
@@ -223,8 +254,19 @@ fn implicit_policy(cli: &Cli, cache_dir: &Path) -> Policy {
     let mut policy = Policy { cache_dir: Some(cache_dir.to_path_buf()), ..Policy::default() };
     if let Command::Convert(args) = &cli.command {
         let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        let source = real(&args.source);
-        policy.source_roots = Some(vec![rootfs_cache::source_root(&source)]);
+        match SourceRef::parse(&args.source) {
+            SourceRef::Path(path, _) => {
+                policy.source_roots = Some(vec![rootfs_cache::source_root(&real(&path))]);
+                policy.registries = Some(Vec::new());
+            }
+            SourceRef::Registry(reference) => {
+                // The named registry, and nothing on the host's filesystem.
+                policy.source_roots = Some(Vec::new());
+                let host = reference.parse::<rootfs_cache_registry::Reference>().map(|r| r.registry().to_owned());
+                policy.registries = Some(host.into_iter().collect());
+            }
+        }
+        policy.insecure_registries = args.insecure_registry.clone();
         policy.agents = Some(vec![real(&args.agent)]);
         // A converter that does not parse is refused before the policy counts.
         policy.converters = Some(match args.converter.parse::<ConverterSpec>() {
@@ -246,6 +288,14 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
         .unwrap_or_else(default_cache_dir);
     if cache_dir.as_os_str().is_empty() {
         return Err(Error::Config("the cache directory is empty".into()).into());
+    }
+    if let (Some(file), Command::Convert(args)) = (&file_policy, &cli.command)
+        && let Some(host) = args.insecure_registry.iter().find(|h| !file.insecure_registries.contains(h))
+    {
+        return Err(Error::Config(format!(
+            "--insecure-registry {host}: the policy does not name it in insecure_registries, and flags only narrow a policy"
+        ))
+        .into());
     }
     let policy = file_policy.unwrap_or_else(|| implicit_policy(cli, &cache_dir));
     // One process, one request: preallocating instance slots would cost more
@@ -283,7 +333,8 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Convert(args) => {
-            let progress = std::io::stderr().is_terminal().then(progress::Spinner::start);
+            // Progress on a terminal only, and never mixed with JSON.
+            let progress = (std::io::stderr().is_terminal() && !args.json).then(progress::Spinner::start);
             let cache = open(&cli, progress.as_ref().map(|p| p.observer()))?;
             let request = args.request().inspect_err(|e| cache.audit_refusal("convert", &args.audited(), e));
             let result = match request {

@@ -106,6 +106,36 @@ impl StoreState {
                 }
                 SourceLayers::Oci { layout, platform: job.platform.clone(), blobs }
             }
+            SourceKind::Registry => {
+                // A pulled image's layers are blobs of this cache's store,
+                // each at the name of its digest.
+                let store = self.shared.cache.path().join("blobs").join("sha256");
+                let mut blobs = Vec::with_capacity(job.layers.len());
+                for layer in &job.layers {
+                    let hex = layer.digest.strip_prefix("sha256:").unwrap_or_default();
+                    if Path::new(&layer.path) != store.join(hex) || hex.is_empty() {
+                        return Err(Error::denied(
+                            "cache_dir",
+                            format!(
+                                "layer {} of a pulled image is not the blob {} of {}",
+                                layer.path,
+                                layer.digest,
+                                store.display()
+                            ),
+                        ));
+                    }
+                    let path = PathBuf::from(&layer.path);
+                    check_blob_length(&path, layer.size)?;
+                    blobs.push(LayerBlob {
+                        path,
+                        media_type: layer.media_type.clone(),
+                        digest: layer.digest.clone(),
+                        size: layer.size,
+                        diff_id: (!layer.diff_id.is_empty()).then(|| layer.diff_id.clone()),
+                    });
+                }
+                SourceLayers::Pulled { reference: job.source.clone(), platform: job.platform.clone(), blobs }
+            }
         };
         let agent = match &job.agent {
             Some(file) => Some(AgentInstall {

@@ -10,12 +10,14 @@ mod conversion;
 mod files;
 mod locks;
 mod mounts;
+mod pull;
 
 use serde_json::json;
 use wasmtime::component::Resource;
 
 use crate::bindings::rootfs::cache::host::{
-    self, Conversion, ConverterInfo, FileDigest, FsckResult, PathInfo, ProbeRequest,
+    self, BlobRequest, Conversion, ConverterInfo, FetchedBlob, FetchedManifest, FileDigest, FsckResult, PathInfo,
+    ProbeRequest,
 };
 use crate::bindings::rootfs::cache::types::{self, Error as WitError};
 use crate::error::HostCallError;
@@ -123,6 +125,32 @@ impl host::Host for StoreState {
             Some(held) => Ok(Some(self.lock_resource(held)?)),
             None => Ok(None),
         }
+    }
+
+    async fn fetch_manifest(&mut self, reference: String, pull: types::PullPolicy) -> HostResult<FetchedManifest> {
+        let call = self.begin(
+            "fetch-manifest",
+            json!({ "reference": reference, "pull": format!("{pull:?}").to_lowercase() }),
+            &[reference.len()],
+        )?;
+        let result = self.fetch_manifest_checked(&reference, pull).await;
+        self.finish(call, result)
+    }
+
+    async fn fetch_blobs(
+        &mut self,
+        reference: String,
+        blobs: Vec<BlobRequest>,
+        pull: types::PullPolicy,
+    ) -> HostResult<Vec<FetchedBlob>> {
+        let digests: Vec<&str> = blobs.iter().map(|b| b.digest.as_str()).collect();
+        let call = self.begin(
+            "fetch-blobs",
+            json!({ "reference": reference, "blobs": digests, "pull": format!("{pull:?}").to_lowercase() }),
+            &[reference.len(), blobs.iter().map(|b| b.digest.len() + 16).sum()],
+        )?;
+        let result = self.fetch_blobs_checked(&reference, &blobs, pull).await;
+        self.finish(call, result)
     }
 
     async fn fsck(&mut self, image: String) -> HostResult<FsckResult> {

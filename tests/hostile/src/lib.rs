@@ -40,6 +40,8 @@ mod hostile {
                 publish_us: 0,
                 total_us: 0,
             },
+            reference: None,
+            manifest_digest: None,
         }
     }
 

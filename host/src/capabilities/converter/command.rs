@@ -204,6 +204,9 @@ impl Converter for CommandConverter {
         let source = match &job.source {
             SourceLayers::Overlay2 { top, .. } => top.clone(),
             SourceLayers::Oci { layout, .. } => layout.clone(),
+            SourceLayers::Pulled { reference, .. } => {
+                return Err(SourceLayers::pulled_refused(&format!("command:{}", self.path.display()), reference));
+            }
         };
         let staging = Staging::new(&job.output)
             .map_err(|e| Error::io(format!("preparing {} for the converter", job.output.display()), &e))?;

@@ -80,6 +80,7 @@ fn run(job: &ConversionJob) -> Result<u64> {
                 .map(|s| s.platform(oci2rootfs::Platform::new(os, arch)))
                 .and_then(|source| converter.convert(source))
         }
+        SourceLayers::Pulled { reference, .. } => return Err(SourceLayers::pulled_refused("oci2rootfs", reference)),
     };
     result.map_err(|e| map_error(e, size))?;
     let declared = pad_to_declared_size(&job.output)?;

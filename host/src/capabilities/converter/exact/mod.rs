@@ -206,7 +206,7 @@ impl ExactConverter {
                     other => failed(format!("reading the merged tree: {other}")),
                 })?
             }
-            SourceLayers::Oci { blobs, .. } => {
+            SourceLayers::Oci { blobs, .. } | SourceLayers::Pulled { blobs, .. } => {
                 let spool_dir = job.output.parent().unwrap_or(std::path::Path::new("/"));
                 let applier = oci_apply::Applier::new(spool_dir)
                     .map_err(|e| Error::io(format!("a spool in {}", spool_dir.display()), &e))?;
