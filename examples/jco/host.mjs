@@ -274,6 +274,13 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
     fetchBlobs(reference) {
       throw err('denied', { rule: 'registries', detail: `${reference}: the jco example host pulls nothing (no network)` });
     },
+    // Images of the local Docker engine: this adapter reaches none.
+    inspectDaemonImage(name) {
+      throw err('denied', { rule: 'docker_engines', detail: `${name}: the jco example host reaches no Docker engine` });
+    },
+    exportDaemonImage(name) {
+      throw err('denied', { rule: 'docker_engines', detail: `${name}: the jco example host reaches no Docker engine` });
+    },
     fsck(image) {
       const out = spawnSync('e2fsck', ['-fn', inCache(image, ['images'])], { encoding: 'utf8' });
       if (out.error) throw io('e2fsck', out.error);

@@ -351,6 +351,13 @@ class Host:
     def fetch_blobs(self, reference: str, _blobs: Any, _pull: Any):
         return denied("registries", f"{reference}: the wasmtime-py example host pulls nothing (no network)")
 
+    def inspect_daemon_image(self, name: str):
+        # Images of the local Docker engine: this adapter reaches none.
+        return denied("docker_engines", f"{name}: the wasmtime-py example host reaches no Docker engine")
+
+    def export_daemon_image(self, name: str):
+        return denied("docker_engines", f"{name}: the wasmtime-py example host reaches no Docker engine")
+
     def token(self, lock: ResourceHost) -> str:
         return f"{os.getpid()}-{lock.rep}"
 
@@ -419,6 +426,8 @@ class Cache:
                 i.add_func("fsck", guarded(h.fsck))
                 i.add_func("fetch-manifest", guarded(h.fetch_manifest))
                 i.add_func("fetch-blobs", guarded(h.fetch_blobs))
+                i.add_func("inspect-daemon-image", guarded(h.inspect_daemon_image))
+                i.add_func("export-daemon-image", guarded(h.export_daemon_image))
                 i.add_func("[method]build-lock.token", guarded(h.token))
                 i.add_func("[method]build-lock.fail", guarded(lambda _lock, _reason: None))
 

@@ -6,6 +6,7 @@
 //! implements them, so the orchestration of `flow` and `lifecycle` is tested
 //! without a wasm runtime (`guest/tests/flows.rs`).
 
+use crate::daemon::Engine;
 use crate::probe::Probe;
 use crate::registry::Puller;
 use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult};
@@ -28,8 +29,8 @@ pub trait MountedImage {
 }
 
 /// The privileged operations of the `host` interface (and its read-only
-/// `probe`).
-pub trait Capabilities: Probe + Puller {
+/// `probe`, its registry calls and its Docker engine calls).
+pub trait Capabilities: Probe + Puller + Engine {
     /// The build lock type.
     type Lock: BuildLock;
     /// The mounted image type.

@@ -87,6 +87,16 @@ impl crate::registry::Puller for WitHost {
     }
 }
 
+impl crate::daemon::Engine for WitHost {
+    fn inspect_daemon_image(&self, name: &str) -> Result<Vec<u8>, Error> {
+        host::inspect_daemon_image(name)
+    }
+
+    fn export_daemon_image(&self, name: &str) -> Result<Vec<host::ExportedFile>, Error> {
+        host::export_daemon_image(name)
+    }
+}
+
 impl Capabilities for WitHost {
     type Lock = host::BuildLock;
     type Mounted = host::MountedImage;

@@ -41,7 +41,7 @@ use crate::capabilities::{BuildLock, Capabilities, MountedImage};
 use crate::key::{CacheKey, hex};
 use crate::probe::Probe;
 use crate::registry::Puller;
-use crate::wit::host::{BlobRequest, FetchedBlob, FetchedManifest};
+use crate::wit::host::{BlobRequest, ExportedFile, FetchedBlob, FetchedManifest};
 use crate::wit::host::{
     Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult, PathInfo, PathKind, ProbeRequest,
 };
@@ -219,6 +219,10 @@ pub enum Capability {
     FetchManifest,
     /// `host.fetch-blobs`.
     FetchBlobs,
+    /// `host.inspect-daemon-image`.
+    InspectDaemonImage,
+    /// `host.export-daemon-image`.
+    ExportDaemonImage,
 }
 
 /// One recorded call, with its arguments.
@@ -277,6 +281,10 @@ pub enum Call {
     FetchManifest(String, PullPolicy),
     /// `fetch-blobs`, with the repository and the digests asked for.
     FetchBlobs(String, Vec<String>),
+    /// `inspect-daemon-image`, with the name.
+    InspectDaemonImage(String),
+    /// `export-daemon-image`, with the name.
+    ExportDaemonImage(String),
 }
 
 impl Call {
@@ -299,6 +307,8 @@ impl Call {
             Self::Fsck(_) => Capability::Fsck,
             Self::FetchManifest(..) => Capability::FetchManifest,
             Self::FetchBlobs(..) => Capability::FetchBlobs,
+            Self::InspectDaemonImage(_) => Capability::InspectDaemonImage,
+            Self::ExportDaemonImage(_) => Capability::ExportDaemonImage,
             Self::DropMount(_) | Self::LockFail { .. } => return None,
         })
     }
@@ -342,6 +352,17 @@ struct State {
     manifests: BTreeMap<String, (Vec<u8>, String)>,
     /// The fake registry's blobs, by digest.
     blobs: BTreeMap<String, Vec<u8>>,
+    /// The fake Docker engine's images, by every name they answer to.
+    daemon_images: BTreeMap<String, DaemonImage>,
+}
+
+/// An image of the fake Docker engine.
+#[derive(Clone)]
+struct DaemonImage {
+    /// Its inspect document.
+    inspect: Vec<u8>,
+    /// The files its export holds, in order: name and bytes.
+    archive: Vec<(String, Vec<u8>)>,
 }
 
 /// The fake host. See the module's documentation.
@@ -383,6 +404,7 @@ impl FakeHost {
             tokens: 0,
             manifests: BTreeMap::new(),
             blobs: BTreeMap::new(),
+            daemon_images: BTreeMap::new(),
         };
         Ok(Self { probe: FsProbe::new(cache), state: Arc::new(Mutex::new(state)) })
     }
@@ -468,6 +490,19 @@ impl FakeHost {
         let mut state = lock(&self.state);
         state.manifests.insert(reference.into(), (bytes.to_vec(), media_type.into()));
         state.manifests.insert(format!("{repository}@{digest}"), (bytes.to_vec(), media_type.into()));
+    }
+
+    /// Makes the fake Docker engine hold an image under each of `names`: `inspect` is its
+    /// inspect document, `archive` the files its export holds, in order.
+    pub fn serve_daemon_image(&self, names: &[&str], inspect: &[u8], archive: &[(&str, &[u8])]) {
+        let image = DaemonImage {
+            inspect: inspect.to_vec(),
+            archive: archive.iter().map(|(n, b)| ((*n).to_owned(), b.to_vec())).collect(),
+        };
+        let mut state = lock(&self.state);
+        for name in names {
+            state.daemon_images.insert((*name).to_owned(), image.clone());
+        }
     }
 
     /// Serves `bytes` as a blob of every repository; returns its digest.
@@ -656,6 +691,42 @@ impl Puller for FakeHost {
             });
         }
         Ok(answers)
+    }
+}
+
+impl crate::daemon::Engine for FakeHost {
+    fn inspect_daemon_image(&self, name: &str) -> Result<Vec<u8>, Error> {
+        self.call(Call::InspectDaemonImage(name.into()))?;
+        let state = lock(&self.state);
+        let image = state
+            .daemon_images
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("the fake Docker engine has no image {name:?}")))?;
+        Ok(image.inspect.clone())
+    }
+
+    fn export_daemon_image(&self, name: &str) -> Result<Vec<ExportedFile>, Error> {
+        self.call(Call::ExportDaemonImage(name.into()))?;
+        let dir = self.in_cache("blobs/sha256");
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("blobs/sha256", &e))?;
+        let state = lock(&self.state);
+        let image = state
+            .daemon_images
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("the fake Docker engine has no image {name:?}")))?;
+        let mut exported = Vec::with_capacity(image.archive.len());
+        for (file_name, bytes) in &image.archive {
+            let hex_part = hex(&Sha256::digest(bytes));
+            let path = dir.join(&hex_part);
+            std::fs::write(&path, bytes).map_err(|e| io_error(path.display(), &e))?;
+            exported.push(ExportedFile {
+                name: file_name.clone(),
+                digest: format!("sha256:{hex_part}"),
+                size: bytes.len() as u64,
+                path: path.to_string_lossy().into_owned(),
+            });
+        }
+        Ok(exported)
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod capabilities;
 #[cfg(target_arch = "wasm32")]
 mod component;
+pub mod daemon;
 pub mod error;
 pub mod evict;
 pub mod ext4;

@@ -172,7 +172,9 @@ impl Platform {
         Some(Self { os: parts[0].into(), arch: parts[1].into(), variant: parts.get(2).map(|v| v.to_string()) })
     }
 
-    fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
+    /// Whether an image for `os/arch[/variant]` is what this asks for (a
+    /// platform without a variant takes any variant).
+    pub fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
         self.os == os && self.arch == arch && self.variant.as_deref().is_none_or(|v| Some(v) == variant)
     }
 }
@@ -434,6 +436,14 @@ pub fn parse_diff_ids(bytes: &[u8], desc: &Descriptor, layers: usize) -> Result<
         sha256_of_digest(id)?;
     }
     Ok(rootfs.diff_ids)
+}
+
+/// The platform an image config is for, as `os/arch[/variant]`, and whether
+/// it is `wanted`.
+pub fn config_platform(bytes: &[u8], wanted: &Platform) -> Result<(String, bool), SourceError> {
+    let config: ImageConfig = parse_json("the image config", bytes)?;
+    let name = platform_name(&config.os, &config.architecture, config.variant.as_deref());
+    Ok((name, wanted.matches(&config.os, &config.architecture, config.variant.as_deref())))
 }
 
 /// Most symlinks followed from `index.json` to the file it names.

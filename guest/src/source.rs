@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+pub use crate::daemon::ExportedImage;
 pub use crate::error::SourceError;
 use crate::key::KeyBuilder;
 use crate::oci::OciImage;
@@ -31,6 +32,8 @@ pub enum Source {
     Oci(OciImage),
     /// One image selected from a registry, by name.
     Pulled(PulledImage),
+    /// An image the local Docker engine exported (`docker-daemon:` without overlay2).
+    Exported(ExportedImage),
 }
 
 impl Source {
@@ -130,6 +133,12 @@ impl Source {
             // host, whatever its tag, registry or the time it was pulled.
             Self::Pulled(image) => {
                 key.text("kind", "registry").text("manifest", &image.manifest_digest).text("platform", &image.platform);
+            }
+            // The image ID is the digest of its config, which names every
+            // layer's content: the same image on another engine, exported,
+            // gives the same key.
+            Self::Exported(image) => {
+                key.text("kind", "docker-archive").text("image", &image.id).text("platform", &image.platform);
             }
         }
     }

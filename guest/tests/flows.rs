@@ -858,3 +858,115 @@ fn verify_removes_entries_that_fail_fsck_or_validation() {
     env.host.fail(Capability::Fsck, Error::Timeout("e2fsck ran for 600 s".into()));
     assert_eq!(env.cache().verify(true).unwrap_err(), Error::Timeout("e2fsck ran for 600 s".into()));
 }
+
+/// The inspect document of an image `id` for `platform` (`os`, `arch`), with
+/// the storage driver `driver` and, for overlay2, the top layer `top`.
+fn inspect_document(id: &str, arch: &str, driver: &str, top: Option<&str>) -> Vec<u8> {
+    let data =
+        top.map_or_else(String::new, |t| format!(r#","Data":{{"UpperDir":"{t}/diff","MergedDir":"{t}/merged"}}"#));
+    format!(r#"{{"Id":"{id}","Os":"linux","Architecture":"{arch}","GraphDriver":{{"Name":"{driver}"{data}}}}}"#)
+        .into_bytes()
+}
+
+#[test]
+fn a_docker_daemon_image_with_overlay2_is_its_chain_and_shares_the_paths_entry() {
+    let env = Env::new();
+    let id = format!("sha256:{}", "1".repeat(64));
+    let inspect = inspect_document(&id, "amd64", "overlay2", Some(&env.source));
+    env.host.serve_daemon_image(&["app:dev"], &inspect, &[]);
+    let by_path = env.convert().unwrap();
+    let outcome = env.cache().convert(&request("docker-daemon:app:dev", &env.agent)).unwrap();
+    assert_eq!(outcome.kind, SourceKind::Overlay2);
+    assert_eq!(outcome.reference.as_deref(), Some("docker-daemon:app:dev"));
+    assert_eq!((outcome.key.as_str(), outcome.cached), (by_path.key.as_str(), true), "one entry for both names");
+    assert_eq!(env.host.count(Capability::ExportDaemonImage), 0);
+
+    // Another platform, an unknown image, a bad name.
+    let mut arm = request("docker-daemon:app:dev", &env.agent);
+    arm.platform = Some("linux/arm64".into());
+    let err = env.cache().convert(&arm).unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedSource(m) if m.contains("is for linux/amd64")), "{err:?}");
+    let err = env.cache().convert(&request("docker-daemon:other", &env.agent)).unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    let err = env.cache().convert(&request("docker-daemon:../x", &env.agent)).unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest(_)), "{err:?}");
+}
+
+/// A `docker save` archive of one image: its config (for `arch`, with the
+/// layers' diff IDs), the layers as `<n>/layer.tar`, and `manifest.json`.
+fn saved_image(layers: &[&[u8]], arch: &str) -> (String, Vec<(String, Vec<u8>)>) {
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("\"sha256:{}\"", sha256_hex(l))).collect();
+    let config = format!(
+        r#"{{"os":"linux","architecture":"{arch}","rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids.join(",")
+    );
+    let hex = sha256_hex(config.as_bytes());
+    let names: Vec<String> = (0..layers.len()).map(|i| format!("\"{i}/layer.tar\"")).collect();
+    let manifest = format!(r#"[{{"Config":"{hex}.json","RepoTags":["app:dev"],"Layers":[{}]}}]"#, names.join(","));
+    let mut files = vec![(format!("{hex}.json"), config.into_bytes())];
+    files.extend(layers.iter().enumerate().map(|(i, l)| (format!("{i}/layer.tar"), l.to_vec())));
+    files.push(("manifest.json".into(), manifest.into_bytes()));
+    (format!("sha256:{hex}"), files)
+}
+
+#[test]
+fn a_docker_daemon_image_without_overlay2_is_exported_and_keyed_by_its_id() {
+    let env = Env::new();
+    let (id, files) = saved_image(&[b"layer one", b"layer two"], "amd64");
+    let archive: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let inspect = inspect_document(&id, "amd64", "vfs", None);
+    env.host.serve_daemon_image(&["app:dev", &id], &inspect, &archive);
+    let outcome = env.cache().convert(&request("docker-daemon:app:dev", &env.agent)).unwrap();
+    assert_eq!(outcome.kind, SourceKind::DockerArchive);
+    assert_eq!(outcome.reference.as_deref(), Some("docker-daemon:app:dev"));
+    assert!(env.host.calls().contains(&Call::ExportDaemonImage(id.clone())), "exported by its ID");
+    let job = &env.host.jobs()[0];
+    assert_eq!(job.kind, SourceKind::DockerArchive);
+    let cache = env.host.cache_dir().display().to_string();
+    let got: Vec<(String, String)> = job.layers.iter().map(|l| (l.path.clone(), l.diff_id.clone())).collect();
+    let want: Vec<(String, String)> = [&b"layer one"[..], b"layer two"]
+        .iter()
+        .map(|l| {
+            let hex = sha256_hex(l);
+            (format!("{cache}/blobs/sha256/{hex}"), format!("sha256:{hex}"))
+        })
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(env.manifest(&outcome.key).source, format!("docker-daemon:{id}"));
+    // The same image under its ID is the same entry.
+    let by_id = env.cache().convert(&request(&format!("docker-daemon:{id}"), &env.agent)).unwrap();
+    assert_eq!((by_id.key.as_str(), by_id.cached), (outcome.key.as_str(), true));
+}
+
+#[test]
+fn an_exported_archive_that_does_not_hold_up_is_refused_and_nothing_is_published() {
+    let env = Env::new();
+    let (id, mut files) = saved_image(&[b"layer one"], "amd64");
+    // A layer whose bytes are not the config's diff ID.
+    files[1].1 = b"another layer".to_vec();
+    let archive: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    env.host.serve_daemon_image(&["bad-layer", &id], &inspect_document(&id, "amd64", "vfs", None), &archive);
+    let err = env.cache().convert(&request("docker-daemon:bad-layer", &env.agent)).unwrap_err();
+    assert!(matches!(&err, Error::Corrupt(m) if m.contains("diff ID")), "{err:?}");
+
+    // An export whose config is not the inspected image.
+    let (other_id, files) = saved_image(&[b"layer one"], "amd64");
+    let archive: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let claimed = format!("sha256:{}", "2".repeat(64));
+    env.host.serve_daemon_image(&["liar", &claimed], &inspect_document(&claimed, "amd64", "vfs", None), &archive);
+    let err = env.cache().convert(&request("docker-daemon:liar", &env.agent)).unwrap_err();
+    assert!(matches!(&err, Error::Corrupt(m) if m.contains(&other_id)), "{err:?}");
+
+    // No manifest.json, and a config for another platform.
+    let (arm_id, files) = saved_image(&[b"layer one"], "arm64");
+    let archive: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    env.host.serve_daemon_image(&["arm", &arm_id], &inspect_document(&arm_id, "arm64", "vfs", None), &archive);
+    let err = env.cache().convert(&request("docker-daemon:arm", &env.agent)).unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedSource(m) if m.contains("is for linux/arm64")), "{err:?}");
+    let without: Vec<(&str, &[u8])> = archive.iter().filter(|(n, _)| *n != "manifest.json").copied().collect();
+    env.host.serve_daemon_image(&["nomanifest", &arm_id], &inspect_document(&arm_id, "arm64", "vfs", None), &without);
+    let err = env.cache().convert(&request("docker-daemon:nomanifest", &env.agent)).unwrap_err();
+    assert!(matches!(&err, Error::UnsupportedSource(m) if m.contains("no manifest.json")), "{err:?}");
+    assert!(env.host.jobs().is_empty(), "nothing was converted");
+    assert!(env.names("images").is_empty(), "nothing was published");
+}

@@ -37,7 +37,13 @@ pub enum SourceRef {
     Path(PathBuf, Option<String>),
     /// `docker://…`: an image by name; nothing on the host is preopened.
     Registry(String),
+    /// `docker-daemon:NAME`: an image of the local Docker engine; with the
+    /// overlay2 driver, the engine's overlay2 directory is preopened.
+    Daemon(String),
 }
+
+/// The prefix of a source naming an image of the local Docker engine.
+pub const DAEMON_PREFIX: &str = "docker-daemon:";
 
 impl SourceRef {
     /// Splits a source: `docker://…`, `oci:PATH[:REF]` (REF after the last
@@ -46,6 +52,9 @@ impl SourceRef {
         let Some(text) = source.to_str() else { return Self::Path(source.to_path_buf(), None) };
         if text.starts_with("docker://") {
             return Self::Registry(text.to_owned());
+        }
+        if let Some(name) = text.strip_prefix(DAEMON_PREFIX) {
+            return Self::Daemon(name.to_owned());
         }
         match text.strip_prefix("oci:") {
             Some(rest) => match rest.rsplit_once(':') {
@@ -78,22 +87,47 @@ pub(crate) fn existing(what: &str, path: &Path) -> Result<PathBuf> {
     crate::real_path::real_path(path).map_err(|e| Error::io(format!("{what} {}", path.display()), &e))
 }
 
+fn check_reference_length(reference: &str) -> Result<()> {
+    if reference.len() > MAX_PATH_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "source is {} bytes long; references are limited to {MAX_PATH_BYTES}",
+            reference.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Checks `request` before its guest runs: the source and the agent exist
 /// and are UTF-8, the source lies under the policy's roots, and the size is
 /// within its limit. Returns the request as the guest gets it and the scope
 /// its store is made with (the source root to preopen, the canonical agent).
-pub(crate) fn admit(policy: &Policy, request: &Request) -> Result<(wit::ConvertRequest, RequestScope)> {
+/// For a `docker-daemon:` source, `daemon_overlay2` is the engine's overlay2
+/// directory when that is its storage driver (the caller asked the engine).
+pub(crate) fn admit(
+    policy: &Policy,
+    request: &Request,
+    daemon_overlay2: Option<&Path>,
+) -> Result<(wit::ConvertRequest, RequestScope)> {
     let (source_str, roots) = match SourceRef::parse(&request.source) {
         SourceRef::Registry(reference) => {
-            if reference.len() > MAX_PATH_BYTES {
-                return Err(Error::InvalidRequest(format!(
-                    "source is {} bytes long; references are limited to {MAX_PATH_BYTES}",
-                    reference.len()
-                )));
-            }
+            check_reference_length(&reference)?;
             // The guest parses the reference; every registry it asks for
             // is checked against `registries` before any connection.
             (reference, Vec::new())
+        }
+        SourceRef::Daemon(name) => {
+            check_reference_length(&name)?;
+            // The guest asks the engine about the image, and finds its layers
+            // under the overlay2 directory, which is all it sees of the host.
+            let roots = match daemon_overlay2 {
+                Some(dir) => {
+                    let real = existing("the Docker engine's overlay2 directory", dir)?;
+                    policy.check_source_real("the Docker engine's overlay2 directory", utf8("it", &real)?, &real)?;
+                    vec![real]
+                }
+                None => Vec::new(),
+            };
+            (format!("{DAEMON_PREFIX}{name}"), roots)
         }
         SourceRef::Path(path, name) => {
             let source = existing("source", &path)?;
@@ -139,5 +173,6 @@ mod tests {
             parse("docker://127.0.0.1:5000/app:v1"),
             SourceRef::Registry("docker://127.0.0.1:5000/app:v1".into())
         );
+        assert_eq!(parse("docker-daemon:app:dev"), SourceRef::Daemon("app:dev".into()));
     }
 }

@@ -119,7 +119,14 @@ impl RootfsCache {
                 "platform": request.platform,
             })
         };
-        let (wit_request, scope) = crate::admission::admit(&self.shared.policy, request)
+        let daemon_overlay2 = match crate::admission::SourceRef::parse(&request.source) {
+            crate::admission::SourceRef::Daemon(_) => self
+                .daemon_overlay2()
+                .await
+                .map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?,
+            _ => None,
+        };
+        let (wit_request, scope) = crate::admission::admit(&self.shared.policy, request, daemon_overlay2.as_deref())
             .map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?;
         let mut store = self
             .engine
@@ -136,6 +143,15 @@ impl RootfsCache {
             tracing::warn!(error = %e, "garbage collection after the build failed");
         }
         Ok(conversions::outcome(outcome, self.cache_dir()))
+    }
+
+    /// The Docker engine's overlay2 directory, when overlay2 is its storage
+    /// driver: what the guest of a `docker-daemon:` request is shown. The
+    /// engine's socket is checked against the policy first.
+    async fn daemon_overlay2(&self) -> Result<Option<PathBuf>> {
+        let engine = &self.shared.caps.docker_engine;
+        self.shared.policy.check_docker_engine(engine.socket()?)?;
+        Ok(engine.info().await?.overlay2_dir())
     }
 
     /// Reads an image's superblock and checks its geometry. `image` is any

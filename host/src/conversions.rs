@@ -57,6 +57,7 @@ impl From<wit::SourceKind> for SourceKind {
             wit::SourceKind::Overlay2 => Self::Overlay2,
             wit::SourceKind::OciLayout => Self::OciLayout,
             wit::SourceKind::Registry => Self::Registry,
+            wit::SourceKind::DockerArchive => Self::DockerArchive,
         }
     }
 }

@@ -18,6 +18,8 @@ pub enum Phase {
     Publishing,
     /// Fetching an image's documents or blobs from its registry.
     Pulling,
+    /// Exporting an image from the local Docker engine.
+    Exporting,
 }
 
 impl Phase {
@@ -31,6 +33,7 @@ impl Phase {
             Self::Unmounting => "unmounting",
             Self::Publishing => "publishing into the cache",
             Self::Pulling => "pulling from the registry",
+            Self::Exporting => "exporting from the Docker engine",
         }
     }
 }

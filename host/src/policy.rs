@@ -21,6 +21,7 @@
 //! audit_log = "/var/log/rootfs-cache/audit.jsonl"
 //! registries = ["registry.example.com", "127.0.0.1:5000"]
 //! insecure_registries = ["127.0.0.1:5000"]
+//! docker_engines = ["/var/run/docker.sock"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -95,6 +96,9 @@ pub struct Policy {
     /// Registries reached over plain HTTP instead of TLS
     /// (`insecure_registries`); each must be allowed by `registries` too.
     pub insecure_registries: Vec<String>,
+    /// The Docker engine sockets that may be asked for `docker-daemon:`
+    /// images (`docker_engines`). `None` means any.
+    pub docker_engines: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -112,6 +116,7 @@ struct PolicyFile {
     audit_log: Option<PathBuf>,
     registries: Option<Vec<String>>,
     insecure_registries: Option<Vec<String>>,
+    docker_engines: Option<Vec<PathBuf>>,
 }
 
 fn canonical(what: &str, path: &Path) -> Result<PathBuf> {
@@ -173,7 +178,32 @@ impl Policy {
                 .iter()
                 .map(|h| registry_host("insecure_registries", h))
                 .collect::<Result<_>>()?,
+            docker_engines: file
+                .docker_engines
+                .map(|v| v.iter().map(|p| absolute("docker_engines", p)).collect())
+                .transpose()?,
         })
+    }
+
+    /// Checks that the Docker engine at `socket` may be asked for images:
+    /// nothing is sent to one that may not. Errors: `Denied` (rule
+    /// `docker_engines`).
+    pub fn check_docker_engine(&self, socket: &Path) -> Result<()> {
+        match &self.docker_engines {
+            Some(allowed) if !allowed.iter().any(|s| s == socket) => Err(Error::denied(
+                "docker_engines",
+                format!(
+                    "the Docker engine at {} is not allowed (allowed: {}); nothing was sent to it",
+                    socket.display(),
+                    if allowed.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        allowed.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Checks that the registry `host` (`HOST[:PORT]`) may be contacted:
@@ -383,9 +413,13 @@ mod tests {
             "cache_dir = \"{root}\"\nsource_roots = [\"{root}\"]\nagents = []\nconverters = [\"exact\"]\n\
              max_image_bytes = 10\nconvert_timeout_secs = 3\nmax_parallel_conversions = 1\n\
              guest_memory_bytes = 1048576\nguest_time_ms = 5\naudit_log = \"/tmp/a.jsonl\"\n\
-             registries = [\"127.0.0.1:5000\", \"docker.io\"]\ninsecure_registries = [\"127.0.0.1:5000\"]\n"
+             registries = [\"127.0.0.1:5000\", \"docker.io\"]\ninsecure_registries = [\"127.0.0.1:5000\"]\n\
+             docker_engines = [\"/run/docker.sock\"]\n"
         ))
         .unwrap();
+        assert!(p.check_docker_engine(Path::new("/run/docker.sock")).is_ok());
+        let err = p.check_docker_engine(Path::new("/var/run/other.sock")).unwrap_err();
+        assert!(err.to_string().contains("docker_engines"), "{err}");
         assert_eq!(p.limits.max_image_bytes, 10);
         assert_eq!(p.limits.guest_time, Duration::from_millis(5));
         assert_eq!(p.converters.as_deref(), Some(&["exact".to_owned()][..]));

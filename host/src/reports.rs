@@ -17,6 +17,9 @@ pub enum SourceKind {
     OciLayout,
     /// An image pulled from a registry by name (`docker://…`).
     Registry,
+    /// An image the local Docker engine exported (`docker-daemon:…` without an
+    /// overlay2 directory).
+    DockerArchive,
 }
 
 /// Where a request's time went, in microseconds, as the guest measured it.

@@ -14,6 +14,7 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 pub mod compare;
+pub mod dockerd;
 pub mod oci;
 pub mod vm;
 

@@ -49,6 +49,7 @@ impl World {
             audit_log: Some(dir.path().join("audit.jsonl")),
             registries: Some(Vec::new()),
             insecure_registries: Vec::new(),
+            docker_engines: Some(Vec::new()),
         };
         let cache = RootfsCache::open(Config::new(&cache_dir).policy(policy).component(hostile_component())).unwrap();
         // A symlink in tmp/ pointing out of the cache.

@@ -28,6 +28,7 @@ const ROOTS: &[&str] = &[
     "guest/src/lib.rs",
     "host/src/lib.rs",
     "host/src/main.rs",
+    "host/docker/src/lib.rs",
     "host/ext4/src/lib.rs",
     "host/layers/src/lib.rs",
     "host/registry/src/lib.rs",

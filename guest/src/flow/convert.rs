@@ -7,8 +7,10 @@ use std::path::Path;
 use super::Cache;
 use super::request::{AGENT_MODE, AGENT_TARGET, RECORD_USE_EVERY, SourceName, check_request};
 use crate::capabilities::{BuildLock, Capabilities, MountedImage};
+use crate::daemon::{self, ExportedImage};
 use crate::key::{CacheKey, KeyBuilder};
 use crate::manifest::{AgentRecord, FORMAT, Manifest};
+use crate::oci::Platform;
 use crate::registry::PulledImage;
 use crate::source::Source;
 use crate::sys::{self, Instant};
@@ -35,6 +37,21 @@ struct BuildInputs<'a> {
     staged: &'a str,
     /// What the entry records as its source.
     source_name: &'a str,
+    /// What the conversion job names as its source.
+    job_source: &'a str,
+}
+
+/// A request's source, resolved.
+struct Resolved {
+    /// The source.
+    source: Source,
+    /// What the entry records as its source, and a hit must match.
+    source_name: String,
+    /// The image's name, for the outcome: `docker://…` with the defaults
+    /// filled in, or `docker-daemon:NAME`.
+    reference: Option<String>,
+    /// What the conversion job names as its source.
+    job_source: String,
 }
 
 fn now_secs() -> u64 {
@@ -46,24 +63,7 @@ impl<H: Capabilities> Cache<'_, H> {
     pub fn convert(&self, request: &ConvertRequest) -> Result<Outcome, Error> {
         let started = Instant::now();
         let platform = check_request(request)?;
-        let source = match SourceName::parse(&request.source)? {
-            SourceName::Path(path) => Source::resolve(Path::new(&path), &platform, self.host)?,
-            SourceName::NamedInLayout(path, name) => {
-                Source::resolve_named(Path::new(&path), &platform, Some(&name), self.host)?
-            }
-            SourceName::Registry(reference) => Source::Pulled(PulledImage::resolve(
-                &reference,
-                &platform,
-                request.pull.unwrap_or(PullPolicy::Missing),
-                self.host,
-            )?),
-        };
-        // What the entry records as its source, and a hit must match: for an
-        // image by name, the image by digest, which every tag naming it shares.
-        let source_name = match &source {
-            Source::Pulled(image) => image.source_name(),
-            _ => request.source.clone(),
-        };
+        let Resolved { source, source_name, reference, job_source } = self.resolve(request, &platform)?;
         let agent = self.host.digest_file(&request.agent)?;
         let converter = self.host.describe_converter(&request.converter)?;
         let mut key = KeyBuilder::new();
@@ -86,7 +86,7 @@ impl<H: Capabilities> Cache<'_, H> {
         let first_look = validate::lookup(self.host, &expected)?;
         timings.lookup_us = step.micros();
         if let Lookup::Hit(hit) = first_look {
-            return self.serve(&key, &source, *hit, timings, started);
+            return self.serve(&key, &source, reference, *hit, timings, started);
         }
 
         let step = Instant::now();
@@ -95,7 +95,7 @@ impl<H: Capabilities> Cache<'_, H> {
         // Someone may have built it while this caller waited.
         let rebuilt_because = match validate::lookup(self.host, &expected)? {
             Lookup::Hit(hit) => {
-                return self.serve(&key, &source, *hit, timings, started);
+                return self.serve(&key, &source, reference, *hit, timings, started);
             }
             Lookup::Miss => None,
             Lookup::Corrupt(why) => {
@@ -116,6 +116,7 @@ impl<H: Capabilities> Cache<'_, H> {
             converter: &converter,
             staged: &staged,
             source_name: &source_name,
+            job_source: &job_source,
         };
         let built = self.build(&inputs, &mut timings);
         match built {
@@ -129,7 +130,7 @@ impl<H: Capabilities> Cache<'_, H> {
                     image_bytes,
                     rebuilt_because,
                     timings,
-                    reference: reference_of(&source),
+                    reference,
                     manifest_digest: manifest_digest_of(&source),
                 })
             }
@@ -143,10 +144,75 @@ impl<H: Capabilities> Cache<'_, H> {
         }
     }
 
+    /// Resolves the request's source (`platform` checked already).
+    fn resolve(&self, request: &ConvertRequest, platform: &str) -> Result<Resolved, Error> {
+        let on_path = |source: Source, path: String| Resolved {
+            source,
+            source_name: request.source.clone(),
+            reference: None,
+            job_source: path,
+        };
+        Ok(match SourceName::parse(&request.source)? {
+            SourceName::Path(path) => on_path(Source::resolve(Path::new(&path), platform, self.host)?, path),
+            SourceName::NamedInLayout(path, name) => {
+                on_path(Source::resolve_named(Path::new(&path), platform, Some(&name), self.host)?, path)
+            }
+            SourceName::Registry(reference) => {
+                let pull = request.pull.unwrap_or(PullPolicy::Missing);
+                let image = PulledImage::resolve(&reference, platform, pull, self.host)?;
+                // The entry records the image by digest, which every tag naming it shares.
+                Resolved {
+                    source_name: image.source_name(),
+                    reference: Some(image.reference.to_string()),
+                    job_source: image.reference.to_string(),
+                    source: Source::Pulled(image),
+                }
+            }
+            SourceName::Daemon(name) => self.resolve_daemon(&name, platform)?,
+        })
+    }
+
+    /// Resolves `docker-daemon:NAME`: the engine's overlay2 chain of the image, resolved
+    /// like its path (and recorded as that path, so that both name one entry), or else the
+    /// image the engine exports (recorded by its image ID).
+    fn resolve_daemon(&self, name: &str, platform: &str) -> Result<Resolved, Error> {
+        let wanted = Platform::parse(platform)
+            .ok_or_else(|| Error::InvalidRequest(format!("platform {platform:?} is not os/arch[/variant]")))?;
+        let inspected = daemon::parse_inspect(name, &self.host.inspect_daemon_image(name)?)?;
+        let reference = Some(format!("{}{name}", daemon::PREFIX));
+        let Some(top) = inspected.overlay2_top.clone() else {
+            let image = ExportedImage::export(name, &inspected, &wanted, &self.root, self.host)?;
+            let recorded = format!("{}{}", daemon::PREFIX, image.id);
+            return Ok(Resolved {
+                source_name: recorded.clone(),
+                reference,
+                job_source: recorded,
+                source: Source::Exported(image),
+            });
+        };
+        let mut parts = inspected.platform.splitn(3, '/');
+        let (os, arch, variant) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next());
+        if !wanted.matches(os, arch, variant) {
+            return Err(Error::UnsupportedSource(format!(
+                "the Docker engine's image {name} is for {}, not {wanted}; ask for --platform {}",
+                inspected.platform, inspected.platform
+            )));
+        }
+        match Source::resolve(Path::new(&top), platform, self.host)? {
+            source @ Source::Overlay2(_) => {
+                Ok(Resolved { source, source_name: top.clone(), reference, job_source: top })
+            }
+            _ => Err(Error::UnsupportedSource(format!(
+                "the Docker engine names {top} as the top layer of {name}, which is not an overlay2 layer"
+            ))),
+        }
+    }
+
     fn serve(
         &self,
         key: &CacheKey,
         source: &Source,
+        reference: Option<String>,
         hit: Hit,
         timings: Timings,
         started: Instant,
@@ -170,13 +236,13 @@ impl<H: Capabilities> Cache<'_, H> {
             image_bytes: manifest.image_bytes,
             rebuilt_because: None,
             timings,
-            reference: reference_of(source),
+            reference,
             manifest_digest: manifest_digest_of(source),
         })
     }
 
     fn build(&self, inputs: &BuildInputs<'_>, timings: &mut Timings) -> Result<u64, Error> {
-        let BuildInputs { key, source, request, platform, agent, converter, staged, source_name } = *inputs;
+        let BuildInputs { key, source, request, platform, agent, converter, staged, source_name, job_source } = *inputs;
         let install = FileInstall {
             source: request.agent.clone(),
             sha256: agent.sha256.clone(),
@@ -228,16 +294,25 @@ impl<H: Capabilities> Cache<'_, H> {
                     .collect(),
                 Some(format!("{} {}", image.platform, image.manifest_digest)),
             ),
-        };
-        let job_source = match (source, SourceName::parse(&request.source)?) {
-            (Source::Pulled(image), _) => image.reference.to_string(),
-            (_, SourceName::NamedInLayout(path, _) | SourceName::Path(path)) => path,
-            (_, SourceName::Registry(r)) => r.to_string(),
+            Source::Exported(image) => (
+                image
+                    .layers
+                    .iter()
+                    .map(|(path, digest, size)| Layer {
+                        path: path.clone(),
+                        media_type: daemon::EXPORTED_LAYER_TYPE.to_owned(),
+                        digest: digest.clone(),
+                        size: *size,
+                        diff_id: digest.clone(),
+                    })
+                    .collect(),
+                Some(format!("{} {}", image.platform, image.id)),
+            ),
         };
         let job = Conversion {
             converter: request.converter.clone(),
             kind: kind_of(source),
-            source: job_source,
+            source: job_source.to_owned(),
             layers: layers.clone(),
             platform: platform.to_owned(),
             output: staged.to_owned(),
@@ -291,6 +366,7 @@ fn kind_of(source: &Source) -> SourceKind {
         Source::Overlay2(_) => SourceKind::Overlay2,
         Source::Oci(_) => SourceKind::OciLayout,
         Source::Pulled(_) => SourceKind::Registry,
+        Source::Exported(_) => SourceKind::DockerArchive,
     }
 }
 
@@ -299,14 +375,7 @@ fn kind_name(source: &Source) -> &'static str {
         Source::Overlay2(_) => "overlay2",
         Source::Oci(_) => "oci-layout",
         Source::Pulled(_) => "registry",
-    }
-}
-
-/// The reference of an image by name, defaults filled in.
-fn reference_of(source: &Source) -> Option<String> {
-    match source {
-        Source::Pulled(image) => Some(image.reference.to_string()),
-        _ => None,
+        Source::Exported(_) => "docker-archive",
     }
 }
 
@@ -315,6 +384,6 @@ fn manifest_digest_of(source: &Source) -> Option<String> {
     match source {
         Source::Pulled(image) => Some(image.manifest_digest.clone()),
         Source::Oci(image) => Some(image.manifest_digest.clone()),
-        Source::Overlay2(_) => None,
+        Source::Overlay2(_) | Source::Exported(_) => None,
     }
 }

@@ -72,14 +72,21 @@ pub enum SourceName {
     NamedInLayout(String, String),
     /// `docker://…`: an image in a registry.
     Registry(ImageRef),
+    /// `docker-daemon:NAME`: an image of the local Docker engine.
+    Daemon(String),
 }
 
 impl SourceName {
-    /// Parses a request's `source`: `docker://…`, `oci:PATH[:REF]` (a bare
-    /// `oci:PATH` is the path), or an absolute host path.
+    /// Parses a request's `source`: `docker://…`, `docker-daemon:NAME`,
+    /// `oci:PATH[:REF]` (a bare `oci:PATH` is the path), or an absolute host
+    /// path.
     pub fn parse(source: &str) -> Result<Self, Error> {
         if source.starts_with(crate::registry::SCHEME) {
             return ImageRef::parse(source).map(Self::Registry);
+        }
+        if let Some(name) = source.strip_prefix(crate::daemon::PREFIX) {
+            crate::daemon::check_name(name)?;
+            return Ok(Self::Daemon(name.to_owned()));
         }
         if let Some(rest) = source.strip_prefix("oci:") {
             // A path may hold `:`; the reference is what follows the last

@@ -81,7 +81,12 @@ impl BlobStore {
     /// workers). The lock file is re-checked after locking, so a sweep that removed it cannot
     /// leave two holders of two different files.
     pub(crate) fn lock(&self, digest: &Digest) -> Result<BlobLock, RegistryError> {
-        let path = self.lock_path(digest.hex());
+        self.lock_named(digest.hex())
+    }
+
+    /// Takes the lock `locks/<name>.lock` (see [`BlobStore::lock`]).
+    fn lock_named(&self, name: &str) -> Result<BlobLock, RegistryError> {
+        let path = self.lock_path(name);
         loop {
             let file = OpenOptions::new()
                 .create(true)
@@ -151,6 +156,57 @@ impl BlobStore {
         let path = self.commit(&temp, digest)?;
         guard.path = None;
         Ok(path)
+    }
+
+    /// Stores what `reader` yields, whose digest is not known beforehand (a file of an
+    /// archive a Docker engine exported), as the blob its SHA-256 names, and returns the
+    /// digest, the length and the blob's path. The bytes are hashed while they are written to
+    /// a temporary file `partial-stream-<pid>-<n>`, whose own lock (`locks/stream-<pid>-<n>.lock`)
+    /// is held meanwhile so that [`BlobStore::sweep`] leaves it alone; then, under the digest's
+    /// lock, it is renamed into place, unless the store has the blob already. More than
+    /// `limit` bytes is [`RegistryError::TooLarge`], and nothing is stored. Blocking: call it
+    /// off the async workers.
+    pub fn put_reader(
+        &self,
+        mut reader: impl io::Read,
+        what: &str,
+        limit: u64,
+    ) -> Result<(Digest, u64, PathBuf), RegistryError> {
+        use sha2::Digest as _;
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = format!("stream-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let own_lock = self.lock_named(&name)?;
+        let temp = self.tmp_dir().join(format!("{TEMP_PREFIX}{name}"));
+        let mut file =
+            OpenOptions::new().write(true).create_new(true).open(&temp).map_err(|e| RegistryError::store(&temp, e))?;
+        let guard = TempGuard { path: Some(temp.clone()) };
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut len = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(RegistryError::store(&temp, e)),
+            };
+            len += n as u64;
+            if len > limit {
+                return Err(RegistryError::TooLarge { what: what.to_owned(), limit });
+            }
+            hasher.update(&buf[..n]);
+            io::Write::write_all(&mut file, &buf[..n]).map_err(|e| RegistryError::store(&temp, e))?;
+        }
+        file.sync_all().map_err(|e| RegistryError::store(&temp, e))?;
+        drop(file);
+        let digest = Digest::from_sha256(hasher.finalize().into());
+        let _lock = self.lock(&digest)?;
+        let path = if self.contains(&digest) { self.path(&digest) } else { self.commit(&temp, &digest)? };
+        drop(guard);
+        // The stream's own lock file goes with it; its name is never used again.
+        let _ = fs::remove_file(self.lock_path(&name));
+        drop(own_lock);
+        Ok((digest, len, path))
     }
 
     /// Temporary files left by pulls that are no longer running (their digest's lock is free),

@@ -8,11 +8,13 @@
 //! | publisher | [`publisher::Publisher`] | [`publisher::DurablePublisher`] | the same, without fsync |
 //! | lock | [`lock::CrossProcessLock`] behind [`lock::LockService`] | [`lock::Flock`] | [`lock::InProcessOnly`] |
 //! | puller (images by name) | [`puller::Puller`] | [`puller::RegistryPuller`] | [`puller::NoNetwork`] (refuses: `denied`) |
+//! | Docker engine (`docker-daemon:` images) | [`docker_engine::DockerEngine`] | [`docker_engine::EngineApi`] | [`docker_engine::NoEngine`] (refuses: `denied`) |
 //!
 //! The fake adapter needs no root and no loop devices: embedders use it to
 //! test their integration, and the guest-logic tests use it.
 
 pub mod converter;
+pub mod docker_engine;
 pub mod lock;
 pub mod mounter;
 pub mod publisher;
@@ -44,6 +46,8 @@ pub struct Capabilities {
     pub cross_process_lock: Arc<dyn lock::CrossProcessLock>,
     /// Fetches images by name.
     pub puller: Arc<dyn puller::Puller>,
+    /// Reaches the local Docker engine.
+    pub docker_engine: Arc<dyn docker_engine::DockerEngine>,
 }
 
 impl Capabilities {
@@ -74,6 +78,7 @@ impl Capabilities {
             publisher: Arc::new(DurablePublisher::default()),
             cross_process_lock: Arc::new(lock::Flock),
             puller: Arc::new(puller::RegistryPuller::default()),
+            docker_engine: Arc::new(docker_engine::EngineApi::from_env()),
         }
     }
 
@@ -87,6 +92,7 @@ impl Capabilities {
             publisher: Arc::new(DurablePublisher { skip_fsync: true }),
             cross_process_lock: Arc::new(lock::InProcessOnly),
             puller: Arc::new(puller::NoNetwork),
+            docker_engine: Arc::new(docker_engine::NoEngine),
         };
         (caps, FakeHandles { converter, mounter })
     }
@@ -96,6 +102,12 @@ impl Capabilities {
     /// Installs the agent with `debugfs` instead of a loop mount.
     pub fn with_debugfs_injection(mut self) -> Self {
         self.mounter = Arc::new(mounter::debugfs::DebugfsInstaller);
+        self
+    }
+
+    /// Reaches the Docker engine at `socket` instead of the one `DOCKER_HOST` names.
+    pub fn with_docker_engine(mut self, socket: impl Into<std::path::PathBuf>) -> Self {
+        self.docker_engine = Arc::new(docker_engine::EngineApi::at(socket));
         self
     }
 

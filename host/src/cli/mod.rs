@@ -91,7 +91,9 @@ struct JsonArg {
 struct ConvertArgs {
     /// An overlay2 layer directory (/var/lib/docker/overlay2/<id>), an OCI
     /// image layout directory, `oci:PATH:REF` (the layout's image named REF),
-    /// or `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]` (pulled from a registry).
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]` (pulled from a registry),
+    /// or `docker-daemon:NAME[:TAG]` (an image of the local Docker engine,
+    /// the one DOCKER_HOST names, else /var/run/docker.sock).
     #[arg(value_name = "SOURCE")]
     source: PathBuf,
 
@@ -265,6 +267,16 @@ fn implicit_policy(cli: &Cli, cache_dir: &Path) -> Policy {
                 let host = reference.parse::<rootfs_cache_registry::Reference>().map(|r| r.registry().to_owned());
                 policy.registries = Some(host.into_iter().collect());
             }
+            SourceRef::Daemon(_) => {
+                // The engine DOCKER_HOST names, and its overlay2 directory
+                // (the only source root shown; none without overlay2).
+                policy.registries = Some(Vec::new());
+                let socket = rootfs_cache_docker::DockerHost::from_env().map(|h| h.socket().to_path_buf());
+                policy.docker_engines = Some(socket.into_iter().collect());
+            }
+        }
+        if !matches!(SourceRef::parse(&args.source), SourceRef::Daemon(_)) {
+            policy.docker_engines = Some(Vec::new());
         }
         policy.insecure_registries = args.insecure_registry.clone();
         policy.agents = Some(vec![real(&args.agent)]);

@@ -106,9 +106,9 @@ impl StoreState {
                 }
                 SourceLayers::Oci { layout, platform: job.platform.clone(), blobs }
             }
-            SourceKind::Registry => {
-                // A pulled image's layers are blobs of this cache's store,
-                // each at the name of its digest.
+            SourceKind::Registry | SourceKind::DockerArchive => {
+                // A pulled or exported image's layers are blobs of this
+                // cache's store, each at the name of its digest.
                 let store = self.shared.cache.path().join("blobs").join("sha256");
                 let mut blobs = Vec::with_capacity(job.layers.len());
                 for layer in &job.layers {
@@ -117,7 +117,7 @@ impl StoreState {
                         return Err(Error::denied(
                             "cache_dir",
                             format!(
-                                "layer {} of a pulled image is not the blob {} of {}",
+                                "layer {} of a pulled or exported image is not the blob {} of {}",
                                 layer.path,
                                 layer.digest,
                                 store.display()

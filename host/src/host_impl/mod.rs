@@ -7,6 +7,7 @@
 
 mod call;
 mod conversion;
+mod daemon;
 mod files;
 mod locks;
 mod mounts;
@@ -16,8 +17,8 @@ use serde_json::json;
 use wasmtime::component::Resource;
 
 use crate::bindings::rootfs::cache::host::{
-    self, BlobRequest, Conversion, ConverterInfo, FetchedBlob, FetchedManifest, FileDigest, FsckResult, PathInfo,
-    ProbeRequest,
+    self, BlobRequest, Conversion, ConverterInfo, ExportedFile, FetchedBlob, FetchedManifest, FileDigest, FsckResult,
+    PathInfo, ProbeRequest,
 };
 use crate::bindings::rootfs::cache::types::{self, Error as WitError};
 use crate::error::HostCallError;
@@ -150,6 +151,18 @@ impl host::Host for StoreState {
             &[reference.len(), blobs.iter().map(|b| b.digest.len() + 16).sum()],
         )?;
         let result = self.fetch_blobs_checked(&reference, &blobs, pull).await;
+        self.finish(call, result)
+    }
+
+    async fn inspect_daemon_image(&mut self, name: String) -> HostResult<Vec<u8>> {
+        let call = self.begin("inspect-daemon-image", json!({ "name": name }), &[name.len()])?;
+        let result = self.inspect_daemon_image_checked(&name).await;
+        self.finish(call, result)
+    }
+
+    async fn export_daemon_image(&mut self, name: String) -> HostResult<Vec<ExportedFile>> {
+        let call = self.begin("export-daemon-image", json!({ "name": name }), &[name.len()])?;
+        let result = self.export_daemon_image_checked(&name).await;
         self.finish(call, result)
     }
 

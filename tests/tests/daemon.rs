@@ -1,0 +1,193 @@
+//! Images of the local Docker engine (`docker-daemon:NAME`), end to end through the CLI,
+//! against real engines: Debian's dockerd started by the tests (`rootfs_cache_tests::dockerd`)
+//! with the overlay2 driver (the image is its overlay2 chain) and with vfs (no overlay2
+//! directory: the image is exported through the API), each fed an OCI layout with skopeo
+//! (the Docker fixtures' `base` when `ROOTFS_FIXTURES` names them, else the tests' feature
+//! layout). Every converted image is compared entry by entry with a reference: for the
+//! overlay2 engine, the kernel's overlay mount of the engine's chain (the differential
+//! tests' reference for overlay2: Docker's own extraction sets some directory times
+//! differently from umoci, and the image must be what the chain holds); for the exported
+//! image, `umoci unpack` of the layout.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use rootfs_cache_tests::compare::{added_by_image, differences};
+use rootfs_cache_tests::dockerd::Dockerd;
+use rootfs_cache_tests::oci::{self, IndexStyle};
+use rootfs_cache_tests::{OverlayMount, ReadOnlyMount, agent, require_root, rootfs_cache_bin, snapshot};
+
+/// The layout of the `base` Docker fixture when `ROOTFS_FIXTURES` names them, else the
+/// tests' feature layout (every kind of entry and change) written under `dir`.
+fn test_layout(dir: &Path) -> PathBuf {
+    if let Some(list) = std::env::var_os("ROOTFS_FIXTURES") {
+        let list: serde_json::Value = serde_json::from_slice(&std::fs::read(list).unwrap()).unwrap();
+        let base = list.as_array().unwrap().iter().find(|f| f["name"] == "base").unwrap_or(&list[0]);
+        let layout = PathBuf::from(base["oci"].as_str().unwrap());
+        let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
+        if !index.contains("tar+zstd") {
+            return layout;
+        }
+    }
+    let layout = dir.join("features");
+    oci::feature_layout(&layout, IndexStyle::Skopeo);
+    layout
+}
+
+/// Whether skopeo and umoci are here; outside CI their absence skips the test.
+fn tools() -> bool {
+    for tool in ["skopeo", "umoci", "docker"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "CI must have {tool}");
+            println!("SKIPPED: {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+/// `rootfs-cache --cache-dir CACHE convert SOURCE --agent AGENT --json EXTRA…` with
+/// `DOCKER_HOST` naming `socket`: exit code, JSON, stderr.
+fn convert(
+    cache: &Path,
+    socket: &Path,
+    source: &str,
+    agent: &Path,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let out = Command::new(rootfs_cache_bin())
+        .arg("--cache-dir")
+        .arg(cache)
+        .args(["convert", source, "--json", "--agent"])
+        .arg(agent)
+        .args(extra)
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env_remove("ROOTFS_CACHE_AGENT")
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), json, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Checks the image of `outcome` against `umoci unpack` of `layout`, entry by entry.
+fn matches_umoci(outcome: &serde_json::Value, layout: &Path, dir: &Path) {
+    let image = PathBuf::from(outcome["image"].as_str().unwrap());
+    let mnt = ReadOnlyMount::new(&image);
+    let bundle = dir.join("bundle");
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "umoci unpack: {}", String::from_utf8_lossy(&out.stderr));
+    let rootfs = bundle.join("rootfs");
+    let added = added_by_image(&rootfs);
+    let ignore: Vec<&[u8]> = added.iter().map(Vec::as_slice).collect();
+    let diffs = differences(&rootfs, &mnt.path, &ignore);
+    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+}
+
+#[test]
+fn an_overlay2_engine_image_is_its_chain_and_matches_the_kernels_view() {
+    require_root!();
+    if !tools() {
+        return;
+    }
+    let Some(engine) = Dockerd::start("overlay2") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = test_layout(dir.path());
+    engine.load_layout(&layout, "team/app:v1");
+    let agent = agent(dir.path(), "vm-agent", "daemon");
+    let cache = dir.path().join("cache");
+
+    let (code, first, stderr) = convert(&cache, &engine.socket, "docker-daemon:team/app:v1", &agent, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((first["kind"].as_str(), first["cached"].as_bool()), (Some("overlay2"), Some(false)));
+    assert_eq!(first["reference"], "docker-daemon:team/app:v1");
+    let upper = engine.docker(&["image", "inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", "team/app:v1"]);
+    let top = Path::new(upper.trim()).parent().unwrap().to_str().unwrap().to_owned();
+    {
+        let reference = OverlayMount::new(Path::new(&top));
+        let mnt = ReadOnlyMount::new(Path::new(first["image"].as_str().unwrap()));
+        let added = added_by_image(&reference.path);
+        let ignore: Vec<&[u8]> = added.iter().map(Vec::as_slice).collect();
+        let diffs = differences(&reference.path, &mnt.path, &ignore);
+        assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+    }
+
+    // The chain's own path is the same entry, and so is the image's ID.
+    let (code, by_path, stderr) = convert(&cache, &engine.socket, &top, &agent, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((&by_path["key"], by_path["cached"].as_bool()), (&first["key"], Some(true)));
+    let id = engine.docker(&["image", "inspect", "-f", "{{.Id}}", "team/app:v1"]);
+    let (code, by_id, stderr) = convert(&cache, &engine.socket, &format!("docker-daemon:{}", id.trim()), &agent, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((&by_id["key"], by_id["cached"].as_bool()), (&first["key"], Some(true)));
+
+    // An image the engine lacks, an engine that is not running, another platform:
+    // a clear error and an unchanged cache.
+    let before = snapshot(&cache);
+    let (code, _, stderr) = convert(&cache, &engine.socket, "docker-daemon:team/absent:v1", &agent, &[]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("has no image \"team/absent:v1\""), "{stderr}");
+    let gone = dir.path().join("no-engine.sock");
+    let (code, _, stderr) = convert(&cache, &gone, "docker-daemon:team/app:v1", &agent, &[]);
+    assert_eq!(code, 11, "{stderr}");
+    assert!(stderr.contains("is not running") && stderr.contains("DOCKER_HOST"), "{stderr}");
+    let (code, _, stderr) =
+        convert(&cache, &engine.socket, "docker-daemon:team/app:v1", &agent, &["--platform", "linux/arm64"]);
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("is for linux/amd64"), "{stderr}");
+    assert_eq!(snapshot(&cache), before, "a failed request changed the cache");
+}
+
+#[test]
+fn an_engine_without_overlay2_exports_the_image_which_matches_umoci() {
+    require_root!();
+    if !tools() {
+        return;
+    }
+    let Some(engine) = Dockerd::start("vfs") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let layout = test_layout(dir.path());
+    engine.load_layout(&layout, "team/app:v1");
+    let agent = agent(dir.path(), "vm-agent", "daemon");
+    let cache = dir.path().join("cache");
+
+    let (code, first, stderr) = convert(&cache, &engine.socket, "docker-daemon:team/app:v1", &agent, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!((first["kind"].as_str(), first["cached"].as_bool()), (Some("docker-archive"), Some(false)));
+    assert_eq!(first["reference"], "docker-daemon:team/app:v1");
+    matches_umoci(&first, &layout, dir.path());
+    // Only verified blobs are left of the export: no temporary file.
+    assert_eq!(std::fs::read_dir(cache.join("blobs/tmp")).unwrap().count(), 0);
+
+    // The key is the image's: another cache, the image's ID, the same key.
+    let id = engine.docker(&["image", "inspect", "-f", "{{.Id}}", "team/app:v1"]);
+    let other = dir.path().join("other-cache");
+    let (code, again, stderr) = convert(&other, &engine.socket, &format!("docker-daemon:{}", id.trim()), &agent, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(again["key"], first["key"]);
+    let (code, hit, stderr) = convert(&cache, &engine.socket, "docker-daemon:team/app:v1", &agent, &[]);
+    assert_eq!((code, hit["cached"].as_bool()), (0, Some(true)), "{stderr}");
+
+    // A policy that does not name the engine: refused before anything is sent.
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "docker_engines = [\"/var/run/elsewhere.sock\"]\n").unwrap();
+    let before = snapshot(&cache);
+    let out = Command::new(rootfs_cache_bin())
+        .arg("--cache-dir")
+        .arg(&cache)
+        .arg("--policy")
+        .arg(&policy)
+        .args(["convert", "docker-daemon:team/app:v2", "--agent"])
+        .arg(&agent)
+        .env("DOCKER_HOST", format!("unix://{}", engine.socket.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("docker_engines"), "{stderr}");
+    assert_eq!(snapshot(&cache), before);
+}
