@@ -27,7 +27,7 @@ impl Dockerd {
     /// when this is not root or dockerd is not installed; in CI both are failures.
     pub fn start(driver: &str) -> Option<Self> {
         let dockerd = Path::new("/usr/sbin/dockerd");
-        if !crate::is_root() || !dockerd.is_file() {
+        if !crate::is_root() || !dockerd.is_file() || !Path::new("/usr/bin/docker").is_file() {
             assert!(std::env::var_os("CI").is_none(), "CI must run the Docker engine tests as root with docker.io");
             println!("SKIPPED: needs root and dockerd (apt-get install docker.io)");
             return None;
@@ -69,9 +69,10 @@ impl Dockerd {
         Some(engine)
     }
 
-    /// `docker -H unix://SOCKET ARGS…`, which must succeed; its stdout.
+    /// `docker -H unix://SOCKET ARGS…` (Debian's CLI, matching its dockerd), which must
+    /// succeed; its stdout.
     pub fn docker(&self, args: &[&str]) -> String {
-        let out = Command::new("docker")
+        let out = Command::new("/usr/bin/docker")
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .args(args)

@@ -45,7 +45,8 @@ pub enum SourceLayers {
         /// Layer blobs with their media types and digests, bottom first.
         blobs: Vec<LayerBlob>,
     },
-    /// An image pulled by name: layer blobs of the cache's blob store.
+    /// An image pulled by name, or exported by the local Docker engine: layer blobs of the
+    /// cache's blob store.
     Pulled {
         /// The reference, `docker://HOST/REPO:TAG`.
         reference: String,
@@ -62,7 +63,7 @@ impl SourceLayers {
     pub fn pulled_refused(converter: &str, reference: &str) -> crate::error::Error {
         crate::error::Error::UnsupportedSource(format!(
             "the {converter} converter reads an OCI layout or an overlay2 directory, and {reference} was pulled \
-             into the cache's blob store: convert it with --converter exact"
+             or exported into the cache's blob store: convert it with --converter exact"
         ))
     }
 }
