@@ -527,3 +527,51 @@ async fn a_killed_pull_leaves_only_what_sweep_removes_and_corrupt_blobs_are_neve
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     blob_store_is_clean(&cache);
 }
+
+#[test]
+fn a_layer_that_decompresses_past_max_image_bytes_is_denied_and_nothing_is_published() {
+    require_root!();
+    if !require(TOOLS) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(Setup::default());
+    // 256 MiB of zeroes: a gzip layer of about 250 KiB.
+    let zeroes = vec![0u8; 256 << 20];
+    let layer = oci::tar(&[TarEntry::dir("opt/", 0o755), TarEntry::file("opt/bomb", &zeroes, 0o644)]);
+    let layout = dir.path().join("bomb");
+    oci::layout(&layout, &[layer], "amd64", IndexStyle::WithPlatform);
+    push(&layout, &registry, "bomb:latest", false);
+    let agent = agent(dir.path(), "vm-agent", "pull");
+    let cache = dir.path().join("cache");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "registries = [\"{0}\"]\ninsecure_registries = [\"{0}\"]\nmax_image_bytes = {1}\n",
+            registry.host,
+            64 << 20
+        ),
+    )
+    .unwrap();
+    let source = format!("docker://{}/bomb", registry.host);
+    let args: Vec<&OsStr> = vec![
+        os("--cache-dir"),
+        cache.as_os_str(),
+        os("--policy"),
+        policy.as_os_str(),
+        os("convert"),
+        os(&source),
+        os("--agent"),
+        agent.as_os_str(),
+    ];
+    let (code, _, stderr) = cli(&args);
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("`max_image_bytes`") && stderr.contains("unpacks past the limit"), "{stderr}");
+    // Nothing was published and no temporary image is left; the verified blobs stay in the
+    // store (a cache of the registry, which gc empties).
+    let images: Vec<_> = std::fs::read_dir(cache.join("images")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(images.is_empty(), "published: {images:?}");
+    let tmp: Vec<_> = std::fs::read_dir(cache.join("tmp")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+}

@@ -61,6 +61,15 @@ pub enum ApplyError {
         #[source]
         source: std::io::Error,
     },
+    /// The layers unpack to more file data than the limit (a decompression bomb, or an image
+    /// larger than the policy allows); nothing more is written.
+    #[error("layer {layer} unpacks past the limit of {limit} bytes of file data")]
+    TooLarge {
+        /// The layer's digest.
+        layer: String,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The conversion was cancelled.
     #[error("cancelled")]
     Cancelled,
@@ -136,6 +145,8 @@ pub struct Applier {
     tree: Tree,
     spool: Arc<File>,
     spool_len: u64,
+    /// The most the spool may hold, holes included.
+    limit: u64,
 }
 
 /// What one layer has created or updated (opaque markers spare these).
@@ -158,7 +169,15 @@ impl Applier {
             rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::from_raw_mode(0o600),
         )?;
-        Ok(Self { tree: Tree::new(dir_meta()), spool: Arc::new(File::from(spool)), spool_len: 0 })
+        Ok(Self { tree: Tree::new(dir_meta()), spool: Arc::new(File::from(spool)), spool_len: 0, limit: u64::MAX })
+    }
+
+    /// Refuses layers whose files add up to more than `limit` bytes (each file's size, as its
+    /// header declares it, is checked before it is written): a layer that decompresses past
+    /// it is [`ApplyError::TooLarge`] before the disk fills.
+    pub fn limited_to(mut self, limit: u64) -> Self {
+        self.limit = limit;
+        self
     }
 
     /// Applies every layer, bottom first, and returns the tree.
@@ -313,6 +332,9 @@ impl Applier {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let size = entry.size();
                 let offset = self.spool_len.next_multiple_of(4096);
+                if offset.checked_add(size).is_none_or(|end| end > self.limit) {
+                    return Err(ApplyError::TooLarge { layer: layer.clone(), limit: self.limit });
+                }
                 let written = write_sparse(entry, &self.spool, offset).map_err(|e| {
                     // Errors without an OS error come from decompressing the stream.
                     if e.raw_os_error().is_none() {
@@ -543,6 +565,19 @@ mod tests {
         assert_eq!(parse_time(b"5"), Some(Timestamp { secs: 5, nanos: 0 }));
         assert_eq!(parse_time(b"-1.5"), Some(Timestamp { secs: -2, nanos: 500_000_000 }));
         assert_eq!(parse_time(b"x"), None);
+    }
+
+    #[test]
+    fn layers_that_unpack_past_the_limit_are_refused_before_the_file_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = layer(dir.path(), "small.tar", &[("a", Some(&[1u8; 5000][..]))]);
+        let big = layer(dir.path(), "big.tar", &[("b", Some(&[2u8; 5000][..]))]);
+        // The first file takes two blocks (8 KiB); the second would end past 12 KiB.
+        let applier = Applier::new(dir.path()).unwrap().limited_to(12 << 10);
+        let err = applier.apply_all(&[small.clone(), big.clone()], &AtomicBool::new(false)).unwrap_err();
+        assert!(matches!(&err, ApplyError::TooLarge { layer, limit: 12288 } if *layer == big.digest), "{err}");
+        let fits = Applier::new(dir.path()).unwrap().limited_to(16 << 10);
+        fits.apply_all(&[small, big], &AtomicBool::new(false)).unwrap();
     }
 
     #[test]

@@ -209,10 +209,14 @@ impl ExactConverter {
             SourceLayers::Oci { blobs, .. } | SourceLayers::Pulled { blobs, .. } => {
                 let spool_dir = job.output.parent().unwrap_or(std::path::Path::new("/"));
                 let applier = oci_apply::Applier::new(spool_dir)
-                    .map_err(|e| Error::io(format!("a spool in {}", spool_dir.display()), &e))?;
+                    .map_err(|e| Error::io(format!("a spool in {}", spool_dir.display()), &e))?
+                    .limited_to(job.max_bytes);
                 applier.apply_all(blobs, cancel).map_err(|e| match e {
                     oci_apply::ApplyError::Io { source, layer } => {
                         Error::io(format!("spooling layer {layer}"), &source)
+                    }
+                    too_large @ oci_apply::ApplyError::TooLarge { .. } => {
+                        Error::denied("max_image_bytes", format!("{too_large}; nothing was published"))
                     }
                     oci_apply::ApplyError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
                     other => Error::UnsupportedSource(other.to_string()),
