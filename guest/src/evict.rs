@@ -39,6 +39,17 @@ pub fn pinned_key(pin: &str) -> Option<&str> {
     crate::key::CacheKey::parse(key).map(|_| key)
 }
 
+/// Whether a blob that no remaining entry needs may be removed, given when
+/// it was last written or handed out (`modified_ns`) and when the oldest
+/// build running now took its lock (`builds_since`, `None` when none runs).
+/// A running build may have been handed the blob and not opened it yet; the
+/// host sets a blob's time whenever it hands it out, so a blob older than
+/// every running build's lock is none of theirs. Equal times (a coarse
+/// clock) keep the blob.
+pub fn blob_may_go(modified_ns: u64, builds_since: Option<u64>) -> bool {
+    builds_since.is_none_or(|since| modified_ns < since)
+}
+
 /// Indices of `entries` in eviction order, pinned ones left out.
 pub fn eviction_order(entries: &[Candidate], pins: &[String]) -> Vec<usize> {
     let superseded = |c: &Candidate| {
@@ -91,6 +102,14 @@ mod tests {
         ];
         let order: Vec<&str> = eviction_order(&entries, &[]).into_iter().map(|i| entries[i].key.as_str()).collect();
         assert_eq!(order, vec!["b", "old-agent", "new-agent", "lru", "mru"]);
+    }
+
+    #[test]
+    fn a_blob_handed_out_since_a_running_build_started_stays() {
+        assert!(blob_may_go(100, None));
+        assert!(blob_may_go(99, Some(100)));
+        assert!(!blob_may_go(100, Some(100)));
+        assert!(!blob_may_go(101, Some(100)));
     }
 
     #[test]
