@@ -443,6 +443,29 @@ fn gc_evicts_a_pulled_image_with_only_its_own_blobs_and_leaves_a_pull_in_progres
     assert_eq!(blob_names(&cache, "sha256"), expected);
     assert!(!blob_names(&cache, "locks").contains(&format!("{garbage_hex}.lock")));
 
+    // A build running in another process (its key lock held) may be about to read a blob
+    // handed out since it took its lock: such a blob stays until the build is over; an older
+    // one goes.
+    let build_lock_path = cache.join(format!("locks/{}.lock", "e".repeat(64)));
+    let build_lock = std::fs::File::create(&build_lock_path).unwrap();
+    rustix::fs::flock(&build_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    rootfs_cache_tests::set_mtime(&build_lock_path, 2_000_000_000, 0);
+    let [older, newer] = [(1_999_999_999, 22), (2_000_000_001, 23)].map(|(mtime, seed)| {
+        let bytes = rootfs_cache_tests::incompressible(500, seed);
+        let path = cache.join("blobs/sha256").join(rootfs_cache_tests::sha256_hex(&bytes));
+        std::fs::write(&path, &bytes).unwrap();
+        rootfs_cache_tests::set_mtime(&path, mtime, 0);
+        path
+    });
+    let report = gc(&cache, u64::MAX);
+    assert_eq!(report["blob_bytes_freed"], 500, "{report}");
+    assert!(!older.exists() && newer.exists());
+    drop(build_lock);
+    let report = gc(&cache, u64::MAX);
+    assert_eq!(report["blob_bytes_freed"], 500, "{report}");
+    assert!(!newer.exists());
+    assert!(!build_lock_path.exists(), "gc took and dropped the free build lock, which removes its file");
+
     // One byte over: the least recently used image goes with its own layer, config and
     // manifest; the shared base layer stays, and so does the pull in progress.
     let size = report["bytes_after"].as_u64().unwrap();
