@@ -111,6 +111,9 @@ enum Document {
 #[derive(Clone, Debug, Default)]
 pub struct Documents {
     by_hex: BTreeMap<String, Document>,
+    /// Every blob that may be a JSON document (a manifest, an index, a config): at most
+    /// [`MAX_DOCUMENT_BYTES`], starting with `{`.
+    json: BTreeSet<String>,
 }
 
 fn hex_of(digest: &str) -> Option<String> {
@@ -123,6 +126,7 @@ impl Documents {
     /// its first byte; anything that does not parse is no document.
     pub fn read(root: &Path, blobs: &BTreeMap<String, Blob>) -> Self {
         let mut by_hex = BTreeMap::new();
+        let mut json = BTreeSet::new();
         for (hex, blob) in blobs {
             if blob.bytes > MAX_DOCUMENT_BYTES || blob.bytes < 2 {
                 continue;
@@ -132,12 +136,19 @@ impl Documents {
             if head != b"{" {
                 continue;
             }
+            json.insert(hex.clone());
             let Ok((bytes, _)) = crate::sys::read(&path, 0, blob.bytes) else { continue };
             if let Some(document) = Self::parse(&bytes) {
                 by_hex.insert(hex.clone(), document);
             }
         }
-        Self { by_hex }
+        Self { by_hex, json }
+    }
+
+    /// Whether the blob `hex` may be a document (a manifest, an index or a config): one a
+    /// request fetches while it resolves the image, before it takes its build lock.
+    pub fn is_document(&self, hex: &str) -> bool {
+        self.json.contains(hex)
     }
 
     fn parse(bytes: &[u8]) -> Option<Document> {
@@ -220,6 +231,7 @@ mod tests {
         let (manifest, config, sibling, inner, outer, other) =
             ("1".repeat(64), "2".repeat(64), "3".repeat(64), "4".repeat(64), "5".repeat(64), "6".repeat(64));
         let documents = Documents {
+            json: BTreeSet::new(),
             by_hex: BTreeMap::from([
                 (manifest.clone(), Document::Image { config: config.clone() }),
                 (sibling.clone(), Document::Image { config: other.clone() }),

@@ -37,6 +37,8 @@ fn names(dir: &Path) -> Result<Vec<String>, Error> {
 struct BlobSweep<'a> {
     /// Every blob, by hex digest.
     blobs: &'a BTreeMap<String, blob_store::Blob>,
+    /// The documents among them.
+    documents: &'a blob_store::Documents,
     /// The blobs each entry needs, in the order of the entries.
     needs: &'a [BTreeSet<String>],
     /// Which entries are still there.
@@ -160,6 +162,7 @@ impl<H: Capabilities> Cache<'_, H> {
         };
         let mut sweep = BlobSweep {
             blobs: &blobs,
+            documents: &documents,
             needs: &needs,
             remaining: vec![true; entries.len()],
             tried: BTreeSet::new(),
@@ -189,7 +192,8 @@ impl<H: Capabilities> Cache<'_, H> {
     fn remove_unneeded_blobs(&self, sweep: &mut BlobSweep<'_>, report: &mut GcReport) -> Result<(), Error> {
         for (hex, blob) in sweep.blobs {
             let needed = sweep.needs.iter().zip(&sweep.remaining).any(|(needs, &kept)| kept && needs.contains(hex));
-            if needed || sweep.tried.contains(hex) || !blob_may_go(blob.modified_ns, sweep.builds_since) {
+            let document = sweep.documents.is_document(hex);
+            if needed || sweep.tried.contains(hex) || !blob_may_go(blob.modified_ns, document, sweep.builds_since) {
                 continue;
             }
             sweep.tried.insert(hex.clone());
