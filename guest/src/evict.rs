@@ -39,6 +39,21 @@ pub fn pinned_key(pin: &str) -> Option<&str> {
     crate::key::CacheKey::parse(key).map(|_| key)
 }
 
+/// Whether a blob that no remaining entry needs may be removed, given when
+/// it was last written or handed out (`modified_ns`), whether it may be a
+/// document (a manifest, an index or a config), and when the oldest build
+/// running now took its lock (`builds_since`, `None` when none runs).
+///
+/// A running build may have been handed the blob and not opened it yet. It
+/// fetches its layers under its lock, and the host sets a stored blob's time
+/// whenever it hands it out, so a layer older than every running build's
+/// lock is none of theirs; equal times (a coarse clock) keep it. Documents
+/// are fetched while the image is resolved, before the lock, so none goes
+/// while a build runs (they are a few KiB).
+pub fn blob_may_go(modified_ns: u64, document: bool, builds_since: Option<u64>) -> bool {
+    builds_since.is_none_or(|since| !document && modified_ns < since)
+}
+
 /// Indices of `entries` in eviction order, pinned ones left out.
 pub fn eviction_order(entries: &[Candidate], pins: &[String]) -> Vec<usize> {
     let superseded = |c: &Candidate| {
@@ -91,6 +106,17 @@ mod tests {
         ];
         let order: Vec<&str> = eviction_order(&entries, &[]).into_iter().map(|i| entries[i].key.as_str()).collect();
         assert_eq!(order, vec!["b", "old-agent", "new-agent", "lru", "mru"]);
+    }
+
+    #[test]
+    fn a_blob_handed_out_since_a_running_build_started_stays() {
+        assert!(blob_may_go(100, false, None));
+        assert!(blob_may_go(99, false, Some(100)));
+        assert!(!blob_may_go(100, false, Some(100)));
+        assert!(!blob_may_go(101, false, Some(100)));
+        // Documents come before the lock: none goes while a build runs.
+        assert!(blob_may_go(99, true, None));
+        assert!(!blob_may_go(99, true, Some(100)));
     }
 
     #[test]

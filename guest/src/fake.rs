@@ -354,6 +354,8 @@ struct State {
     blobs: BTreeMap<String, Vec<u8>>,
     /// The fake Docker engine's images, by every name they answer to.
     daemon_images: BTreeMap<String, DaemonImage>,
+    /// Blobs of the cache's store whose lock a pull holds ([`FakeHost::hold_blob`]).
+    held_blobs: BTreeSet<String>,
 }
 
 /// An image of the fake Docker engine.
@@ -405,6 +407,7 @@ impl FakeHost {
             manifests: BTreeMap::new(),
             blobs: BTreeMap::new(),
             daemon_images: BTreeMap::new(),
+            held_blobs: BTreeSet::new(),
         };
         Ok(Self { probe: FsProbe::new(cache), state: Arc::new(Mutex::new(state)) })
     }
@@ -510,6 +513,12 @@ impl FakeHost {
         let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
         lock(&self.state).blobs.insert(digest.clone(), bytes.to_vec());
         digest
+    }
+
+    /// Marks the blob `hex` of the cache's store as held by a pull (its
+    /// digest's lock): `remove` keeps it, as the Rust host does.
+    pub fn hold_blob(&self, hex: &str) {
+        lock(&self.state).held_blobs.insert(hex.into());
     }
 
     /// Whether anyone (a lock of this fake, or another builder) holds the
@@ -664,7 +673,12 @@ impl Puller for FakeHost {
             .get(reference)
             .cloned()
             .ok_or_else(|| Error::NotFound(format!("not found in the fake registry: {reference}")))?;
-        Ok(FetchedManifest { digest: format!("sha256:{}", hex(&Sha256::digest(&bytes))), bytes, media_type })
+        // As the Rust host does, every document fetched is stored as a blob.
+        let digest_hex = hex(&Sha256::digest(&bytes));
+        let dir = self.in_cache("blobs/sha256");
+        std::fs::create_dir_all(&dir).map_err(|e| io_error("blobs/sha256", &e))?;
+        std::fs::write(dir.join(&digest_hex), &bytes).map_err(|e| io_error("blobs/sha256", &e))?;
+        Ok(FetchedManifest { digest: format!("sha256:{digest_hex}"), bytes, media_type })
     }
 
     fn fetch_blobs(
@@ -783,6 +797,19 @@ impl Capabilities for FakeHost {
 
     fn remove(&self, path: &str) -> Result<(), Error> {
         self.call(Call::Remove(path.into()))?;
+        if let Some(blob) = path.strip_prefix("blobs/sha256/") {
+            // As the Rust host does: a held blob stays; a free one goes with its lock file.
+            if lock(&self.state).held_blobs.contains(blob) {
+                return Ok(());
+            }
+            for file in [path.to_owned(), format!("blobs/locks/{blob}.lock")] {
+                match std::fs::remove_file(self.in_cache(&file)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_error(file, &e)),
+                    _ => {}
+                }
+            }
+            return Ok(());
+        }
         let full = self.in_cache(path);
         let removed = match std::fs::symlink_metadata(&full) {
             Ok(meta) if meta.is_dir() => std::fs::remove_dir(&full),

@@ -8,6 +8,7 @@
 //! `cargo test -p rootfs-cache-guest` runs them natively.
 #![warn(missing_docs)]
 
+pub mod blob_store;
 pub mod capabilities;
 #[cfg(target_arch = "wasm32")]
 mod component;

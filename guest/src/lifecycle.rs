@@ -1,13 +1,19 @@
 //! The cache's lifecycle: sweeping what crashed builders left, evicting
-//! entries to fit a size, and verifying every entry.
+//! entries (and the blobs no entry needs) to fit a size, and verifying every
+//! entry.
 
 use std::path::Path;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::blob_store;
 use crate::capabilities::Capabilities;
 use crate::error::SourceError;
-use crate::evict::{Candidate, eviction_order};
+use crate::evict::{Candidate, blob_may_go, eviction_order};
 use crate::flow::Cache;
 use crate::key::CacheKey;
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::probe::read_small;
 use crate::wit::types::{Entry, Error, GcReport, SweepReport, VerifyReport};
 
 /// The key a temporary or lock file belongs to: its name starts with 64
@@ -25,6 +31,22 @@ fn names(dir: &Path) -> Result<Vec<String>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(SourceError::io(dir, &e).into()),
     }
+}
+
+/// What garbage collection knows of the blob store while it evicts.
+struct BlobSweep<'a> {
+    /// Every blob, by hex digest.
+    blobs: &'a BTreeMap<String, blob_store::Blob>,
+    /// The documents among them.
+    documents: &'a blob_store::Documents,
+    /// The blobs each entry needs, in the order of the entries.
+    needs: &'a [BTreeSet<String>],
+    /// Which entries are still there.
+    remaining: Vec<bool>,
+    /// Blobs asked for already (gone, or kept by the host).
+    tried: BTreeSet<String>,
+    /// When the oldest running build started ([`blob_may_go`]).
+    builds_since: Option<u64>,
 }
 
 impl<H: Capabilities> Cache<'_, H> {
@@ -71,7 +93,13 @@ impl<H: Capabilities> Cache<'_, H> {
         Ok(true)
     }
 
-    /// See `cache.gc` in the WIT.
+    /// See `cache.gc` in the WIT. The cache's size is every entry's image
+    /// and every blob of the blob store: blobs no entry needs go first,
+    /// whatever the limit (they are garbage); then entries in eviction order
+    /// until the cache fits, each taking with it the blobs no remaining entry
+    /// needs. A blob stays while a build that may be about to read it is
+    /// running ([`blob_may_go`]), and while a pull holds its lock (the host
+    /// keeps it; the guest looks again to know).
     pub fn gc(&self, max_bytes: u64, pins: &[String]) -> Result<GcReport, Error> {
         let entries = self.list()?;
         // A pin that names nothing is a mistake to report, not to ignore:
@@ -89,7 +117,20 @@ impl<H: Capabilities> Cache<'_, H> {
                 )));
             }
         }
-        let bytes_before: u64 = entries.iter().map(|e| e.image_bytes).sum();
+        let blobs = blob_store::list(self.root())?;
+        let documents = blob_store::Documents::read(self.root(), &blobs);
+        let needs: Vec<BTreeSet<String>> = entries
+            .iter()
+            .map(|e| {
+                let path = self.root().join(format!("images/{}.json", e.key));
+                match read_small(&path, MAX_MANIFEST_BYTES).ok().and_then(|b| Manifest::parse(&b).ok()) {
+                    Some(manifest) => documents.needed_by(&manifest),
+                    None => BTreeSet::new(),
+                }
+            })
+            .collect();
+        let bytes_before: u64 =
+            entries.iter().map(|e| e.image_bytes).sum::<u64>() + blobs.values().map(|b| b.bytes).sum::<u64>();
         // Times to the nanosecond: the image's modification time is when it
         // was built (nothing writes it later); the manifest's is when the
         // entry was last served (reading it, as validation does, changes
@@ -119,6 +160,15 @@ impl<H: Capabilities> Cache<'_, H> {
             bytes_after: bytes_before,
             kept_pinned: (entries.len() - order.len()) as u32,
         };
+        let mut sweep = BlobSweep {
+            blobs: &blobs,
+            documents: &documents,
+            needs: &needs,
+            remaining: vec![true; entries.len()],
+            tried: BTreeSet::new(),
+            builds_since: if blobs.is_empty() { None } else { self.oldest_build()? },
+        };
+        self.remove_unneeded_blobs(&mut sweep, &mut report)?;
         for i in order {
             if report.bytes_after <= max_bytes {
                 break;
@@ -128,11 +178,52 @@ impl<H: Capabilities> Cache<'_, H> {
             if self.remove_entry(&key)? {
                 report.bytes_after -= entry.image_bytes;
                 report.removed.push(entry.clone());
+                sweep.remaining[i] = false;
+                self.remove_unneeded_blobs(&mut sweep, &mut report)?;
             } else {
                 report.kept_pinned += 1;
             }
         }
         Ok(report)
+    }
+
+    /// Removes every blob no remaining entry needs and no running build may
+    /// be about to read; counts what went.
+    fn remove_unneeded_blobs(&self, sweep: &mut BlobSweep<'_>, report: &mut GcReport) -> Result<(), Error> {
+        for (hex, blob) in sweep.blobs {
+            let needed = sweep.needs.iter().zip(&sweep.remaining).any(|(needs, &kept)| kept && needs.contains(hex));
+            let document = sweep.documents.is_document(hex);
+            if needed || sweep.tried.contains(hex) || !blob_may_go(blob.modified_ns, document, sweep.builds_since) {
+                continue;
+            }
+            sweep.tried.insert(hex.clone());
+            let path = blob_store::blob_path(hex);
+            self.host().remove(&path)?;
+            // The host keeps a blob whose lock a pull holds: look again.
+            match crate::sys::metadata(&self.root().join(&path)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => report.bytes_after -= blob.bytes,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// When the oldest build running now took its lock (its lock file's
+    /// modification time, ns), or `None` when no build runs. Free lock files
+    /// go on the way, as in `sweep`.
+    fn oldest_build(&self) -> Result<Option<u64>, Error> {
+        let mut oldest: Option<u64> = None;
+        let dir = self.root().join("locks");
+        for name in names(&dir)? {
+            let Some(key) = name.strip_suffix(".lock").and_then(CacheKey::parse) else { continue };
+            if self.host().try_lock(key.as_str())?.is_some() {
+                continue;
+            }
+            // Unknown (the file went meanwhile): as old as can be, so every blob stays.
+            let since = crate::sys::metadata(&dir.join(&name)).ok().and_then(|m| m.modified_ns).unwrap_or(0);
+            oldest = Some(oldest.map_or(since, |o| o.min(since)));
+        }
+        Ok(oldest)
     }
 
     /// See `cache.verify` in the WIT.

@@ -2,6 +2,7 @@
 //! natively, against the fake host over real files: overlay2 chains and OCI
 //! layouts made in temporary directories, and a real cache directory.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,10 +55,16 @@ fn descriptor(media_type: &str, digest: &str, size: usize, extra: &str) -> Strin
 /// layers. Returns the manifest's digest, and the layers' digests and diff
 /// IDs.
 fn oci_layout(root: &Path) -> (String, Vec<(String, String)>) {
+    oci_layout_of(root, &[b"layer one", b"layer two"])
+}
+
+/// An OCI image layout at `root` with one linux/amd64 image of these gzip
+/// layers, bottom first. Returns what [`oci_layout`] does.
+fn oci_layout_of(root: &Path, layer_bytes: &[&[u8]]) -> (String, Vec<(String, String)>) {
     std::fs::create_dir_all(root.join("blobs/sha256")).unwrap();
     std::fs::write(root.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
-    let layers: Vec<(String, String, usize)> = [&b"layer one"[..], b"layer two"]
+    let layers: Vec<(String, String, usize)> = layer_bytes
         .iter()
         .map(|bytes| {
             (blob(root, bytes), format!("sha256:{}", sha256_hex(&[bytes, &b" unpacked"[..]].concat())), bytes.len())
@@ -826,6 +833,146 @@ fn gc_keeps_an_entry_being_rebuilt() {
     assert!(report.removed.iter().all(|e| e.key != small));
     assert_eq!(report.kept_pinned, 1);
     assert!(env.at(&format!("images/{small}.ext4")).exists());
+}
+
+/// The blobs of the cache's store, by hex digest, sorted.
+fn blobs(env: &Env) -> Vec<String> {
+    if !env.at("blobs/sha256").exists() {
+        return Vec::new();
+    }
+    env.names("blobs/sha256")
+}
+
+/// The blobs of the layout at `layout`, by hex digest.
+fn layout_blobs(layout: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .chain([sha256_hex(&std::fs::read(layout.join("index.json")).unwrap())])
+        .collect()
+}
+
+/// Two images by name sharing their base layer, each converted; the first
+/// is the least recently used. Returns their keys and the blobs (layers,
+/// configs, manifests, indexes) of each.
+fn two_pulled_images(env: &Env) -> ([String; 2], [BTreeSet<String>; 2]) {
+    let mut keys = Vec::new();
+    let mut sets = Vec::new();
+    for (i, name) in ["first", "second"].into_iter().enumerate() {
+        let layout = env.dir.path().join(name);
+        oci_layout_of(&layout, &[b"the shared base layer", name.as_bytes()]);
+        let reference = format!("docker://reg.test:5000/team/{name}:1");
+        serve_layout(&env.host, &layout, &reference);
+        let key = env.cache().convert(&request(&reference, &env.agent)).unwrap().key;
+        set_mtime(&env.at(&format!("images/{key}.json")), 1_000_000 + i as u64);
+        keys.push(key);
+        sets.push(layout_blobs(&layout));
+    }
+    (keys.try_into().unwrap(), sets.try_into().unwrap())
+}
+
+fn blob_bytes(env: &Env, hexes: &BTreeSet<String>) -> u64 {
+    hexes.iter().map(|h| std::fs::metadata(env.at(&format!("blobs/sha256/{h}"))).unwrap().len()).sum()
+}
+
+#[test]
+fn gc_evicting_a_pulled_image_takes_its_own_blobs_and_keeps_the_shared_base() {
+    let env = Env::new();
+    let ([first, second], [first_blobs, second_blobs]) = two_pulled_images(&env);
+    let all: BTreeSet<String> = first_blobs.union(&second_blobs).cloned().collect();
+    assert_eq!(blobs(&env).into_iter().collect::<BTreeSet<_>>(), all, "every document and layer is in the store");
+    let shared: BTreeSet<String> = first_blobs.intersection(&second_blobs).cloned().collect();
+    assert_eq!(shared.len(), 1, "only the base layer is shared");
+    let own: BTreeSet<String> = first_blobs.difference(&shared).cloned().collect();
+    let own_bytes = blob_bytes(&env, &own);
+    let total = 2 * DEFAULT_IMAGE_BYTES + blob_bytes(&env, &all);
+
+    // Under the limit: nothing goes, blobs included.
+    let report = env.cache().gc(total, &[]).unwrap();
+    assert_eq!((report.removed.len(), report.bytes_before, report.bytes_after), (0, total, total));
+    assert_eq!(env.host.count(Capability::Remove), 0);
+
+    // One byte over: the least recently used entry goes, with the blobs only it needed.
+    let report = env.cache().gc(total - 1, &[]).unwrap();
+    assert_eq!(report.removed.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), [first.as_str()]);
+    assert_eq!(report.bytes_after, total - DEFAULT_IMAGE_BYTES - own_bytes);
+    assert_eq!(blobs(&env).into_iter().collect::<BTreeSet<_>>(), second_blobs);
+    assert!(env.at(&format!("images/{second}.ext4")).exists());
+
+    // The entry left is still served.
+    let hit = env.cache().convert(&request("docker://reg.test:5000/team/second:1", &env.agent)).unwrap();
+    assert!(hit.cached);
+}
+
+#[test]
+fn gc_removes_blobs_no_entry_needs_and_keeps_those_a_pull_holds() {
+    let env = Env::new();
+    let ([first, _], [first_blobs, second_blobs]) = two_pulled_images(&env);
+    let stray = [b"left by a pull whose build failed".as_slice(), b"another"].map(|b| {
+        let hex = sha256_hex(b);
+        std::fs::write(env.at(&format!("blobs/sha256/{hex}")), b).unwrap();
+        std::fs::create_dir_all(env.at("blobs/locks")).unwrap();
+        std::fs::write(env.at(&format!("blobs/locks/{hex}.lock")), b"").unwrap();
+        hex
+    });
+    env.host.hold_blob(&stray[1]);
+    let before = blob_bytes(&env, &first_blobs.union(&second_blobs).cloned().collect());
+    // Garbage goes whatever the limit; a held blob stays, and is not counted as freed.
+    let report = env.cache().gc(u64::MAX, &[]).unwrap();
+    assert!(report.removed.is_empty());
+    assert_eq!(report.bytes_before - report.bytes_after, 33);
+    assert!(!env.at(&format!("blobs/sha256/{}", stray[0])).exists());
+    assert!(!env.at(&format!("blobs/locks/{}.lock", stray[0])).exists(), "its lock file goes with it");
+    assert!(env.at(&format!("blobs/sha256/{}", stray[1])).exists());
+    assert!(env.at(&format!("blobs/locks/{}.lock", stray[1])).exists());
+    assert_eq!(blob_bytes(&env, &first_blobs.union(&second_blobs).cloned().collect()), before);
+
+    // A pinned entry keeps its blobs, even at a limit of zero.
+    let report = env.cache().gc(0, std::slice::from_ref(&first)).unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert_eq!(
+        blobs(&env).into_iter().collect::<BTreeSet<_>>(),
+        first_blobs.into_iter().chain([stray[1].clone()]).collect()
+    );
+}
+
+#[test]
+fn gc_keeps_blobs_a_running_build_may_be_about_to_read() {
+    let env = Env::new();
+    let ([first, second], [first_blobs, second_blobs]) = two_pulled_images(&env);
+    // Another process builds a key now; it took its lock after the blobs were handed out
+    // to the first image, not before those of the second.
+    let building = "9".repeat(64);
+    env.host.hold(&building);
+    let lock_file = env.at(&format!("locks/{building}.lock"));
+    std::fs::write(&lock_file, b"").unwrap();
+    for hex in &first_blobs {
+        set_mtime(&env.at(&format!("blobs/sha256/{hex}")), 1_000);
+    }
+    set_mtime(&lock_file, 2_000);
+    for hex in &second_blobs {
+        set_mtime(&env.at(&format!("blobs/sha256/{hex}")), 3_000);
+    }
+    // The first image's own layer is older than the build: it goes. Its documents (index,
+    // manifest, config) stay too, old as they are: a build fetches those before its lock.
+    let own_layers: Vec<String> = first_blobs
+        .difference(&second_blobs)
+        .filter(|h| !std::fs::read(env.at(&format!("blobs/sha256/{h}"))).unwrap().starts_with(b"{"))
+        .cloned()
+        .collect();
+    assert_eq!(own_layers.len(), 1);
+    let report = env.cache().gc(0, &[]).unwrap();
+    assert_eq!(report.removed.len(), 2, "{report:?}");
+    let left: BTreeSet<String> = blobs(&env).into_iter().collect();
+    let expected: BTreeSet<String> =
+        first_blobs.union(&second_blobs).filter(|h| **h != own_layers[0]).cloned().collect();
+    assert_eq!(left, expected);
+    assert!(!env.at(&format!("images/{first}.ext4")).exists() && !env.at(&format!("images/{second}.ext4")).exists());
+
+    // Once the build is over, the next gc takes them.
+    env.host.release(&building);
+    env.cache().gc(0, &[]).unwrap();
+    assert!(blobs(&env).is_empty());
 }
 
 // --- verify ------------------------------------------------------------------

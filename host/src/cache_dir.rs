@@ -10,6 +10,7 @@
 //! <cache>/tmp/                builds in progress: <key>.<token>.ext4
 //! <cache>/locks/<key>.lock    flock files, removed by their holder
 //! <cache>/engine/             the precompiled component
+//! <cache>/blobs/sha256/<hex>  pulled blobs (the `rootfs-cache-registry` store)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,37 @@ impl CacheFile {
     /// The path relative to the cache directory.
     pub fn relative(&self) -> String {
         format!("{}/{}", self.area.dir_name(), self.name)
+    }
+}
+
+/// A blob of the cache's store, `blobs/sha256/<hex>`, the only path under `blobs/` the guest
+/// may name (for `remove`, which garbage collection calls).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobFile {
+    /// The digest's 64 lowercase hex digits.
+    pub hex: String,
+}
+
+impl BlobFile {
+    /// The directory of blobs, relative to the cache.
+    pub const DIR: &'static str = "blobs/sha256";
+
+    /// `Some` when `path` is under `blobs/`: the blob it names, or `denied` (`cache_dir`) for
+    /// anything but `blobs/sha256/<64 lowercase hex digits>`. `None` for paths elsewhere.
+    pub fn parse(path: &str) -> Option<Result<Self>> {
+        let rest = path.strip_prefix("blobs/")?;
+        let hex = rest
+            .strip_prefix("sha256/")
+            .filter(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        Some(match hex {
+            Some(hex) => Ok(Self { hex: hex.to_owned() }),
+            None => Err(Error::denied("cache_dir", format!("{path:?} is not blobs/sha256/<64 lowercase hex digits>"))),
+        })
+    }
+
+    /// The path relative to the cache directory.
+    pub fn relative(&self) -> String {
+        format!("{}/{}", Self::DIR, self.hex)
     }
 }
 
@@ -157,6 +189,23 @@ impl CacheDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sha256_blob_names_parse_under_blobs() {
+        let hex = "0a".repeat(32);
+        assert_eq!(BlobFile::parse(&format!("blobs/sha256/{hex}")).unwrap().unwrap().hex, hex);
+        assert!(BlobFile::parse("tmp/x").is_none());
+        for bad in [
+            format!("blobs/sha256/{}", hex.to_uppercase()),
+            format!("blobs/sha256/{hex}/x"),
+            format!("blobs/sha256/../sha256/{hex}"),
+            format!("blobs/locks/{hex}.lock"),
+            format!("blobs/tmp/partial-{hex}.1-0"),
+            "blobs/sha256/".into(),
+        ] {
+            assert_eq!(BlobFile::parse(&bad).unwrap().unwrap_err().class(), "denied", "{bad:?}");
+        }
+    }
 
     #[test]
     fn only_plain_names_inside_allowed_areas_parse() {

@@ -126,7 +126,9 @@ pub(crate) fn entry(e: wit::Entry, cache: &Path) -> Entry {
 
 /// A garbage collection's report, its entries' paths under `cache`.
 pub(crate) fn gc_report(r: wit::GcReport, cache: &Path) -> GcReport {
+    let images: u64 = r.removed.iter().map(|e| e.image_bytes).sum();
     GcReport {
+        blob_bytes_freed: r.bytes_before.saturating_sub(r.bytes_after).saturating_sub(images),
         removed: r.removed.into_iter().map(|e| entry(e, cache)).collect(),
         bytes_before: r.bytes_before,
         bytes_after: r.bytes_after,

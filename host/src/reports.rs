@@ -144,10 +144,13 @@ pub struct SweepReport {
 pub struct GcReport {
     /// Entries removed, in the order they went.
     pub removed: Vec<Entry>,
-    /// Bytes of all entries before.
+    /// The cache's size before: every entry's image and every blob of the blob store.
     pub bytes_before: u64,
-    /// Bytes of all entries after.
+    /// The cache's size after.
     pub bytes_after: u64,
+    /// Bytes of blobs removed (those no remaining entry needs): `bytes_before - bytes_after`
+    /// less the removed entries' images.
+    pub blob_bytes_freed: u64,
     /// Entries kept although they were candidates: pinned or being rebuilt.
     pub kept_pinned: u32,
 }

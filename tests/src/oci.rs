@@ -380,3 +380,30 @@ pub fn is_zstd(layout: &Path) -> bool {
         .flatten()
         .any(|e| std::fs::read(e.path()).map(|b| String::from_utf8_lossy(&b).contains("tar+zstd")).unwrap_or(false))
 }
+
+/// The OCI layout of the Docker fixture `name` when `ROOTFS_FIXTURES` names
+/// the `fixtures.json` of `tests/fixtures/docker-fixtures.sh`; `None` when it
+/// is not set or has no such fixture.
+pub fn fixture_layout(name: &str) -> Option<std::path::PathBuf> {
+    let list = std::env::var_os("ROOTFS_FIXTURES")?;
+    let list: serde_json::Value = serde_json::from_slice(&std::fs::read(list).ok()?).ok()?;
+    let fixture = list.as_array()?.iter().find(|f| f["name"] == name)?;
+    Some(std::path::PathBuf::from(fixture["oci"].as_str()?))
+}
+
+/// Pushes the image `oci:LAYOUT:latest` (every image with `all`) to the
+/// plain-HTTP registry at `host` as `name` (`REPO:TAG`), with `skopeo copy
+/// --preserve-digests`.
+pub fn skopeo_push(layout: &Path, host: &str, name: &str, all: bool) {
+    let mut command = std::process::Command::new("skopeo");
+    command.args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]);
+    if all {
+        command.arg("--all");
+    }
+    let out = command
+        .arg(format!("oci:{}:latest", layout.display()))
+        .arg(format!("docker://{host}/{name}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+}

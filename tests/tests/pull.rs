@@ -7,6 +7,7 @@
 #[path = "../../host/registry/tests/support/mod.rs"]
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,26 +22,13 @@ const TOOLS: &[&str] = &["docker-registry", "skopeo"];
 
 /// Pushes the image `oci:LAYOUT:latest` (or every image with `all`) to `registry` as `name`.
 fn push(layout: &Path, registry: &Registry, name: &str, all: bool) {
-    let mut command = Command::new("skopeo");
-    command.args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"]);
-    if all {
-        command.arg("--all");
-    }
-    let out = command
-        .arg(format!("oci:{}:latest", layout.display()))
-        .arg(format!("docker://{}/{name}", registry.host))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    oci::skopeo_push(layout, &registry.host, name, all);
 }
 
 /// The layout of the first Docker fixture (`base`) when `ROOTFS_FIXTURES` names them, else
 /// the tests' feature layout (every kind of entry and change) written under `dir`.
 fn test_layout(dir: &Path) -> PathBuf {
-    if let Some(list) = std::env::var_os("ROOTFS_FIXTURES") {
-        let list: serde_json::Value = serde_json::from_slice(&std::fs::read(list).unwrap()).unwrap();
-        let base = list.as_array().unwrap().iter().find(|f| f["name"] == "base").unwrap_or(&list[0]);
-        let layout = PathBuf::from(base["oci"].as_str().unwrap());
+    if let Some(layout) = oci::fixture_layout("base") {
         let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
         if !index.contains("tar+zstd") {
             return layout;
@@ -356,6 +344,158 @@ fn sixteen_concurrent_converts_of_one_name_download_each_blob_once() {
         assert_eq!(blob_gets(&registry, &hex), 1, "blob {hex} was downloaded more than once");
     }
     assert_eq!(std::fs::read_dir(cache.join("blobs/tmp")).unwrap().count(), 0);
+}
+
+/// `rootfs-cache --cache-dir CACHE gc --max-bytes MAX --json`'s report.
+fn gc(cache: &Path, max_bytes: u64) -> serde_json::Value {
+    let max = max_bytes.to_string();
+    let (code, stdout, stderr) =
+        cli(&[os("--cache-dir"), cache.as_os_str(), os("gc"), os("--max-bytes"), os(&max), os("--json")]);
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// The blobs of a single-image layout (layers, config, image manifest), by hex, with their
+/// lengths.
+fn layout_blobs(layout: &Path) -> BTreeMap<String, u64> {
+    std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().into_string().unwrap(), e.metadata().unwrap().len())
+        })
+        .collect()
+}
+
+/// The names in `<cache>/blobs/<area>`.
+fn blob_names(cache: &Path, area: &str) -> BTreeSet<String> {
+    std::fs::read_dir(cache.join("blobs").join(area))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect()
+}
+
+/// Holds the store's lock of the digest `hex`, as a pull downloading or holding the blob does.
+fn hold_blob_lock(cache: &Path, hex: &str) -> std::fs::File {
+    let path = cache.join("blobs/locks").join(format!("{hex}.lock"));
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).unwrap();
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    file
+}
+
+#[test]
+fn gc_evicts_a_pulled_image_with_only_its_own_blobs_and_leaves_a_pull_in_progress_alone() {
+    if !require(TOOLS) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(Setup::default());
+    let agent = agent(dir.path(), "vm-agent", "pull");
+    let cache = dir.path().join("cache");
+    let insecure = ["--insecure-registry", registry.host.as_str(), "--ext4-profile", "minimal"];
+    let base_data = rootfs_cache_tests::incompressible(256 << 10, 1);
+    let base = oci::tar(&[TarEntry::dir("etc/", 0o755), TarEntry::file("etc/base", &base_data, 0o644)]);
+    let mut layouts = Vec::new();
+    let mut keys = Vec::new();
+    for (i, name) in ["first", "second"].into_iter().enumerate() {
+        let data = rootfs_cache_tests::incompressible(64 << 10, 10 + i as u64);
+        let own = oci::tar(&[TarEntry::dir("app/", 0o755), TarEntry::file(&format!("app/{name}"), &data, 0o644)]);
+        let layout = dir.path().join(name);
+        oci::layout(&layout, &[base.clone(), own], "amd64", IndexStyle::Skopeo);
+        push(&layout, &registry, &format!("shared/{name}:v1"), false);
+        let (code, json, stderr) =
+            convert(&cache, &format!("docker://{}/shared/{name}:v1", registry.host), &agent, &insecure);
+        assert_eq!(code, 0, "{stderr}");
+        let key = json["key"].as_str().unwrap().to_owned();
+        // The first is the least recently used.
+        rootfs_cache_tests::set_mtime(&cache.join(format!("images/{key}.json")), 1_000_000 + i as i64, 0);
+        keys.push(key);
+        layouts.push(layout);
+    }
+    let (first, second) = (layout_blobs(&layouts[0]), layout_blobs(&layouts[1]));
+    let shared: Vec<&String> = first.keys().filter(|h| second.contains_key(*h)).collect();
+    assert_eq!(shared.len(), 1, "the two images share their base layer only");
+    assert_eq!(blob_gets(&registry, shared[0]), 1, "the second image downloaded the base layer again");
+    let stored = blob_names(&cache, "sha256");
+    assert_eq!(stored, first.keys().chain(second.keys()).cloned().collect(), "the store holds both images");
+
+    // A pull in progress: a stored blob whose lock it holds, and a download under way.
+    let held = rootfs_cache_tests::incompressible(1000, 20);
+    let held_hex = rootfs_cache_tests::sha256_hex(&held);
+    std::fs::write(cache.join("blobs/sha256").join(&held_hex), &held).unwrap();
+    let held_lock = hold_blob_lock(&cache, &held_hex);
+    let downloading_hex = "d".repeat(64);
+    let downloading_lock = hold_blob_lock(&cache, &downloading_hex);
+    let partial = cache.join(format!("blobs/tmp/partial-{downloading_hex}.4242-0"));
+    std::fs::write(&partial, b"half a blob").unwrap();
+    // And garbage: a blob no entry needs, nobody holds.
+    let garbage = rootfs_cache_tests::incompressible(3000, 21);
+    let garbage_hex = rootfs_cache_tests::sha256_hex(&garbage);
+    std::fs::write(cache.join("blobs/sha256").join(&garbage_hex), &garbage).unwrap();
+    drop(hold_blob_lock(&cache, &garbage_hex));
+
+    // Whatever the limit, the garbage goes, with its lock file; the held blob stays.
+    let report = gc(&cache, u64::MAX);
+    assert_eq!(report["removed"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(report["blob_bytes_freed"], 3000, "{report}");
+    let mut expected = stored.clone();
+    expected.insert(held_hex.clone());
+    assert_eq!(blob_names(&cache, "sha256"), expected);
+    assert!(!blob_names(&cache, "locks").contains(&format!("{garbage_hex}.lock")));
+
+    // A build running in another process (its key lock held) may be about to read a blob
+    // handed out since it took its lock: such a blob stays until the build is over; an older
+    // one goes.
+    let build_lock_path = cache.join(format!("locks/{}.lock", "e".repeat(64)));
+    let build_lock = std::fs::File::create(&build_lock_path).unwrap();
+    rustix::fs::flock(&build_lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    rootfs_cache_tests::set_mtime(&build_lock_path, 2_000_000_000, 0);
+    let [older, newer] = [(1_999_999_999, 22), (2_000_000_001, 23)].map(|(mtime, seed)| {
+        let bytes = rootfs_cache_tests::incompressible(500, seed);
+        let path = cache.join("blobs/sha256").join(rootfs_cache_tests::sha256_hex(&bytes));
+        std::fs::write(&path, &bytes).unwrap();
+        rootfs_cache_tests::set_mtime(&path, mtime, 0);
+        path
+    });
+    let report = gc(&cache, u64::MAX);
+    assert_eq!(report["blob_bytes_freed"], 500, "{report}");
+    assert!(!older.exists() && newer.exists());
+    drop(build_lock);
+    let report = gc(&cache, u64::MAX);
+    assert_eq!(report["blob_bytes_freed"], 500, "{report}");
+    assert!(!newer.exists());
+    assert!(!build_lock_path.exists(), "gc took and dropped the free build lock, which removes its file");
+
+    // One byte over: the least recently used image goes with its own layer, config and
+    // manifest; the shared base layer stays, and so does the pull in progress.
+    let size = report["bytes_after"].as_u64().unwrap();
+    let report = gc(&cache, size - 1);
+    let removed: Vec<&str> = report["removed"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    assert_eq!(removed, [keys[0].as_str()], "{report}");
+    let own: u64 = first.iter().filter(|(h, _)| !second.contains_key(*h)).map(|(_, len)| len).sum();
+    assert_eq!(report["blob_bytes_freed"], own, "{report}");
+    let mut expected: BTreeSet<String> = second.keys().cloned().collect();
+    expected.insert(held_hex.clone());
+    assert_eq!(blob_names(&cache, "sha256"), expected);
+    let locks = blob_names(&cache, "locks");
+    assert!(locks.contains(&format!("{held_hex}.lock")) && locks.contains(&format!("{downloading_hex}.lock")));
+    assert!(first.keys().filter(|h| !second.contains_key(*h)).all(|h| !locks.contains(&format!("{h}.lock"))));
+    assert!(partial.exists(), "a download in progress was disturbed");
+    drop((held_lock, downloading_lock));
+
+    // The first image again: only its own blobs are downloaded; the base is still stored.
+    let (code, _, stderr) = convert(&cache, &format!("docker://{}/shared/first:v1", registry.host), &agent, &insecure);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(blob_gets(&registry, shared[0]), 1);
+    // The second, with the registry gone: still a hit (its documents stayed).
+    let second_source = format!("docker://{}/shared/second:v1", registry.host);
+    drop(registry);
+    let (code, hit, stderr) = convert(&cache, &second_source, &agent, &["--ext4-profile", "minimal"]);
+    assert_eq!(
+        (code, hit["cached"].as_bool(), hit["key"].as_str()),
+        (0, Some(true), Some(keys[1].as_str())),
+        "{stderr}"
+    );
 }
 
 /// Standard base64 of `bytes`, as `config.json`'s `auth` holds `user:password`.

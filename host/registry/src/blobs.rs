@@ -198,11 +198,13 @@ impl RegistryClient {
     }
 }
 
-/// The blob, if it is in the store already (and has the expected length, when one is given).
+/// The blob, if it is in the store already (and has the expected length, when one is given),
+/// its use recorded ([`BlobStore::touch`]).
 fn present(store: &BlobStore, blob: &BlobRequest) -> Result<Option<FetchedBlob>, RegistryError> {
     let path = store.path(&blob.digest);
     match std::fs::metadata(&path) {
         Ok(meta) if blob.size.is_none_or(|size| size == meta.len()) => {
+            store.touch(&blob.digest);
             Ok(Some(FetchedBlob { digest: blob.digest.clone(), size: meta.len(), path, outcome: BlobOutcome::Present }))
         }
         Ok(meta) => Err(RegistryError::Corrupt {

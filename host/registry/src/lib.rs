@@ -72,4 +72,4 @@ pub use error::RegistryError;
 pub use manifest::{ACCEPTED_MEDIA_TYPES, RawManifest};
 pub use progress::{FnProgress, NoProgress, Progress};
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};
-pub use store::{BlobStore, StaleFile, TEMP_PREFIX};
+pub use store::{BlobStore, Removal, StaleFile, TEMP_PREFIX};

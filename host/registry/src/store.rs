@@ -27,6 +27,15 @@ pub struct BlobStore {
     root: PathBuf,
 }
 
+/// What [`BlobStore::remove`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// The blob (if it was there) and its lock file are gone.
+    Removed,
+    /// The digest's lock is held (a pull is writing the blob, or holds it): nothing was removed.
+    Busy,
+}
+
 /// A temporary file found by [`BlobStore::sweep`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleFile {
@@ -209,6 +218,53 @@ impl BlobStore {
         Ok((digest, len, path))
     }
 
+    /// Removes the blob `digest` and its lock file, under the digest's lock taken without
+    /// waiting: when a pull holds the lock (it is downloading the blob, or another caller holds
+    /// it), nothing is removed and the answer is [`Removal::Busy`]. A missing blob is not an
+    /// error (its lock file, if any, still goes). A fetch waiting for the lock meanwhile finds
+    /// its file unlinked once it has it, and takes a new one (see [`BlobStore::lock`]).
+    pub fn remove(&self, digest: &Digest) -> Result<Removal, RegistryError> {
+        let lock_path = self.lock_path(digest.hex());
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| RegistryError::store(&lock_path, e))?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(Removal::Busy),
+            Err(e) => return Err(RegistryError::store(&lock_path, e.into())),
+        }
+        // The file locked must still be the lock file: one unlinked by another remover
+        // meanwhile locks nothing a fetch would wait on.
+        let held = file.metadata().map_err(|e| RegistryError::store(&lock_path, e))?;
+        match fs::metadata(&lock_path) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => {}
+            Ok(_) => return Ok(Removal::Busy),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Removal::Busy),
+            Err(e) => return Err(RegistryError::store(&lock_path, e)),
+        }
+        let path = self.path(digest);
+        for removed in [&path, &lock_path] {
+            match fs::remove_file(removed) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RegistryError::store(removed, e)),
+            }
+        }
+        Ok(Removal::Removed)
+    }
+
+    /// Records that the blob was just handed to a caller, by setting its modification time to
+    /// now: a garbage collection spares the blobs handed out since a build still running
+    /// started. Best effort: a blob whose time cannot be set (another owner) is used anyway.
+    pub fn touch(&self, digest: &Digest) {
+        if let Ok(file) = File::open(self.path(digest)) {
+            let _ = file.set_modified(std::time::SystemTime::now());
+        }
+    }
+
     /// Temporary files left by pulls that are no longer running (their digest's lock is free),
     /// removed when `remove` is true. A temporary file of a running pull is never listed.
     pub fn sweep(&self, remove: bool) -> Result<Vec<StaleFile>, RegistryError> {
@@ -299,6 +355,27 @@ mod tests {
         assert_eq!(store.sweep(true).unwrap().len(), 1);
         assert!(!held_tmp.exists());
         assert!(dir.path().join("blobs/tmp/other").exists());
+    }
+
+    #[test]
+    fn remove_spares_a_held_blob_and_takes_the_lock_file_with_a_free_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let digest = Digest::of(b"blob");
+        store.put(&digest, b"blob").unwrap();
+        let lock_file = dir.path().join(format!("blobs/locks/{}.lock", digest.hex()));
+        assert!(lock_file.exists());
+        let held = store.lock(&digest).unwrap();
+        assert_eq!(store.remove(&digest).unwrap(), Removal::Busy);
+        assert!(store.contains(&digest) && lock_file.exists());
+        drop(held);
+        assert_eq!(store.remove(&digest).unwrap(), Removal::Removed);
+        assert!(!store.contains(&digest) && !lock_file.exists());
+        // Missing: nothing to do, and no lock file left behind.
+        assert_eq!(store.remove(&digest).unwrap(), Removal::Removed);
+        assert!(!lock_file.exists());
+        // A fetch takes the digest's lock again afterwards.
+        drop(store.lock(&digest).unwrap());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use cap_std::fs::OpenOptions;
 use cap_std::fs::OpenOptionsExt as _;
 
-use crate::cache_dir::{Area, CacheDir, CacheFile};
+use crate::cache_dir::{Area, BlobFile, CacheDir, CacheFile};
 use crate::error::{Error, Result};
 use crate::regular_file::{IntoError as _, RegularFile};
 
@@ -41,6 +41,12 @@ pub trait Publisher: Send + Sync {
 
     /// Removes a file or an empty directory; a missing one is not an error.
     fn remove(&self, cache: &CacheDir, file: &CacheFile) -> Result<()>;
+
+    /// Removes a blob of the store and its lock file, under the digest's lock taken without
+    /// waiting. While a pull holds that lock (it is writing the blob) nothing is removed and
+    /// the call still succeeds: the guest looks again to see whether the blob went. A missing
+    /// blob is not an error. Errors: `Io`.
+    fn remove_blob(&self, cache: &CacheDir, blob: &BlobFile) -> Result<()>;
 
     /// Records a use of the entry whose manifest is `manifest` by setting the
     /// manifest's modification (and access) time to now; its contents stay.
@@ -126,6 +132,15 @@ impl Publisher for DurablePublisher {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::io(format!("removing {}", file.relative()), &e)),
         }
+    }
+
+    fn remove_blob(&self, cache: &CacheDir, blob: &BlobFile) -> Result<()> {
+        let digest: rootfs_cache_registry::Digest = format!("sha256:{}", blob.hex)
+            .parse()
+            .map_err(|e| Error::InvalidRequest(format!("{}: {e}", blob.relative())))?;
+        let store = rootfs_cache_registry::BlobStore::open(cache.path())
+            .map_err(crate::capabilities::puller::registry_error)?;
+        store.remove(&digest).map(|_| ()).map_err(crate::capabilities::puller::registry_error)
     }
 
     fn record_use(&self, cache: &CacheDir, manifest: &CacheFile) -> Result<()> {

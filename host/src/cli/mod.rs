@@ -443,10 +443,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     println!("evicted {} ({}, {})", e.key, size::human(e.image_bytes), e.source);
                 }
                 println!(
-                    "{} → {} ({} evicted, {} kept for pins or builds)",
+                    "{} → {} ({} evicted, {} of blobs no entry needs removed, {} kept for pins or builds)",
                     size::human(report.bytes_before),
                     size::human(report.bytes_after),
                     report.removed.len(),
+                    size::human(report.blob_bytes_freed),
                     report.kept_pinned
                 );
             }

@@ -85,8 +85,12 @@ impl StoreState {
         Ok(())
     }
 
-    /// `remove`: a temporary image or an entry's file.
+    /// `remove`: a temporary image, an entry's file, or a blob (which stays while a pull
+    /// holds its lock).
     pub(super) fn remove_file(&mut self, path: &str) -> Result<(), Error> {
+        if let Some(blob) = crate::cache_dir::BlobFile::parse(path) {
+            return self.shared.caps.publisher.remove_blob(&self.shared.cache, &blob?);
+        }
         let file = CacheFile::parse(path, &[Area::Tmp, Area::Images])?;
         self.shared.caps.publisher.remove(&self.shared.cache, &file)?;
         self.staged.retain(|f| f.relative() != path);
