@@ -222,7 +222,7 @@ impl BlobStore {
     /// waiting: when a pull holds the lock (it is downloading the blob, or another caller holds
     /// it), nothing is removed and the answer is [`Removal::Busy`]. A missing blob is not an
     /// error (its lock file, if any, still goes). A fetch waiting for the lock meanwhile finds
-    /// its file unlinked once it has it, and takes a new one (see [`BlobStore::lock`]).
+    /// its file unlinked once it has it, and takes a new one (see the private `BlobStore::lock`).
     pub fn remove(&self, digest: &Digest) -> Result<Removal, RegistryError> {
         let lock_path = self.lock_path(digest.hex());
         let file = OpenOptions::new()
