@@ -117,6 +117,39 @@ mod tests {
     }
 
     #[test]
+    fn mutated_archives_never_panic_and_store_only_whole_blobs() {
+        // A thousand corruptions of a valid archive (the fuzz target `docker_archive`
+        // explores further): every answer is an error or files whose blobs hash right.
+        let tmp = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(tmp.path()).unwrap();
+        let valid = tar_of(&[("manifest.json", b"[{}]"), ("a/layer.tar", &[7u8; 3000]), ("b.json", b"{}")]);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..1000 {
+            let mut bytes = valid.clone();
+            for _ in 0..=(next() % 4) {
+                let at = (next() % bytes.len() as u64) as usize;
+                bytes[at] = next() as u8;
+            }
+            if next() % 8 == 0 {
+                bytes.truncate((next() % bytes.len() as u64) as usize);
+            }
+            if let Ok(files) = store_archive(&bytes[..], &store, 1 << 20) {
+                for file in files {
+                    let stored = std::fs::read(&file.path).unwrap();
+                    assert_eq!((Digest::of(&stored), stored.len() as u64), (file.digest, file.size));
+                }
+            }
+        }
+        assert!(store.sweep(false).unwrap().is_empty(), "a temporary file was left");
+    }
+
+    #[test]
     fn limits_and_bad_archives_are_errors() {
         let tmp = tempfile::tempdir().unwrap();
         let store = BlobStore::open(tmp.path()).unwrap();
