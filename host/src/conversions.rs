@@ -104,6 +104,8 @@ pub(crate) fn outcome(o: wit::Outcome, cache: &Path) -> Outcome {
         timings: o.timings.into(),
         reference: o.reference,
         manifest_digest: o.manifest_digest,
+        cloned_bytes: 0,
+        copied_bytes: 0,
     }
 }
 

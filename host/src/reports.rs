@@ -66,6 +66,12 @@ pub struct Outcome {
     /// manifest selected for the platform. Absent from JSON for overlay2.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest_digest: Option<String>,
+    /// File data the build shared with its sources by cloning
+    /// (`FICLONERANGE`, on xfs with reflink or btrfs), in bytes; 0 on a hit.
+    pub cloned_bytes: u64,
+    /// File data the build copied into the image, in bytes; 0 on a hit and
+    /// from converters that do not count it (only `exact` does).
+    pub copied_bytes: u64,
 }
 
 /// What an image's superblock says.

@@ -144,6 +144,13 @@ struct ConvertArgs {
     #[arg(long, value_enum, default_value_t = Injection::Auto)]
     inject: Injection,
 
+    /// Whether the exact converter clones file data from the layers (or its
+    /// spool) into the image where the filesystem shares blocks (xfs with
+    /// reflink, btrfs): `auto` clones where it can and copies elsewhere,
+    /// `never` always copies. The image's bytes are the same either way.
+    #[arg(long, value_enum, default_value_t = ReflinkArg::Auto, value_name = "WHEN")]
+    reflink: ReflinkArg,
+
     /// Platform to pick from an OCI image index.
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
     platform: String,
@@ -182,6 +189,15 @@ enum ProfileArg {
     Default,
     /// Without a journal.
     Minimal,
+}
+
+/// `--reflink`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReflinkArg {
+    /// Clone where the filesystem allows it.
+    Auto,
+    /// Always copy.
+    Never,
 }
 
 /// How the agent is installed.
@@ -311,7 +327,11 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
             ProfileArg::Default => rootfs_cache::Ext4Profile::Default,
             ProfileArg::Minimal => rootfs_cache::Ext4Profile::Minimal,
         };
-        let exact = rootfs_cache::capabilities::converter::exact::ExactConverter { headroom, profile };
+        let reflink = match args.reflink {
+            ReflinkArg::Auto => rootfs_cache::ext4::Reflink::Auto,
+            ReflinkArg::Never => rootfs_cache::ext4::Reflink::Never,
+        };
+        let exact = rootfs_cache::capabilities::converter::exact::ExactConverter { headroom, profile, reflink };
         let mut caps = rootfs_cache::Capabilities::native_with_exact(exact);
         caps = match args.inject {
             Injection::Auto => caps,
