@@ -55,6 +55,7 @@ mod engine;
 mod error;
 pub mod fsck;
 mod host_impl;
+mod image_digest;
 pub mod observer;
 mod output_tail;
 pub mod policy;

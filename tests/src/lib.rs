@@ -111,6 +111,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Opens a published entry's image for writing, as a runtime that booted
+/// the entry itself would: entries are published read-only (0444), which
+/// stops its owner, not root.
+pub fn open_entry_for_writing(image: &Path) -> std::fs::File {
+    std::fs::set_permissions(image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new().write(true).open(image).unwrap()
+}
+
 /// Writes an executable file.
 pub fn write_executable(path: &Path, contents: &[u8]) {
     std::fs::write(path, contents).unwrap();

@@ -4,8 +4,10 @@
 //! Publishing order, so that a published entry survives a crash or power
 //! loss and a half-published one is never mistaken for a valid entry:
 //!
-//! 1. fsync the staged image (its data and size are on disk);
-//! 2. write the manifest to `tmp/<name>.json`, fsync it;
+//! 1. fsync the staged image (its data and size are on disk), make it
+//!    read-only (0444: a VM boots a clone, never the entry) and hash it;
+//! 2. write the manifest, with the image's SHA-256 (`image_sha256`) added,
+//!    to `tmp/<name>.json`, fsync it;
 //! 3. rename the image to `images/<key>.ext4`;
 //! 4. rename the manifest to `images/<key>.json`;
 //! 5. fsync `images/` (both renames are on disk) and `tmp/`.
@@ -77,6 +79,12 @@ impl Publisher for DurablePublisher {
         if !self.skip_fsync {
             staged_file.file().sync_all().map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
         }
+        rustix::fs::fchmod(staged_file.file(), rustix::fs::Mode::from_raw_mode(0o444))
+            .map_err(|e| Error::io(format!("making {} read-only", staged.relative()), &e.into()))?;
+        let digest = crate::image_digest::sha256(staged_file.file())
+            .map_err(|e| Error::io(format!("hashing {}", staged.relative()), &e))?;
+        let manifest_json = crate::image_digest::with_image_sha256(manifest_json, &digest)
+            .map_err(|e| Error::Corrupt(format!("the manifest to publish is not a JSON object: {e}")))?;
         drop(staged_file);
         crate::test_hooks::pause("fsynced");
 
