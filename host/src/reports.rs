@@ -163,4 +163,8 @@ pub struct VerifyReport {
     pub checked: u32,
     /// Broken entries, each with its problem; all were removed.
     pub broken: Vec<Entry>,
+    /// With `--deep`: entries whose bytes were hashed again and matched the
+    /// SHA-256 recorded when they were published (entries published before
+    /// digests were recorded are not counted).
+    pub hashed: u32,
 }

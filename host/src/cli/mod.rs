@@ -52,6 +52,26 @@ enum Command {
     Gc(GcArgs),
     /// Check every entry and remove the broken ones.
     Verify(VerifyArgs),
+    /// Make DEST a private, writable copy of an entry for one VM (a reflink
+    /// where the filesystem allows it, a sparse copy otherwise). Boot
+    /// clones, never entries.
+    Clone(CloneArgs),
+}
+
+#[derive(Debug, Args)]
+struct CloneArgs {
+    /// The entry: its key, or its image path (<cache>/images/<key>.ext4).
+    #[arg(value_name = "IMAGE_OR_KEY")]
+    image_or_key: String,
+
+    /// The copy to create; it must not exist.
+    #[arg(value_name = "DEST")]
+    dest: PathBuf,
+
+    /// Print JSON (key, image, dest, method, image_bytes, copied_bytes,
+    /// duration_us) instead of the copy's path.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +94,11 @@ struct VerifyArgs {
     /// Also run `e2fsck -fn` on every image.
     #[arg(long)]
     fsck: bool,
+
+    /// Also hash every image again and remove those whose bytes differ from
+    /// the SHA-256 recorded when they were published (reads every byte).
+    #[arg(long)]
+    deep: bool,
 
     /// Print JSON instead of text.
     #[arg(long)]
@@ -461,7 +486,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => {
-            let report = open(&cli, None)?.verify(args.fsck).await?;
+            let cache = open(&cli, None)?;
+            let report = if args.deep { cache.verify_deep(args.fsck).await? } else { cache.verify(args.fsck).await? };
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -469,6 +495,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     println!("removed {}: {}", e.key, e.problem.as_deref().unwrap_or("broken"));
                 }
                 println!("{} entries checked, {} broken and removed", report.checked, report.broken.len());
+                if args.deep {
+                    println!("{} entries hashed and unchanged", report.hashed);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Clone(args) => {
+            let report = open(&cli, None)?.clone_entry(&args.image_or_key, &args.dest).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.dest.display());
             }
             Ok(ExitCode::SUCCESS)
         }
