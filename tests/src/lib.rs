@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 pub mod compare;
 pub mod oci;
+pub mod scratch_fs;
 pub mod vm;
 
 /// A child forked from this process that holds copies of every descriptor
@@ -209,6 +210,12 @@ impl Overlay2 {
     /// The overlay2 root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Builds the next layer on the first `keep` layers only, so that a
+    /// second image shares its base with the first.
+    pub fn branch(&mut self, keep: usize) {
+        self.links.truncate(keep);
     }
 
     /// Adds a layer on top; returns its layer directory.
