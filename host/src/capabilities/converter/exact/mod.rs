@@ -214,7 +214,8 @@ impl ExactConverter {
                 if self.reflink == Reflink::Auto && same_filesystem(&top_first[0], &job.output) {
                     let layers = layer_files::open_layers(&top_first)
                         .map_err(|e| failed(format!("opening the chain's layers: {e}")))?;
-                    layer_files::point_at_layers(&mut tree, &root, &layers);
+                    let pointed = layer_files::point_at_layers(&mut tree, &root, &layers);
+                    tracing::debug!(files = pointed.files, bytes = pointed.bytes, "files read from their layers");
                 }
                 tree
             }
