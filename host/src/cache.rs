@@ -323,6 +323,15 @@ impl RootfsCache {
             let Some(_lock) = self.shared.locks.try_lock(self.shared.cache.clone(), &entry.key).await? else {
                 continue;
             };
+            // Under the lock, the entry is what was hashed unless it was
+            // replaced in between: hash it again before removing it.
+            let (cache, key) = (self.shared.cache.clone(), entry.key.clone());
+            let again = tokio::task::spawn_blocking(move || crate::deep_verify::rehash(&cache, &key))
+                .await
+                .map_err(|e| Error::Io(format!("hashing an entry: {e}")))?;
+            if !matches!(again, Ok(crate::deep_verify::Rehash::Changed(_))) {
+                continue;
+            }
             let publisher = &self.shared.caps.publisher;
             for name in [format!("{}.json", entry.key), format!("{}.ext4", entry.key)] {
                 let file = crate::cache_dir::CacheFile { area: crate::cache_dir::Area::Images, name };
