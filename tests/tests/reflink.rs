@@ -112,6 +112,7 @@ async fn a_300_mib_file_grows_disk_use_by_less_than_40_mib(kind: FsKind) {
     let fs = ScratchFs::new(kind, 2 << 30);
     let top = data_chain(&fs.dir("overlay2"), 300 * MIB + 123);
     let agent = agent(&fs.path, "vm-agent", "reflink");
+    let cache_copying = cache(&fs.dir("copying"), Reflink::Never);
     let cache = cache(&fs.dir("cache"), Reflink::Auto);
     let before = fs.used_bytes();
     let outcome = cache.convert(&Request::new(&top, &agent).converter(ConverterSpec::Exact)).await.unwrap();
@@ -126,6 +127,12 @@ async fn a_300_mib_file_grows_disk_use_by_less_than_40_mib(kind: FsKind) {
     assert!(outcome.cloned_bytes >= 300 * MIB, "{kind:?}: only {} bytes were cloned", outcome.cloned_bytes);
     assert!(outcome.copied_bytes < MIB, "{kind:?}: {} bytes were copied", outcome.copied_bytes);
     assert_exact(&top, &outcome.image);
+    // What the figure rests on: the same conversion copying shows its data.
+    let before = fs.used_bytes();
+    let copied = cache_copying.convert(&Request::new(&top, &agent)).await.unwrap();
+    let grown = fs.used_bytes() - before;
+    assert!(grown > 250 * MIB, "{kind:?}: a copying conversion grew disk use by only {grown} bytes");
+    assert_eq!(std::fs::read(&copied.image).unwrap(), std::fs::read(&outcome.image).unwrap());
 }
 
 #[tokio::test]

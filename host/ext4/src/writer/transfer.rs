@@ -77,8 +77,9 @@ impl Transfer {
 
     /// Moves `len` bytes at `from` in `src` to `to` in `dst`: the whole
     /// blocks by cloning where it works, the rest by copying. `to` is a
-    /// block boundary of the image; `from` need not be one (a spool written
-    /// before files were block-aligned), and then everything is copied.
+    /// block boundary of the image; `from` need not be one (a
+    /// [`FileData::Range`](crate::FileData::Range) may start mid-block), and
+    /// then everything is copied.
     pub(super) fn transfer(&self, src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<()> {
         let whole = len / BLOCK_SIZE * BLOCK_SIZE;
         let cloned = if whole > 0 && from.is_multiple_of(BLOCK_SIZE) && to.is_multiple_of(BLOCK_SIZE) {
