@@ -212,6 +212,7 @@ mod tests {
             image_bytes: 1,
             created: 1,
             builder: "test".into(),
+            image_sha256: None,
         }
     }
 

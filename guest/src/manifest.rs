@@ -52,6 +52,12 @@ pub struct Manifest {
     pub created: u64,
     /// What built it (`rootfs-cache-guest <version>`).
     pub builder: String,
+    /// SHA-256 of the image's bytes, hex, as published: the host's
+    /// publisher computes it and adds it to the manifest the guest gives it
+    /// (`verify --deep` compares it with the image). Absent from entries
+    /// published before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_sha256: Option<String>,
 }
 
 impl Manifest {
@@ -89,6 +95,7 @@ mod tests {
             image_bytes: 64 << 20,
             created: 1_700_000_000,
             builder: "rootfs-cache-guest 0.1.0".into(),
+            image_sha256: None,
         }
     }
 
@@ -96,6 +103,14 @@ mod tests {
     fn a_manifest_round_trips() {
         let m = sample();
         assert_eq!(Manifest::parse(m.to_json().as_bytes()).unwrap(), m);
+    }
+
+    #[test]
+    fn the_image_digest_the_publisher_adds_is_accepted() {
+        let json = sample().to_json();
+        assert!(!json.contains("image_sha256"), "the guest leaves it to the publisher");
+        let published = json.replacen('{', &format!(r#"{{"image_sha256":"{}","#, "ef".repeat(32)), 1);
+        assert_eq!(Manifest::parse(published.as_bytes()).unwrap().image_sha256, Some("ef".repeat(32)));
     }
 
     #[test]

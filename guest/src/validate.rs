@@ -184,6 +184,7 @@ mod tests {
             image_bytes,
             created: 0,
             builder: "test".into(),
+            image_sha256: None,
         }
     }
 

@@ -136,13 +136,17 @@ impl RootfsCache {
             Ok(instance) => guest_result(instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await),
             Err(e) => Err(e),
         };
+        let converted = store.data().converted;
         let outcome = self.settle(store, "convert", arguments, started, result).await?;
         if let (false, Some(max)) = (outcome.cached, self.max_cache_bytes)
             && let Err(e) = self.gc(max, std::slice::from_ref(&outcome.key)).await
         {
             tracing::warn!(error = %e, "garbage collection after the build failed");
         }
-        Ok(conversions::outcome(outcome, self.cache_dir()))
+        let mut outcome = conversions::outcome(outcome, self.cache_dir());
+        outcome.cloned_bytes = converted.cloned_bytes;
+        outcome.copied_bytes = converted.copied_bytes;
+        Ok(outcome)
     }
 
     /// The Docker engine's overlay2 directory, when overlay2 is its storage
@@ -308,6 +312,97 @@ impl RootfsCache {
         };
         let r = self.settle(store, "verify", || json!({ "fsck": fsck }), started, result).await?;
         Ok(conversions::verify_report(r, self.cache_dir()))
+    }
+
+    /// [`verify`](Self::verify), then every entry left hashed again: one
+    /// whose bytes differ from the SHA-256 recorded when it was published
+    /// is removed (under its key's lock, manifest first) and reported
+    /// broken. Reads every byte of every entry.
+    pub async fn verify_deep(&self, fsck: bool) -> Result<VerifyReport> {
+        let mut report = self.verify(fsck).await?;
+        let request = self.shared.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for mut entry in self.list().await?.into_iter().filter(|e| e.problem.is_none()) {
+            let started = Instant::now();
+            let (cache, key) = (self.shared.cache.clone(), entry.key.clone());
+            let rehash = tokio::task::spawn_blocking(move || crate::deep_verify::rehash(&cache, &key))
+                .await
+                .map_err(|e| Error::Io(format!("hashing an entry: {e}")))??;
+            let problem = match rehash {
+                crate::deep_verify::Rehash::Unchanged => {
+                    report.hashed += 1;
+                    continue;
+                }
+                crate::deep_verify::Rehash::Unrecorded => continue,
+                crate::deep_verify::Rehash::Changed(problem) => problem,
+            };
+            // Someone rebuilding the key right now replaces the entry anyway.
+            let Some(_lock) = self.shared.locks.try_lock(self.shared.cache.clone(), &entry.key).await? else {
+                continue;
+            };
+            // Under the lock, the entry is what was hashed unless it was
+            // replaced in between: hash it again before removing it.
+            let (cache, key) = (self.shared.cache.clone(), entry.key.clone());
+            let again = tokio::task::spawn_blocking(move || crate::deep_verify::rehash(&cache, &key))
+                .await
+                .map_err(|e| Error::Io(format!("hashing an entry: {e}")))?;
+            if !matches!(again, Ok(crate::deep_verify::Rehash::Changed(_))) {
+                continue;
+            }
+            let publisher = &self.shared.caps.publisher;
+            for name in [format!("{}.json", entry.key), format!("{}.ext4", entry.key)] {
+                let file = crate::cache_dir::CacheFile { area: crate::cache_dir::Area::Images, name };
+                let removed = publisher.remove(&self.shared.cache, &file);
+                if let Some(audit) = &self.shared.audit {
+                    let arguments = json!({ "path": file.relative(), "because": problem });
+                    audit.record(
+                        request,
+                        "remove",
+                        &arguments,
+                        Verdict::of(&removed),
+                        removed.as_ref().err(),
+                        started.elapsed(),
+                    );
+                }
+                removed?;
+            }
+            entry.problem = Some(problem);
+            report.broken.push(entry);
+        }
+        Ok(report)
+    }
+
+    /// Makes `dest`, a new file, a private writable copy of the entry
+    /// `image_or_key` (a key, or the path of an image of this cache) for one
+    /// VM: `FICLONE` where the filesystem shares blocks (milliseconds, no
+    /// space used until the VM writes), a sparse copy elsewhere. The entry
+    /// itself is never changed; boot the clone, never the entry.
+    ///
+    /// Errors: `InvalidRequest` (not a key or image of this cache, `dest`
+    /// exists), `NotFound` (no such entry), `Corrupt` (an image its manifest
+    /// does not describe), `NoSpace`, `Io`.
+    pub async fn clone_entry(&self, image_or_key: &str, dest: &Path) -> Result<crate::clones::CloneReport> {
+        let started = Instant::now();
+        let arguments = || json!({ "image_or_key": image_or_key, "dest": dest.to_string_lossy() });
+        let (cache, name, to) = (self.shared.cache.clone(), image_or_key.to_owned(), dest.to_path_buf());
+        let result = tokio::task::spawn_blocking(move || {
+            let key = crate::clones::entry_key(&cache, &name)?;
+            crate::clones::clone_entry(&cache, &key, &to)
+        })
+        .await
+        .map_err(|e| Error::Io(format!("cloning: {e}")))
+        .and_then(|r| r);
+        if let Some(audit) = &self.shared.audit {
+            let request = self.shared.next_request.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            audit.record(
+                request,
+                "clone",
+                &arguments(),
+                Verdict::of(&result),
+                result.as_ref().err(),
+                started.elapsed(),
+            );
+        }
+        result
     }
 
     /// The largest linear memory, in bytes, any request's guest has used.

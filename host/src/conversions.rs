@@ -105,6 +105,8 @@ pub(crate) fn outcome(o: wit::Outcome, cache: &Path) -> Outcome {
         timings: o.timings.into(),
         reference: o.reference,
         manifest_digest: o.manifest_digest,
+        cloned_bytes: 0,
+        copied_bytes: 0,
     }
 }
 
@@ -138,7 +140,7 @@ pub(crate) fn gc_report(r: wit::GcReport, cache: &Path) -> GcReport {
 
 /// A verification's report, its entries' paths under `cache`.
 pub(crate) fn verify_report(r: wit::VerifyReport, cache: &Path) -> VerifyReport {
-    VerifyReport { checked: r.checked, broken: r.broken.into_iter().map(|e| entry(e, cache)).collect() }
+    VerifyReport { checked: r.checked, broken: r.broken.into_iter().map(|e| entry(e, cache)).collect(), hashed: 0 }
 }
 
 /// Maps a guest call's two layers of failure to one error.

@@ -69,6 +69,12 @@ pub struct Outcome {
     /// manifest selected for the platform. Absent from JSON for overlay2.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest_digest: Option<String>,
+    /// File data the build shared with its sources by cloning
+    /// (`FICLONERANGE`, on xfs with reflink or btrfs), in bytes; 0 on a hit.
+    pub cloned_bytes: u64,
+    /// File data the build copied into the image, in bytes; 0 on a hit and
+    /// from converters that do not count it (only `exact` does).
+    pub copied_bytes: u64,
 }
 
 /// What an image's superblock says.
@@ -163,4 +169,8 @@ pub struct VerifyReport {
     pub checked: u32,
     /// Broken entries, each with its problem; all were removed.
     pub broken: Vec<Entry>,
+    /// With `--deep`: entries whose bytes were hashed again and matched the
+    /// SHA-256 recorded when they were published (entries published before
+    /// digests were recorded are not counted).
+    pub hashed: u32,
 }

@@ -112,6 +112,9 @@ pub struct StoreState {
     /// [`Error::GuestTrap`]): the request's own line is written only for an
     /// error none of them logged. Empty without an audit log.
     pub(crate) audited: Vec<Error>,
+    /// How the file data of this request's conversions got into their
+    /// images (the exact converter counts it): reported in the outcome.
+    pub(crate) converted: crate::capabilities::converter::Converted,
 }
 
 /// Drops a request's store, off the async runtime's threads when the guest

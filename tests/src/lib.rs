@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 pub mod compare;
 pub mod dockerd;
 pub mod oci;
+pub mod scratch_fs;
 pub mod vm;
 
 /// A child forked from this process that holds copies of every descriptor
@@ -112,6 +113,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Opens a published entry's image for writing, as a runtime that booted
+/// the entry itself would: entries are published read-only (0444), which
+/// stops its owner, not root.
+pub fn open_entry_for_writing(image: &Path) -> std::fs::File {
+    std::fs::set_permissions(image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::OpenOptions::new().write(true).open(image).unwrap()
+}
+
 /// Writes an executable file.
 pub fn write_executable(path: &Path, contents: &[u8]) {
     std::fs::write(path, contents).unwrap();
@@ -202,6 +211,12 @@ impl Overlay2 {
     /// The overlay2 root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Builds the next layer on the first `keep` layers only, so that a
+    /// second image shares its base with the first.
+    pub fn branch(&mut self, keep: usize) {
+        self.links.truncate(keep);
     }
 
     /// Adds a layer on top; returns its layer directory.

@@ -96,7 +96,7 @@ async fn gc_removes_broken_entries_first() {
     let good = w.build(&w.source("good"), &a, 10).await;
     let broken = w.build(&w.source("broken"), &a, 10).await;
     used_at(&good.image, 1);
-    std::fs::OpenOptions::new().write(true).open(&broken.image).unwrap().set_len(4096).unwrap();
+    rootfs_cache_tests::open_entry_for_writing(&broken.image).set_len(4096).unwrap();
     let report = w.cache.gc(15 << 20, &[]).await.unwrap();
     assert_eq!(report.removed.len(), 1);
     assert_eq!(report.removed[0].key, broken.key);
@@ -110,7 +110,7 @@ async fn verify_finds_and_removes_truncated_zeroed_and_manifestless_entries() {
     let truncated = w.build(&w.source("truncated"), &a, 10).await;
     let zeroed = w.build(&w.source("zeroed"), &a, 10).await;
     let orphan = w.build(&w.source("orphan"), &a, 10).await;
-    std::fs::OpenOptions::new().write(true).open(&truncated.image).unwrap().set_len(1 << 20).unwrap();
+    rootfs_cache_tests::open_entry_for_writing(&truncated.image).set_len(1 << 20).unwrap();
     std::fs::write(&zeroed.image, vec![0u8; 10 << 20]).unwrap();
     std::fs::remove_file(orphan.image.with_extension("json")).unwrap();
 

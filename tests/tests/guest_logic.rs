@@ -115,7 +115,7 @@ async fn size_and_converter_are_part_of_the_key() {
 async fn a_truncated_image_is_rebuilt_not_served() {
     let w = World::new();
     let first = w.cache.convert(&w.request()).await.unwrap();
-    let file = std::fs::OpenOptions::new().write(true).open(&first.image).unwrap();
+    let file = rootfs_cache_tests::open_entry_for_writing(&first.image);
     file.set_len(first.image_bytes / 2).unwrap();
     let second = w.cache.convert(&w.request()).await.unwrap();
     assert!(!second.cached);
@@ -317,7 +317,7 @@ async fn list_and_inspect_describe_entries() {
     assert_eq!(info.blocks_count, 4096);
     assert_eq!(info.geometry_error, None);
     // A truncated entry is listed with its problem.
-    std::fs::OpenOptions::new().write(true).open(&outcome.image).unwrap().set_len(4096).unwrap();
+    rootfs_cache_tests::open_entry_for_writing(&outcome.image).set_len(4096).unwrap();
     let entries = w.cache.list().await.unwrap();
     assert!(entries[0].problem.is_some());
     let info = w.cache.inspect(&outcome.image).await.unwrap();

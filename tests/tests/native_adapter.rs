@@ -164,7 +164,7 @@ async fn truncated_and_zeroed_images_are_rebuilt() {
     require_root!();
     let w = World::new();
     let first = w.cache.convert(&w.request()).await.unwrap();
-    std::fs::OpenOptions::new().write(true).open(&first.image).unwrap().set_len(1 << 20).unwrap();
+    rootfs_cache_tests::open_entry_for_writing(&first.image).set_len(1 << 20).unwrap();
     let rebuilt = w.cache.convert(&w.request()).await.unwrap();
     assert!(!rebuilt.cached);
     assert!(rebuilt.rebuilt_because.is_some());

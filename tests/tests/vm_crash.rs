@@ -63,7 +63,7 @@ fn seed() -> u64 {
 /// Converts the example chain with the test agent and the given profile;
 /// returns the cached image.
 async fn convert(vm: &Vm, dir: &Path, profile: Ext4Profile) -> PathBuf {
-    let exact = ExactConverter { headroom: Default::default(), profile };
+    let exact = ExactConverter { profile, ..Default::default() };
     let config = Config::new(dir.join(format!("cache-{profile}"))).capabilities(Capabilities::native_with_exact(exact));
     let cache = RootfsCache::open(config).unwrap();
     let request = Request::new(example_chain(), vm.agent()).converter(ConverterSpec::Exact);

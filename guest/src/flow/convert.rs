@@ -353,6 +353,7 @@ impl<H: Capabilities> Cache<'_, H> {
             image_bytes,
             created: now_secs(),
             builder: concat!("rootfs-cache-guest ", env!("CARGO_PKG_VERSION")).into(),
+            image_sha256: None,
         };
         let step = Instant::now();
         self.host.publish(staged, &key.image_path(), &key.manifest_path(), &manifest.to_json())?;

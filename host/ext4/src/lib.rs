@@ -9,7 +9,7 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! use rootfs_cache_ext4::{Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, write_image};
+//! use rootfs_cache_ext4::{Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, Reflink, Tree, write_image};
 //!
 //! let dir_meta = Meta { perm: 0o755, ..Meta::default() };
 //! let mut tree = Tree::new(dir_meta.clone());
@@ -27,6 +27,7 @@
 //!     label: "rootfs".into(),
 //!     max_bytes: Some(1 << 30),
 //!     features: Features::EXT4, // as `mke2fs -t ext4`: a journal, checksums, hashed directories…
+//!     reflink: Reflink::Auto, // share blocks with the sources where the filesystem can
 //! };
 //! let out = tempfile::tempfile()?;
 //! let report = write_image(&tree, &out, &options)?;
@@ -56,4 +57,4 @@ pub mod xattr;
 pub use features::Features;
 pub use layout::Headroom;
 pub use tree::{FileData, Kind, Meta, Node, NodeId, Timestamp, Tree};
-pub use writer::{ImageOptions, WriteError, WriteReport, write_image};
+pub use writer::{ImageOptions, Reflink, WriteError, WriteReport, write_image};

@@ -11,7 +11,9 @@
 //!   unnamed temporary file. Needs no privileges.
 //! - [`overlay`] and [`scan`]: an overlay2 chain merged by the kernel's
 //!   overlayfs (a detached, read-only mount; needs root), then read into a
-//!   tree through its directory handle, never following a symlink.
+//!   tree through its directory handle, never following a symlink;
+//!   [`layer_files`] then points each file at the layer file that holds
+//!   its data, so that the writer can clone its blocks.
 //!
 //! [`regular_file`] is the one way a file is opened to be read, here and in
 //! the host: FIFOs, devices and directories are refused without blocking.
@@ -56,6 +58,7 @@
 
 #![deny(missing_docs)]
 
+pub mod layer_files;
 pub mod oci_apply;
 pub mod overlay;
 pub mod regular_file;

@@ -105,6 +105,25 @@ pub struct ConversionJob {
     pub max_bytes: u64,
 }
 
+/// What a converter wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Converted {
+    /// The image's length.
+    pub image_bytes: u64,
+    /// File data the image shares with its sources by cloning (`FICLONERANGE`), in bytes.
+    pub cloned_bytes: u64,
+    /// File data written into the image by copying, in bytes; 0 from a
+    /// converter that does not count it (only `exact` does).
+    pub copied_bytes: u64,
+}
+
+impl Converted {
+    /// An image of `image_bytes` whose data was not counted.
+    pub fn image(image_bytes: u64) -> Self {
+        Self { image_bytes, ..Self::default() }
+    }
+}
+
 /// A converter backend.
 #[async_trait::async_trait]
 pub trait Converter: Send + Sync {
@@ -117,10 +136,10 @@ pub trait Converter: Send + Sync {
         false
     }
 
-    /// Writes the image at `job.output` and returns its length. On failure,
-    /// removes whatever it wrote. Errors: `ConverterFailed`, `Timeout`,
-    /// `NoSpace`, `UnsupportedSource`, `Io`.
-    async fn convert(&self, job: ConversionJob) -> Result<u64>;
+    /// Writes the image at `job.output` and returns its length (and how its
+    /// data got there). On failure, removes whatever it wrote. Errors:
+    /// `ConverterFailed`, `Timeout`, `NoSpace`, `UnsupportedSource`, `Io`.
+    async fn convert(&self, job: ConversionJob) -> Result<Converted>;
 }
 
 /// Picks the backend for a converter.

@@ -4,8 +4,10 @@
 //! Publishing order, so that a published entry survives a crash or power
 //! loss and a half-published one is never mistaken for a valid entry:
 //!
-//! 1. fsync the staged image (its data and size are on disk);
-//! 2. write the manifest to `tmp/<name>.json`, fsync it;
+//! 1. fsync the staged image (its data and size are on disk), make it
+//!    read-only (0444: a VM boots a clone, never the entry) and hash it;
+//! 2. write the manifest, with the image's SHA-256 (`image_sha256`) added,
+//!    to `tmp/<name>.json`, fsync it;
 //! 3. rename the image to `images/<key>.ext4`;
 //! 4. rename the manifest to `images/<key>.json`;
 //! 5. fsync `images/` (both renames are on disk) and `tmp/`.
@@ -80,9 +82,19 @@ impl Publisher for DurablePublisher {
         // Never blocks: a FIFO or device in its place is refused.
         let staged_file = RegularFile::open_in(tmp, Path::new(&staged.name), Path::new(&staged.relative()), 0)
             .map_err(|e| e.into_error("the staged image", Error::Corrupt))?;
-        if !self.skip_fsync {
-            staged_file.file().sync_all().map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
-        }
+        let file = staged_file.file();
+        rustix::fs::fchmod(file, rustix::fs::Mode::from_raw_mode(0o444))
+            .map_err(|e| Error::io(format!("making {} read-only", staged.relative()), &e.into()))?;
+        // The fsync waits for the disk and the hash for the CPU: side by side.
+        let (synced, digest) = std::thread::scope(|s| {
+            let hashing = s.spawn(|| crate::image_digest::sha256(file));
+            let synced = if self.skip_fsync { Ok(()) } else { file.sync_all() };
+            (synced, hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked"))))
+        });
+        synced.map_err(|e| Error::io(format!("fsync {}", staged.relative()), &e))?;
+        let digest = digest.map_err(|e| Error::io(format!("hashing {}", staged.relative()), &e))?;
+        let manifest_json = crate::image_digest::with_image_sha256(manifest_json, &digest)
+            .map_err(|e| Error::Corrupt(format!("the manifest to publish is not a JSON object: {e}")))?;
         drop(staged_file);
         crate::test_hooks::pause("fsynced");
 

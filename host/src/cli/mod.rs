@@ -52,6 +52,26 @@ enum Command {
     Gc(GcArgs),
     /// Check every entry and remove the broken ones.
     Verify(VerifyArgs),
+    /// Make DEST a private, writable copy of an entry for one VM (a reflink
+    /// where the filesystem allows it, a sparse copy otherwise). Boot
+    /// clones, never entries.
+    Clone(CloneArgs),
+}
+
+#[derive(Debug, Args)]
+struct CloneArgs {
+    /// The entry: its key, or its image path (<cache>/images/<key>.ext4).
+    #[arg(value_name = "IMAGE_OR_KEY")]
+    image_or_key: String,
+
+    /// The copy to create; it must not exist.
+    #[arg(value_name = "DEST")]
+    dest: PathBuf,
+
+    /// Print JSON (key, image, dest, method, image_bytes, copied_bytes,
+    /// duration_us) instead of the copy's path.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +94,11 @@ struct VerifyArgs {
     /// Also run `e2fsck -fn` on every image.
     #[arg(long)]
     fsck: bool,
+
+    /// Also hash every image again and remove those whose bytes differ from
+    /// the SHA-256 recorded when they were published (reads every byte).
+    #[arg(long)]
+    deep: bool,
 
     /// Print JSON instead of text.
     #[arg(long)]
@@ -146,6 +171,13 @@ struct ConvertArgs {
     #[arg(long, value_enum, default_value_t = Injection::Auto)]
     inject: Injection,
 
+    /// Whether the exact converter clones file data from the layers (or its
+    /// spool) into the image where the filesystem shares blocks (xfs with
+    /// reflink, btrfs): `auto` clones where it can and copies elsewhere,
+    /// `never` always copies. The image's bytes are the same either way.
+    #[arg(long, value_enum, default_value_t = ReflinkArg::Auto, value_name = "WHEN")]
+    reflink: ReflinkArg,
+
     /// Platform to pick from an OCI image index.
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
     platform: String,
@@ -184,6 +216,15 @@ enum ProfileArg {
     Default,
     /// Without a journal.
     Minimal,
+}
+
+/// `--reflink`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReflinkArg {
+    /// Clone where the filesystem allows it.
+    Auto,
+    /// Always copy.
+    Never,
 }
 
 /// How the agent is installed.
@@ -323,7 +364,11 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
             ProfileArg::Default => rootfs_cache::Ext4Profile::Default,
             ProfileArg::Minimal => rootfs_cache::Ext4Profile::Minimal,
         };
-        let exact = rootfs_cache::capabilities::converter::exact::ExactConverter { headroom, profile };
+        let reflink = match args.reflink {
+            ReflinkArg::Auto => rootfs_cache::ext4::Reflink::Auto,
+            ReflinkArg::Never => rootfs_cache::ext4::Reflink::Never,
+        };
+        let exact = rootfs_cache::capabilities::converter::exact::ExactConverter { headroom, profile, reflink };
         let mut caps = rootfs_cache::Capabilities::native_with_exact(exact);
         caps = match args.inject {
             Injection::Auto => caps,
@@ -454,7 +499,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify(args) => {
-            let report = open(&cli, None)?.verify(args.fsck).await?;
+            let cache = open(&cli, None)?;
+            let report = if args.deep { cache.verify_deep(args.fsck).await? } else { cache.verify(args.fsck).await? };
             if args.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {
@@ -462,6 +508,18 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                     println!("removed {}: {}", e.key, e.problem.as_deref().unwrap_or("broken"));
                 }
                 println!("{} entries checked, {} broken and removed", report.checked, report.broken.len());
+                if args.deep {
+                    println!("{} entries hashed and unchanged", report.hashed);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Clone(args) => {
+            let report = open(&cli, None)?.clone_entry(&args.image_or_key, &args.dest).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.dest.display());
             }
             Ok(ExitCode::SUCCESS)
         }

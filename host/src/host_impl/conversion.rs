@@ -35,13 +35,15 @@ impl StoreState {
         let _permit = shared.conversions.acquire().await.map_err(|e| Error::Io(e.to_string()));
         self.phase(Phase::Converting);
         let output = checked.output.clone();
-        let length = backend.convert(checked).await?;
+        let converted = backend.convert(checked).await?;
         // Whatever sized the image (a converter's default, its content), the
         // policy bounds it.
-        shared.policy.check_image_length(length).inspect_err(|_| {
+        shared.policy.check_image_length(converted.image_bytes).inspect_err(|_| {
             let _ = std::fs::remove_file(&output);
         })?;
-        Ok(length)
+        self.converted.cloned_bytes += converted.cloned_bytes;
+        self.converted.copied_bytes += converted.copied_bytes;
+        Ok(converted.image_bytes)
     }
 
     /// Checks a path the guest names for reading (a layer, a blob) against the

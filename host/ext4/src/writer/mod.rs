@@ -14,7 +14,8 @@
 //! 3. [`allocate::allocate`]: every block, in inode order;
 //! 4. [`directories`]: each directory's entries (listed by the plan), packed
 //!    into its blocks;
-//! 5. [`data`]: file contents and long symlink targets;
+//! 5. [`data`]: file contents (cloned from their sources where the
+//!    filesystem allows it, [`transfer`]) and long symlink targets;
 //! 6. [`inodes`]: the inode table, extent trees and attribute blocks;
 //! 7. [`metadata`]: inode tables, bitmaps, descriptors and superblocks.
 
@@ -30,12 +31,14 @@ mod journal;
 mod metadata;
 mod options;
 mod plan;
+mod transfer;
 
 use std::fs::File;
 
 pub use error::WriteError;
 use image::Image;
 pub use options::{ImageOptions, WriteReport};
+pub use transfer::Reflink;
 
 use crate::format::BLOCK_SIZE;
 use crate::layout;
@@ -51,7 +54,8 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
     out.set_len(bytes).map_err(WriteError::Write)?;
     let image = Image { out };
     directories::write(tree, &plan, &allocation, &image)?;
-    data::write(tree, &plan, &allocation, &image)?;
+    let transfer = transfer::Transfer::new(options.reflink);
+    data::write(tree, &plan, &allocation, &image, &transfer)?;
     let itable = inodes::encode(tree, &plan, &allocation, &image, options.features, &options.uuid)?;
     if plan.journal_blocks() > 0 {
         journal::write(&allocation, plan.journal_blocks(), &options.uuid, &image)?;
@@ -62,6 +66,8 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
         bytes,
         used_blocks: geometry.blocks - free_blocks,
         used_inodes: u64::from(plan.numbering.max_ino),
+        cloned_bytes: transfer.cloned(),
+        copied_bytes: transfer.copied(),
     })
 }
 

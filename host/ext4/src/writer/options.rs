@@ -3,6 +3,8 @@
 use crate::features::Features;
 use crate::layout::Headroom;
 
+use super::transfer::Reflink;
+
 /// How to write an image.
 #[derive(Clone, Debug)]
 pub struct ImageOptions {
@@ -29,6 +31,9 @@ pub struct ImageOptions {
     /// [`Features::EXT4`] for a VM's root disk, [`Features::MINIMAL`] for
     /// read-only uses.
     pub features: Features,
+    /// Whether file data may be cloned from its sources (`FICLONERANGE`)
+    /// rather than copied. The image's bytes are the same either way.
+    pub reflink: Reflink,
 }
 
 /// What was written.
@@ -40,4 +45,8 @@ pub struct WriteReport {
     pub used_blocks: u64,
     /// Inodes in use.
     pub used_inodes: u64,
+    /// File data shared with its source by cloning, in bytes (whole blocks).
+    pub cloned_bytes: u64,
+    /// File data written by copying (from a source or from memory), in bytes.
+    pub copied_bytes: u64,
 }

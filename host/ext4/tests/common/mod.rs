@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use rootfs_cache_ext4::{
-    Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, NodeId, Timestamp, Tree, WriteReport,
+    Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, NodeId, Reflink, Timestamp, Tree, WriteReport,
 };
 
 /// Metadata with a mode, an owner and a time with nanoseconds.
@@ -107,6 +107,7 @@ pub fn options() -> ImageOptions {
         label: "test".into(),
         max_bytes: None,
         features: Features::MINIMAL,
+        reflink: Reflink::Auto,
     }
 }
 

@@ -36,7 +36,7 @@ use tokio::process::ChildStderr;
 
 use self::output::{Staging, TakeError};
 use self::process_tree::ConverterProcess;
-use super::{ConversionJob, Converter, SourceLayers};
+use super::{ConversionJob, Converted, Converter, SourceLayers};
 use crate::digest::FileFingerprint;
 use crate::error::{Error, Result};
 use crate::output_tail::tail;
@@ -199,7 +199,7 @@ impl Converter for CommandConverter {
         }
     }
 
-    async fn convert(&self, job: ConversionJob) -> Result<u64> {
+    async fn convert(&self, job: ConversionJob) -> Result<Converted> {
         let deadline = tokio::time::Instant::now() + job.timeout;
         let source = match &job.source {
             SourceLayers::Overlay2 { top, .. } => top.clone(),
@@ -228,6 +228,6 @@ impl Converter for CommandConverter {
             staging.discard();
             return Err(self.failure(status, &stderr));
         }
-        self.take_output(staging, deadline, job.timeout, &stderr).await
+        self.take_output(staging, deadline, job.timeout, &stderr).await.map(Converted::image)
     }
 }

@@ -6,7 +6,7 @@
 use std::io::{Seek, SeekFrom, Write};
 use std::sync::Mutex;
 
-use super::{ConversionJob, Converter};
+use super::{ConversionJob, Converted, Converter};
 use crate::error::{Error, Result};
 
 /// Image size when the job names none.
@@ -73,7 +73,7 @@ impl Converter for FakeConverter {
         "fake 1".into()
     }
 
-    async fn convert(&self, job: ConversionJob) -> Result<u64> {
+    async fn convert(&self, job: ConversionJob) -> Result<Converted> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner()).push(job.clone());
         let behaviour = self.behaviour.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let FakeBehaviour::Fail(err) = behaviour {
@@ -93,6 +93,6 @@ impl Converter for FakeConverter {
             let _ = std::fs::remove_file(&job.output);
             Error::io(job.output.display(), &e)
         })?;
-        Ok(size)
+        Ok(Converted::image(size))
     }
 }

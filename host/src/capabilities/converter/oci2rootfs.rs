@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::{ConversionJob, Converter, SourceLayers};
+use super::{ConversionJob, Converted, Converter, SourceLayers};
 use crate::error::{Error, Result};
 use crate::output_tail::tail;
 
@@ -131,13 +131,13 @@ impl Converter for Oci2rootfs {
         format!("oci2rootfs {VERSION} (in-process)")
     }
 
-    async fn convert(&self, job: ConversionJob) -> Result<u64> {
+    async fn convert(&self, job: ConversionJob) -> Result<Converted> {
         let output = job.output.clone();
         let timeout = job.timeout;
         // The crate does blocking I/O for minutes: keep it off the runtime's threads.
         let work = tokio::task::spawn_blocking(move || run(&job));
         match tokio::time::timeout(timeout, work).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map(Converted::image),
             Ok(Err(join)) => {
                 remove_quietly(&output);
                 Err(failed(format!("the conversion thread panicked: {join}")))

@@ -25,12 +25,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rootfs_cache_layers::{oci_apply, overlay, scan};
+use rootfs_cache_layers::{layer_files, oci_apply, overlay, scan};
 use sha2::{Digest, Sha256};
 
-use super::{AgentInstall, ConversionJob, Converter, SourceLayers};
+use super::{AgentInstall, ConversionJob, Converted, Converter, SourceLayers};
 use crate::error::{Error, Result};
-use crate::ext4::{self, Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, Tree, tree::ResolveError};
+use crate::ext4::{
+    self, Features, FileData, Headroom, ImageOptions, Kind, Meta, Node, Reflink, Tree, tree::ResolveError,
+};
 use crate::output_tail::tail;
 use crate::regular_file::IntoError as _;
 
@@ -72,6 +74,10 @@ pub struct ExactConverter {
     pub headroom: Headroom,
     /// The ext4 features of its images.
     pub profile: Ext4Profile,
+    /// Whether file data is cloned from the layers (or the spool) where the
+    /// filesystem allows it. Not part of the identity: the image's bytes
+    /// are the same either way.
+    pub reflink: Reflink,
 }
 
 fn failed(message: String) -> Error {
@@ -179,7 +185,7 @@ fn add_agent(tree: &mut Tree, install: &AgentInstall) -> Result<()> {
 }
 
 impl ExactConverter {
-    fn run(&self, job: &ConversionJob, cancel: &AtomicBool) -> Result<u64> {
+    fn run(&self, job: &ConversionJob, cancel: &AtomicBool) -> Result<Converted> {
         let scratch_dir = |suffix: &str| -> Result<Scratch> {
             let path = PathBuf::from(format!("{}.{suffix}", job.output.display()));
             std::fs::create_dir(&path).map_err(|e| Error::io(path.display(), &e))?;
@@ -201,10 +207,17 @@ impl ExactConverter {
                     overlay::mount(&top_first, padding)
                         .map_err(|e| failed(format!("merging the overlay2 chain: {e}")))?,
                 );
-                scan::scan(root, cancel).map_err(|e| match e {
+                let mut tree = scan::scan(root.clone(), cancel).map_err(|e| match e {
                     scan::ScanError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
                     other => failed(format!("reading the merged tree: {other}")),
-                })?
+                })?;
+                if self.reflink == Reflink::Auto && same_filesystem(&top_first[0], &job.output) {
+                    let layers = layer_files::open_layers(&top_first)
+                        .map_err(|e| failed(format!("opening the chain's layers: {e}")))?;
+                    let pointed = layer_files::point_at_layers(&mut tree, &root, &layers);
+                    tracing::debug!(files = pointed.files, bytes = pointed.bytes, "files read from their layers");
+                }
+                tree
             }
             SourceLayers::Oci { blobs, .. } | SourceLayers::Pulled { blobs, .. } => {
                 let spool_dir = job.output.parent().unwrap_or(std::path::Path::new("/"));
@@ -239,6 +252,7 @@ impl ExactConverter {
                 Ext4Profile::Default => Features::EXT4,
                 Ext4Profile::Minimal => Features::MINIMAL,
             },
+            reflink: self.reflink,
         };
         let out = std::fs::OpenOptions::new()
             .write(true)
@@ -266,8 +280,21 @@ impl ExactConverter {
             other => failed(other.to_string()),
         })?;
         drop(keep_alive);
-        Ok(report.bytes)
+        Ok(Converted {
+            image_bytes: report.bytes,
+            cloned_bytes: report.cloned_bytes,
+            copied_bytes: report.copied_bytes,
+        })
     }
+}
+
+/// Whether `a` and the directory `b` will be created in are on one
+/// filesystem: the only case in which a layer's blocks can be cloned into
+/// the image, and so worth finding the layer files for.
+fn same_filesystem(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = b.parent().unwrap_or(std::path::Path::new("/"));
+    matches!((std::fs::metadata(a), std::fs::metadata(dir)), (Ok(a), Ok(b)) if a.dev() == b.dev())
 }
 
 #[async_trait::async_trait]
@@ -284,7 +311,7 @@ impl Converter for ExactConverter {
         true
     }
 
-    async fn convert(&self, job: ConversionJob) -> Result<u64> {
+    async fn convert(&self, job: ConversionJob) -> Result<Converted> {
         let cancel = Arc::new(AtomicBool::new(false));
         let timeout = job.timeout;
         let output = job.output.clone();
