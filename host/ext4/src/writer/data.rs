@@ -12,18 +12,24 @@ use super::error::WriteError;
 use super::file_data::open_source;
 use super::image::Image;
 use super::plan::Plan;
+use super::write_batch::WriteBatch;
 
 /// Writes every regular file's data and every long symlink's target.
 pub(super) fn write(tree: &Tree, plan: &Plan, allocation: &Allocation, image: &Image<'_>) -> Result<(), WriteError> {
     let mut written_since_kick = 0u64;
     // Whether copy_file_range works from these sources (not across overlayfs).
     let kernel_copy = std::cell::Cell::new(true);
+    // In-memory files, written in runs of consecutive blocks.
+    let mut batch = WriteBatch::new(image.out);
     for (ino, inode) in plan.written() {
         let Some(id) = inode.node else { continue };
         let extents = &allocation.inodes[ino as usize].extents;
         match &tree.node(id).kind {
             Kind::File { size, data } => {
-                copy_file(image.out, data, *size, &inode.runs, extents, &kernel_copy)?;
+                match data {
+                    FileData::Bytes(bytes) => batch.add_file(&bytes[..(*size as usize).min(bytes.len())], extents)?,
+                    _ => copy_file(image.out, data, *size, &inode.runs, extents, &kernel_copy)?,
+                }
                 written_since_kick += *size;
                 if written_since_kick >= WRITEBACK_KICK {
                     start_writeback(image.out);
@@ -38,7 +44,7 @@ pub(super) fn write(tree: &Tree, plan: &Plan, allocation: &Allocation, image: &I
             _ => {}
         }
     }
-    Ok(())
+    batch.flush()
 }
 
 /// Bytes written between two nudges to the kernel to start writing back.

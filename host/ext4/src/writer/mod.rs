@@ -30,6 +30,7 @@ mod journal;
 mod metadata;
 mod options;
 mod plan;
+mod write_batch;
 
 use std::fs::File;
 
