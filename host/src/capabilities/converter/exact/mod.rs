@@ -201,7 +201,7 @@ impl ExactConverter {
                     overlay::mount(&top_first, padding)
                         .map_err(|e| failed(format!("merging the overlay2 chain: {e}")))?,
                 );
-                scan::scan(root, cancel).map_err(|e| match e {
+                scan::scan_overlay(root, &top_first, cancel).map_err(|e| match e {
                     scan::ScanError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
                     other => failed(format!("reading the merged tree: {other}")),
                 })?
