@@ -33,7 +33,8 @@ use super::xattrs::{Xattrs, fd_xattrs, proc_path, read_xattrs};
 pub(super) const SMALL_FILE_BYTES: u64 = 64 << 10;
 
 /// At most this many bytes of small files are held in memory; past it,
-/// the writer reads the rest from the mount, as it reads larger files.
+/// the writer reads the rest (from their layer, or through the mount), as
+/// it reads larger files.
 pub(super) const IN_MEMORY_BYTES: u64 = 1 << 30;
 
 /// One entry of a directory.
