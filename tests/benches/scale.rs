@@ -14,6 +14,12 @@
 //! three read the same cached tree. Every image is checked with
 //! `e2fsck -fn`. Needs root; `ROOTFS_BENCH_SCALE=files` or `=big` runs one
 //! half. Takes about 15 minutes and 12 GB of `/var/tmp`.
+//!
+//! For profiling, `ROOTFS_BENCH_FILES=100000` makes the small-files tree
+//! that many files (1,000 a directory; the default is 1,000,000), and
+//! `ROOTFS_BENCH_KEEP=DIR` builds the trees in `DIR` and leaves them there
+//! (a tree already in `DIR` is reused), so that a profiler can run
+//! `rootfs-cache convert DIR/files-overlay2/<layer>` on the same tree again.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,12 +30,19 @@ use std::time::{Duration, Instant};
 use rootfs_cache::{Config, ConverterSpec, Request, RootfsCache};
 use rootfs_cache_tests::{Overlay2, agent, incompressible, is_root};
 
-/// 1,000 directories of 1,000 small files of varied sizes.
+/// How many small files the first case writes: `ROOTFS_BENCH_FILES`, or a
+/// million.
+fn file_count() -> usize {
+    std::env::var("ROOTFS_BENCH_FILES").ok().map_or(1_000_000, |v| v.parse().expect("ROOTFS_BENCH_FILES: a number"))
+}
+
+/// Directories of 1,000 small files of varied sizes (1,000 of them by
+/// default).
 fn million_files(root: &Path) -> PathBuf {
     Overlay2::new(root).layer(|l| {
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut buf = vec![0u8; 2048];
-        for d in 0..1000 {
+        for d in 0..file_count().div_ceil(1000) {
             let dir = l.diff.join(format!("srv/d{d:03}"));
             std::fs::create_dir_all(&dir).unwrap();
             for f in 0..1000 {
@@ -128,9 +141,23 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-async fn case(title: &str, name: &str, dir: &Path, make: fn(&Path) -> PathBuf) {
+/// The top layer of the overlay2 chain `make` builds in `root`, or of the
+/// one already there when `keep` (a tree kept from an earlier run).
+fn chain(root: &Path, keep: bool, make: fn(&Path) -> PathBuf) -> PathBuf {
+    if keep && root.exists() {
+        let layer = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.join("diff").is_dir())
+            .expect("a kept tree has its layer");
+        return layer;
+    }
+    make(root)
+}
+
+async fn case(title: &str, name: &str, dir: &Path, keep: bool, make: fn(&Path) -> PathBuf) {
     let started = Instant::now();
-    let top = make(&dir.join(format!("{name}-overlay2")));
+    let top = chain(&dir.join(format!("{name}-overlay2")), keep, make);
     let diff = top.join("diff");
     println!("\n## {title}\n\n(tree written in {})", secs(started.elapsed()));
     // Warm the page cache: every file read once, untimed.
@@ -167,7 +194,9 @@ async fn case(title: &str, name: &str, dir: &Path, make: fn(&Path) -> PathBuf) {
     println!("\nimage: {:.2} GiB (apparent)", bytes as f64 / (1u64 << 30) as f64);
     drop(cache);
     std::fs::remove_dir_all(&cache_dir).unwrap();
-    std::fs::remove_dir_all(dir.join(format!("{name}-overlay2"))).unwrap();
+    if !keep {
+        std::fs::remove_dir_all(dir.join(format!("{name}-overlay2"))).unwrap();
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -180,12 +209,22 @@ async fn main() {
         return;
     }
     let only = std::env::var("ROOTFS_BENCH_SCALE").unwrap_or_default();
-    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let kept = std::env::var_os("ROOTFS_BENCH_KEEP").map(PathBuf::from);
+    let temp = tempfile::tempdir_in("/var/tmp").unwrap();
+    let dir = match &kept {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).unwrap();
+            dir.as_path()
+        }
+        None => temp.path(),
+    };
+    let keep = kept.is_some();
     println!("# rootfs-cache at scale: a miss against `mke2fs -d` and the floor");
     if only.is_empty() || only == "files" {
-        case("1,000,000 small files", "files", dir.path(), million_files).await;
+        let title = format!("{} small files", file_count());
+        case(&title, "files", dir, keep, million_files).await;
     }
     if only.is_empty() || only == "big" {
-        case("one 4.5 GiB file", "big", dir.path(), big_file).await;
+        case("one 4.5 GiB file", "big", dir, keep, big_file).await;
     }
 }

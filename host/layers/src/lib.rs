@@ -11,9 +11,11 @@
 //!   unnamed temporary file. Needs no privileges.
 //! - [`overlay`] and [`scan`]: an overlay2 chain merged by the kernel's
 //!   overlayfs (a detached, read-only mount; needs root), then read into a
-//!   tree through its directory handle, never following a symlink;
-//!   [`layer_files`] then points each file at the layer file that holds
-//!   its data, so that the writer can clone its blocks.
+//!   tree through its directory handle, never following a symlink; a
+//!   regular file the mount lists is read in the layer that holds it when
+//!   it is provably the same inode ([`scan::scan_overlay`]), and
+//!   [`layer_files`] then points each larger file at the layer file that
+//!   holds its data, so that the writer can clone its blocks.
 //!
 //! [`regular_file`] is the one way a file is opened to be read, here and in
 //! the host: FIFOs, devices and directories are refused without blocking.

@@ -21,7 +21,9 @@
 //! layer blobs, the precompiled component, what `host.probe` reads for the
 //! guest) is opened here. The files the ext4 writer copies into an image
 //! are opened by the `rootfs-cache-ext4` crate itself, by the same rule
-//! (`host/ext4/src/source.rs`).
+//! (`host/ext4/src/source.rs`), and so are those the scan of an overlay
+//! mount reads (`scan/listing.rs`: one name in an open directory,
+//! `O_NOFOLLOW | O_NONBLOCK`, then `statx` of the descriptor).
 //!
 //! It lives in this crate because the layer applier opens every blob with
 //! it, and the host uses it from here (`host/src/regular_file.rs` adds the

@@ -14,6 +14,7 @@ use super::file_data::open_source;
 use super::image::Image;
 use super::plan::Plan;
 use super::transfer::Transfer;
+use super::write_batch::WriteBatch;
 
 /// Writes every regular file's data and every long symlink's target.
 pub(super) fn write(
@@ -24,13 +25,22 @@ pub(super) fn write(
     transfer: &Transfer,
 ) -> Result<(), WriteError> {
     let mut copied_since_kick = 0u64;
+    // In-memory files, written in runs of consecutive blocks.
+    let mut batch = WriteBatch::new(image.out);
     for (ino, inode) in plan.written() {
         let Some(id) = inode.node else { continue };
         let extents = &allocation.inodes[ino as usize].extents;
         match &tree.node(id).kind {
             Kind::File { size, data } => {
                 let copied = transfer.copied();
-                copy_file(image.out, data, *size, &inode.runs, extents, transfer)?;
+                match data {
+                    FileData::Bytes(bytes) => {
+                        let bytes = &bytes[..(*size as usize).min(bytes.len())];
+                        batch.add_file(bytes, extents)?;
+                        transfer.wrote(bytes.len() as u64);
+                    }
+                    _ => copy_file(image.out, data, *size, &inode.runs, extents, transfer)?,
+                }
                 // Cloned blocks are not dirty: only what was written counts.
                 copied_since_kick += transfer.copied() - copied;
                 if copied_since_kick >= WRITEBACK_KICK {
@@ -46,7 +56,7 @@ pub(super) fn write(
             _ => {}
         }
     }
-    Ok(())
+    batch.flush()
 }
 
 /// Bytes written between two nudges to the kernel to start writing back.

@@ -32,6 +32,7 @@ mod metadata;
 mod options;
 mod plan;
 mod transfer;
+mod write_batch;
 
 use std::fs::File;
 

@@ -207,7 +207,7 @@ impl ExactConverter {
                     overlay::mount(&top_first, padding)
                         .map_err(|e| failed(format!("merging the overlay2 chain: {e}")))?,
                 );
-                let mut tree = scan::scan(root.clone(), cancel).map_err(|e| match e {
+                let mut tree = scan::scan_overlay(root.clone(), &top_first, cancel).map_err(|e| match e {
                     scan::ScanError::Cancelled => Error::Timeout("the conversion was cancelled".into()),
                     other => failed(format!("reading the merged tree: {other}")),
                 })?;
