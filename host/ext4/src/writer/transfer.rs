@@ -114,9 +114,11 @@ impl Transfer {
     }
 
     /// Copies `len` bytes, in the kernel when it can (`copy_file_range`),
-    /// else through a buffer.
+    /// else through a buffer. With [`Reflink::Never`] always through a
+    /// buffer: xfs and btrfs answer `copy_file_range` within one filesystem
+    /// by sharing blocks, which is what `Never` promises not to do.
     fn copy(&self, src: &File, mut from: u64, dst: &File, mut to: u64, mut len: u64) -> std::io::Result<()> {
-        while len > 0 && self.kernel_copy.get() {
+        while len > 0 && self.kernel_copy.get() && self.reflink != Reflink::Never {
             let (mut f, mut t) = (from, to);
             match rustix::fs::copy_file_range(src, Some(&mut f), dst, Some(&mut t), len.min(1 << 30) as usize) {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
