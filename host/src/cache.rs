@@ -120,10 +120,14 @@ impl RootfsCache {
             })
         };
         let daemon_overlay2 = match crate::admission::SourceRef::parse(&request.source) {
-            crate::admission::SourceRef::Daemon(_) => self
-                .daemon_overlay2()
-                .await
-                .map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?,
+            crate::admission::SourceRef::Daemon(name) => {
+                // A name the engine would never be asked for is refused before it is contacted.
+                let overlay2 = match rootfs_cache_docker::check_image_name(&name) {
+                    Ok(()) => self.daemon_overlay2().await,
+                    Err(e) => Err(crate::capabilities::docker_engine::engine_error(e)),
+                };
+                overlay2.map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?
+            }
             _ => None,
         };
         let (wit_request, scope) = crate::admission::admit(&self.shared.policy, request, daemon_overlay2.as_deref())

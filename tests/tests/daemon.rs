@@ -191,3 +191,31 @@ fn an_engine_without_overlay2_exports_the_image_which_matches_umoci() {
     assert!(stderr.contains("docker_engines"), "{stderr}");
     assert_eq!(snapshot(&cache), before);
 }
+
+#[test]
+fn a_bad_name_or_engine_is_refused_clearly_and_changes_nothing() {
+    // No engine needed: the name is refused before one is contacted, and a missing engine
+    // is named with what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path(), "vm-agent", "daemon");
+    let cache = dir.path().join("cache");
+    let gone = dir.path().join("no-engine.sock");
+    let (code, _, stderr) = convert(&cache, &gone, "docker-daemon:../etc", &agent, &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("is not a Docker image name"), "{stderr}");
+    let (code, _, stderr) = convert(&cache, &gone, "docker-daemon:app:dev", &agent, &[]);
+    assert_eq!(code, 11, "{stderr}");
+    assert!(stderr.contains(&format!("{} is not running", gone.display())), "{stderr}");
+    let out = Command::new(rootfs_cache_bin())
+        .arg("--cache-dir")
+        .arg(&cache)
+        .args(["convert", "docker-daemon:app:dev", "--agent"])
+        .arg(&agent)
+        .env("DOCKER_HOST", "tcp://127.0.0.1:2375")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unix socket"));
+    let images = std::fs::read_dir(cache.join("images")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(images, 0);
+}
