@@ -44,6 +44,8 @@ pub trait Engine {
 
 /// Checks the name of `docker-daemon:NAME`: what the engine takes as an image name, tag,
 /// digest or ID (`a-z A-Z 0-9 . _ - / : @`), nothing that could change the request's path.
+/// The host applies the same rule again (`rootfs_cache_docker::check_image_name`) to what a
+/// guest asks for: the guest depends on no host crate, and the host trusts no guest.
 pub fn check_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES

@@ -391,6 +391,22 @@ pub fn fixture_layout(name: &str) -> Option<std::path::PathBuf> {
     Some(std::path::PathBuf::from(fixture["oci"].as_str()?))
 }
 
+/// The layout of the `base` Docker fixture when `ROOTFS_FIXTURES` names the
+/// fixtures and its layers are not zstd (which umoci cannot unpack), else
+/// the tests' feature layout (every kind of entry and change), written under
+/// `dir`: a real image where there is one, for tests that compare with
+/// `umoci unpack`.
+pub fn base_or_feature_layout(dir: &Path) -> std::path::PathBuf {
+    if let Some(layout) = fixture_layout("base")
+        && !is_zstd(&layout)
+    {
+        return layout;
+    }
+    let layout = dir.join("features");
+    feature_layout(&layout, IndexStyle::Skopeo);
+    layout
+}
+
 /// Pushes the image `oci:LAYOUT:latest` (every image with `all`) to the
 /// plain-HTTP registry at `host` as `name` (`REPO:TAG`), with `skopeo copy
 /// --preserve-digests`.

@@ -14,25 +14,8 @@ use std::process::Command;
 
 use rootfs_cache_tests::compare::{added_by_image, differences};
 use rootfs_cache_tests::dockerd::Dockerd;
-use rootfs_cache_tests::oci::{self, IndexStyle};
+use rootfs_cache_tests::oci;
 use rootfs_cache_tests::{OverlayMount, ReadOnlyMount, agent, require_root, rootfs_cache_bin, snapshot};
-
-/// The layout of the `base` Docker fixture when `ROOTFS_FIXTURES` names them, else the
-/// tests' feature layout (every kind of entry and change) written under `dir`.
-fn test_layout(dir: &Path) -> PathBuf {
-    if let Some(list) = std::env::var_os("ROOTFS_FIXTURES") {
-        let list: serde_json::Value = serde_json::from_slice(&std::fs::read(list).unwrap()).unwrap();
-        let base = list.as_array().unwrap().iter().find(|f| f["name"] == "base").unwrap_or(&list[0]);
-        let layout = PathBuf::from(base["oci"].as_str().unwrap());
-        let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
-        if !index.contains("tar+zstd") {
-            return layout;
-        }
-    }
-    let layout = dir.join("features");
-    oci::feature_layout(&layout, IndexStyle::Skopeo);
-    layout
-}
 
 /// Whether skopeo and umoci are here; outside CI their absence skips the test.
 fn tools() -> bool {
@@ -44,6 +27,33 @@ fn tools() -> bool {
         }
     }
     true
+}
+
+/// A running engine holding the test image as `team/app:v1`, and where a test keeps its
+/// files: the image's layout, an agent and a cache directory.
+struct Engine {
+    engine: Dockerd,
+    dir: tempfile::TempDir,
+    layout: PathBuf,
+    agent: PathBuf,
+    cache: PathBuf,
+}
+
+impl Engine {
+    /// Starts dockerd with `driver` and loads the test image; `None` (said why) without the
+    /// tools.
+    fn with(driver: &str) -> Option<Self> {
+        if !tools() {
+            return None;
+        }
+        let engine = Dockerd::start(driver)?;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = oci::base_or_feature_layout(dir.path());
+        engine.load_layout(&layout, "team/app:v1");
+        let agent = agent(dir.path(), "vm-agent", "daemon");
+        let cache = dir.path().join("cache");
+        Some(Self { engine, dir, layout, agent, cache })
+    }
 }
 
 /// `rootfs-cache --cache-dir CACHE convert SOURCE --agent AGENT --json EXTRA…` with
@@ -73,15 +83,7 @@ fn convert(
 fn matches_umoci(outcome: &serde_json::Value, layout: &Path, dir: &Path) {
     let image = PathBuf::from(outcome["image"].as_str().unwrap());
     let mnt = ReadOnlyMount::new(&image);
-    let bundle = dir.join("bundle");
-    let out = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:latest", layout.display()))
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "umoci unpack: {}", String::from_utf8_lossy(&out.stderr));
-    let rootfs = bundle.join("rootfs");
+    let rootfs = oci::umoci_unpack(layout, &dir.join("bundle"));
     let added = added_by_image(&rootfs);
     let ignore: Vec<&[u8]> = added.iter().map(Vec::as_slice).collect();
     let diffs = differences(&rootfs, &mnt.path, &ignore);
@@ -91,15 +93,7 @@ fn matches_umoci(outcome: &serde_json::Value, layout: &Path, dir: &Path) {
 #[test]
 fn an_overlay2_engine_image_is_its_chain_and_matches_the_kernels_view() {
     require_root!();
-    if !tools() {
-        return;
-    }
-    let Some(engine) = Dockerd::start("overlay2") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = test_layout(dir.path());
-    engine.load_layout(&layout, "team/app:v1");
-    let agent = agent(dir.path(), "vm-agent", "daemon");
-    let cache = dir.path().join("cache");
+    let Some(Engine { engine, dir, agent, cache, .. }) = Engine::with("overlay2") else { return };
 
     let (code, first, stderr) = convert(&cache, &engine.socket, "docker-daemon:team/app:v1", &agent, &[]);
     assert_eq!(code, 0, "{stderr}");
@@ -145,15 +139,7 @@ fn an_overlay2_engine_image_is_its_chain_and_matches_the_kernels_view() {
 #[test]
 fn an_engine_without_overlay2_exports_the_image_which_matches_umoci() {
     require_root!();
-    if !tools() {
-        return;
-    }
-    let Some(engine) = Dockerd::start("vfs") else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let layout = test_layout(dir.path());
-    engine.load_layout(&layout, "team/app:v1");
-    let agent = agent(dir.path(), "vm-agent", "daemon");
-    let cache = dir.path().join("cache");
+    let Some(Engine { engine, dir, layout, agent, cache }) = Engine::with("vfs") else { return };
 
     let (code, first, stderr) = convert(&cache, &engine.socket, "docker-daemon:team/app:v1", &agent, &[]);
     assert_eq!(code, 0, "{stderr}");

@@ -25,20 +25,6 @@ fn push(layout: &Path, registry: &Registry, name: &str, all: bool) {
     oci::skopeo_push(layout, &registry.host, name, all);
 }
 
-/// The layout of the first Docker fixture (`base`) when `ROOTFS_FIXTURES` names them, else
-/// the tests' feature layout (every kind of entry and change) written under `dir`.
-fn test_layout(dir: &Path) -> PathBuf {
-    if let Some(layout) = oci::fixture_layout("base") {
-        let index = std::fs::read_to_string(layout.join("index.json")).unwrap();
-        if !index.contains("tar+zstd") {
-            return layout;
-        }
-    }
-    let layout = dir.join("features");
-    oci::feature_layout(&layout, IndexStyle::Skopeo);
-    layout
-}
-
 /// A small one-layer image whose file says `marker`, for `arch`.
 fn small_layout(dir: &Path, marker: &str, arch: &str) -> PathBuf {
     let layout = dir.join(format!("small-{marker}-{arch}"));
@@ -85,17 +71,6 @@ fn our_requests(registry: &Registry) -> usize {
     our_lines(registry).len()
 }
 
-fn umoci_unpack(layout: &Path, bundle: &Path) -> PathBuf {
-    let out = Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:latest", layout.display()))
-        .arg(bundle)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "umoci unpack {}: {}", layout.display(), String::from_utf8_lossy(&out.stderr));
-    bundle.join("rootfs")
-}
-
 /// The layer digests (hex) of the single-image layout `layout`.
 fn layer_hexes(layout: &Path) -> Vec<String> {
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
@@ -112,7 +87,7 @@ fn a_pulled_image_matches_umoci_and_a_tag_pulled_before_is_served_offline() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let layout = test_layout(dir.path());
+    let layout = oci::base_or_feature_layout(dir.path());
     let registry = Registry::start(Setup::default());
     push(&layout, &registry, "team/app:v1", false);
     let agent = agent(dir.path(), "vm-agent", "pull");
@@ -136,7 +111,7 @@ fn a_pulled_image_matches_umoci_and_a_tag_pulled_before_is_served_offline() {
     // Entry by entry, what umoci unpacks from the same layout.
     let image = PathBuf::from(first["image"].as_str().unwrap());
     let mnt = ReadOnlyMount::new(&image);
-    let rootfs = umoci_unpack(&layout, &dir.path().join("bundle"));
+    let rootfs = oci::umoci_unpack(&layout, &dir.path().join("bundle"));
     let added = added_by_image(&rootfs);
     let ignore: Vec<&[u8]> = added.iter().map(Vec::as_slice).collect();
     let diffs = differences(&rootfs, &mnt.path, &ignore);
