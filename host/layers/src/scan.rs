@@ -3,7 +3,7 @@
 //! system calls, never following a symlink.
 //!
 //! Directories are read in parallel (one thread per core, at most
-//! [`MAX_THREADS`]), each whole by one thread ([`listing`]), and the tree is
+//! [`MAX_THREADS`]), each whole by one thread (`listing`), and the tree is
 //! then put together in one thread, in the same order whatever the
 //! threads did: depth-first, names in order, so that hardlinks resolve to
 //! the same node every time.
@@ -53,7 +53,7 @@ pub fn scan(root: Arc<OwnedFd>, cancel: &AtomicBool) -> Result<Tree, ScanError> 
 /// Reads the tree of an overlay mount, `root`, whose layers are the
 /// directories `layers` (top first): as [`scan`], but a regular file the
 /// mount shows is read in the layer that holds it when that is provably
-/// the same inode (see [`listing`]), and a file left for the writer is
+/// the same inode (see the private `scan::listing` module), and a file left for the writer is
 /// named below that layer. Layers on more than one filesystem are read
 /// only through the mount.
 pub fn scan_overlay(root: Arc<OwnedFd>, layers: &[PathBuf], cancel: &AtomicBool) -> Result<Tree, ScanError> {
