@@ -29,25 +29,7 @@ pub fn read_xattrs(path: &Path) -> Result<Xattrs, rustix::io::Errno> {
             Err(e) => return Err(e),
         }
     };
-    let mut out = Vec::new();
-    for name in names[..len].split(|&c| c == 0).filter(|n| !n.is_empty()) {
-        if name.starts_with(b"trusted.overlay.") {
-            continue;
-        }
-        let c_name = std::ffi::CString::new(name).map_err(|_| rustix::io::Errno::INVAL)?;
-        let mut value = vec![0u8; 256];
-        let n = loop {
-            match rustix::fs::lgetxattr(path, c_name.as_c_str(), &mut value) {
-                Ok(n) => break n,
-                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
-                Err(e) => return Err(e),
-            }
-        };
-        value.truncate(n);
-        out.push((name.to_vec(), value));
-    }
-    out.sort();
-    Ok(out)
+    values(&names[..len], false, |name, value| rustix::fs::lgetxattr(path, name, value))
 }
 
 /// Every extended attribute of an open file, overlayfs's own too when
@@ -62,15 +44,26 @@ pub(super) fn fd_xattrs(fd: BorrowedFd<'_>, private: bool) -> Result<Xattrs, rus
         Err(rustix::io::Errno::RANGE) if !private => return read_xattrs(&proc_path(fd, OsStr::new(""))),
         Err(e) => return Err(e),
     };
+    values(&names[..len], private, |name, value| rustix::fs::fgetxattr(fd, name, value))
+}
+
+/// The value of every name in a NUL-separated `list` (overlayfs's own
+/// `trusted.overlay.*` left out unless `private`), read with `get`, whose
+/// buffer grows while it answers `ERANGE`; sorted by name.
+fn values(
+    list: &[u8],
+    private: bool,
+    mut get: impl FnMut(&std::ffi::CStr, &mut [u8]) -> Result<usize, rustix::io::Errno>,
+) -> Result<Xattrs, rustix::io::Errno> {
     let mut out = Vec::new();
-    for name in names[..len].split(|&c| c == 0).filter(|n| !n.is_empty()) {
+    for name in list.split(|&c| c == 0).filter(|n| !n.is_empty()) {
         if name.starts_with(b"trusted.overlay.") && !private {
             continue;
         }
         let c_name = std::ffi::CString::new(name).map_err(|_| rustix::io::Errno::INVAL)?;
         let mut value = vec![0u8; 256];
         let n = loop {
-            match rustix::fs::fgetxattr(fd, c_name.as_c_str(), &mut value) {
+            match get(c_name.as_c_str(), &mut value) {
                 Ok(n) => break n,
                 Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
                 Err(e) => return Err(e),
