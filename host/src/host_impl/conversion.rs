@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::bindings::rootfs::cache::host::{Conversion, ConverterInfo};
+use crate::bindings::rootfs::cache::host::{Conversion, ConverterInfo, Layer};
 use crate::bindings::rootfs::cache::types::SourceKind;
 use crate::cache_dir::{Area, CacheFile};
 use crate::capabilities::converter::{AgentInstall, ConversionJob, LayerBlob, SourceLayers};
@@ -97,14 +97,7 @@ impl StoreState {
                             format!("layer blob {} is outside {}", layer.path, blobs_dir.display()),
                         ));
                     }
-                    check_blob_length(&path, layer.size)?;
-                    blobs.push(LayerBlob {
-                        path,
-                        media_type: layer.media_type.clone(),
-                        digest: layer.digest.clone(),
-                        size: layer.size,
-                        diff_id: (!layer.diff_id.is_empty()).then(|| layer.diff_id.clone()),
-                    });
+                    blobs.push(layer_blob(path, layer)?);
                 }
                 SourceLayers::Oci { layout, platform: job.platform.clone(), blobs }
             }
@@ -127,14 +120,7 @@ impl StoreState {
                         ));
                     }
                     let path = PathBuf::from(&layer.path);
-                    check_blob_length(&path, layer.size)?;
-                    blobs.push(LayerBlob {
-                        path,
-                        media_type: layer.media_type.clone(),
-                        digest: layer.digest.clone(),
-                        size: layer.size,
-                        diff_id: (!layer.diff_id.is_empty()).then(|| layer.diff_id.clone()),
-                    });
+                    blobs.push(layer_blob(path, layer)?);
                 }
                 SourceLayers::Pulled { reference: job.source.clone(), platform: job.platform.clone(), blobs }
             }
@@ -158,6 +144,19 @@ impl StoreState {
             max_bytes: policy.limits.max_image_bytes,
         })
     }
+}
+
+/// The blob the converter reads for `layer`, at `path` (checked already to
+/// be where the layer may be), once its length is checked.
+fn layer_blob(path: PathBuf, layer: &Layer) -> Result<LayerBlob, Error> {
+    check_blob_length(&path, layer.size)?;
+    Ok(LayerBlob {
+        path,
+        media_type: layer.media_type.clone(),
+        digest: layer.digest.clone(),
+        size: layer.size,
+        diff_id: (!layer.diff_id.is_empty()).then(|| layer.diff_id.clone()),
+    })
 }
 
 /// A layer blob must be a regular file exactly as long as its descriptor
