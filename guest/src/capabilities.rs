@@ -9,6 +9,7 @@
 use crate::daemon::Engine;
 use crate::probe::Probe;
 use crate::registry::Puller;
+use crate::remote::Remote;
 use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult};
 use crate::wit::types::Error;
 
@@ -29,8 +30,9 @@ pub trait MountedImage {
 }
 
 /// The privileged operations of the `host` interface (and its read-only
-/// `probe`, its registry calls and its Docker engine calls).
-pub trait Capabilities: Probe + Puller + Engine {
+/// `probe`, its registry calls, its Docker engine calls and its remote
+/// cache calls).
+pub trait Capabilities: Probe + Puller + Engine + Remote {
     /// The build lock type.
     type Lock: BuildLock;
     /// The mounted image type.

@@ -97,6 +97,36 @@ impl crate::daemon::Engine for WitHost {
     }
 }
 
+impl crate::remote::Remote for WitHost {
+    fn remote_manifest(&self, tag: &str) -> Result<Option<host::FetchedManifest>, Error> {
+        host::remote_manifest(tag)
+    }
+
+    fn remote_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>, Error> {
+        host::remote_blob(digest, size)
+    }
+
+    fn remote_image(&self, digest: &str, size: u64, staged: &str) -> Result<host::FetchedImage, Error> {
+        host::remote_image(digest, size, staged)
+    }
+
+    fn remote_push_image(&self, image: &str) -> Result<host::PushedBlob, Error> {
+        host::remote_push_image(image)
+    }
+
+    fn remote_push_blob(&self, bytes: &[u8]) -> Result<host::PushedBlob, Error> {
+        host::remote_push_blob(bytes)
+    }
+
+    fn remote_push_manifest(&self, tag: &str, bytes: &[u8]) -> Result<String, Error> {
+        host::remote_push_manifest(tag, bytes)
+    }
+
+    fn digest_image(&self, image: &str) -> Result<host::FileDigest, Error> {
+        host::digest_image(image)
+    }
+}
+
 impl Capabilities for WitHost {
     type Lock = host::BuildLock;
     type Mounted = host::MountedImage;

@@ -41,7 +41,7 @@ use crate::capabilities::{BuildLock, Capabilities, MountedImage};
 use crate::key::{CacheKey, hex};
 use crate::probe::Probe;
 use crate::registry::Puller;
-use crate::wit::host::{BlobRequest, ExportedFile, FetchedBlob, FetchedManifest};
+use crate::wit::host::{BlobRequest, ExportedFile, FetchedBlob, FetchedImage, FetchedManifest, PushedBlob};
 use crate::wit::host::{
     Conversion, ConverterInfo, FileDigest, FileInstall, FsckResult, PathInfo, PathKind, ProbeRequest,
 };
@@ -223,6 +223,20 @@ pub enum Capability {
     InspectDaemonImage,
     /// `host.export-daemon-image`.
     ExportDaemonImage,
+    /// `host.remote-manifest`.
+    RemoteManifest,
+    /// `host.remote-blob`.
+    RemoteBlob,
+    /// `host.remote-image`.
+    RemoteImage,
+    /// `host.remote-push-image`.
+    RemotePushImage,
+    /// `host.remote-push-blob`.
+    RemotePushBlob,
+    /// `host.remote-push-manifest`.
+    RemotePushManifest,
+    /// `host.digest-image`.
+    DigestImage,
 }
 
 /// One recorded call, with its arguments.
@@ -285,6 +299,20 @@ pub enum Call {
     InspectDaemonImage(String),
     /// `export-daemon-image`, with the name.
     ExportDaemonImage(String),
+    /// `remote-manifest`, with the tag.
+    RemoteManifest(String),
+    /// `remote-blob`, with the digest.
+    RemoteBlob(String),
+    /// `remote-image`, with the digest and the staged path.
+    RemoteImage(String, String),
+    /// `remote-push-image`, with the image.
+    RemotePushImage(String),
+    /// `remote-push-blob`, with the blob's length.
+    RemotePushBlob(usize),
+    /// `remote-push-manifest`, with the tag.
+    RemotePushManifest(String),
+    /// `digest-image`, with the image.
+    DigestImage(String),
 }
 
 impl Call {
@@ -309,6 +337,13 @@ impl Call {
             Self::FetchBlobs(..) => Capability::FetchBlobs,
             Self::InspectDaemonImage(_) => Capability::InspectDaemonImage,
             Self::ExportDaemonImage(_) => Capability::ExportDaemonImage,
+            Self::RemoteManifest(_) => Capability::RemoteManifest,
+            Self::RemoteBlob(_) => Capability::RemoteBlob,
+            Self::RemoteImage(..) => Capability::RemoteImage,
+            Self::RemotePushImage(_) => Capability::RemotePushImage,
+            Self::RemotePushBlob(_) => Capability::RemotePushBlob,
+            Self::RemotePushManifest(_) => Capability::RemotePushManifest,
+            Self::DigestImage(_) => Capability::DigestImage,
             Self::DropMount(_) | Self::LockFail { .. } => return None,
         })
     }
@@ -356,6 +391,19 @@ struct State {
     daemon_images: BTreeMap<String, DaemonImage>,
     /// Blobs of the cache's store whose lock a pull holds ([`FakeHost::hold_blob`]).
     held_blobs: BTreeSet<String>,
+    /// The fake remote cache (shared between fake hosts by
+    /// [`FakeHost::share_remote`]).
+    remote: Arc<Mutex<FakeRemote>>,
+}
+
+/// The fake remote cache: an in-memory registry repository. Images are
+/// stored as they are (the fake compresses nothing).
+#[derive(Debug, Default)]
+pub struct FakeRemote {
+    /// Manifests by tag.
+    pub manifests: BTreeMap<String, Vec<u8>>,
+    /// Blobs by digest.
+    pub blobs: BTreeMap<String, Vec<u8>>,
 }
 
 /// An image of the fake Docker engine.
@@ -408,6 +456,7 @@ impl FakeHost {
             blobs: BTreeMap::new(),
             daemon_images: BTreeMap::new(),
             held_blobs: BTreeSet::new(),
+            remote: Arc::default(),
         };
         Ok(Self { probe: FsProbe::new(cache), state: Arc::new(Mutex::new(state)) })
     }
@@ -513,6 +562,17 @@ impl FakeHost {
         let digest = format!("sha256:{}", hex(&Sha256::digest(bytes)));
         lock(&self.state).blobs.insert(digest.clone(), bytes.to_vec());
         digest
+    }
+
+    /// The fake remote cache this host talks to.
+    pub fn remote(&self) -> Arc<Mutex<FakeRemote>> {
+        lock(&self.state).remote.clone()
+    }
+
+    /// Makes this host talk to `remote` (another fake host's), as hosts of
+    /// one fleet share one registry.
+    pub fn share_remote(&self, remote: Arc<Mutex<FakeRemote>>) {
+        lock(&self.state).remote = remote;
     }
 
     /// Marks the blob `hex` of the cache's store as held by a pull (its
@@ -744,6 +804,86 @@ impl crate::daemon::Engine for FakeHost {
     }
 }
 
+impl FakeHost {
+    fn fake_remote(&self) -> Arc<Mutex<FakeRemote>> {
+        self.remote()
+    }
+
+    /// A blob of the fake remote cache, checked against its descriptor.
+    fn remote_bytes(&self, digest: &str, size: u64) -> Result<Vec<u8>, Error> {
+        let remote = self.fake_remote();
+        let remote = remote.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = remote
+            .blobs
+            .get(digest)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("the fake remote cache has no blob {digest}")))?;
+        let actual = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
+        if actual != digest || bytes.len() as u64 != size {
+            return Err(Error::Corrupt(format!("blob {digest} of the fake remote cache is {actual}")));
+        }
+        Ok(bytes)
+    }
+
+    fn push_bytes(&self, bytes: Vec<u8>) -> PushedBlob {
+        let digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
+        let size = bytes.len() as u64;
+        let remote = self.fake_remote();
+        remote.lock().unwrap_or_else(|p| p.into_inner()).blobs.insert(digest.clone(), bytes);
+        PushedBlob { digest, size }
+    }
+}
+
+impl crate::remote::Remote for FakeHost {
+    fn remote_manifest(&self, tag: &str) -> Result<Option<FetchedManifest>, Error> {
+        self.call(Call::RemoteManifest(tag.into()))?;
+        let remote = self.fake_remote();
+        let remote = remote.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(remote.manifests.get(tag).map(|bytes| FetchedManifest {
+            digest: format!("sha256:{}", hex(&Sha256::digest(bytes))),
+            bytes: bytes.clone(),
+            media_type: crate::remote::MANIFEST_TYPE.into(),
+        }))
+    }
+
+    fn remote_blob(&self, digest: &str, size: u64) -> Result<Vec<u8>, Error> {
+        self.call(Call::RemoteBlob(digest.into()))?;
+        self.remote_bytes(digest, size)
+    }
+
+    fn remote_image(&self, digest: &str, size: u64, staged: &str) -> Result<FetchedImage, Error> {
+        self.call(Call::RemoteImage(digest.into(), staged.into()))?;
+        let bytes = self.remote_bytes(digest, size)?;
+        let path = self.in_cache(staged);
+        std::fs::write(&path, &bytes).map_err(|e| io_error(staged, &e))?;
+        Ok(FetchedImage { bytes: size, sha256: digest.to_owned() })
+    }
+
+    fn remote_push_image(&self, image: &str) -> Result<PushedBlob, Error> {
+        self.call(Call::RemotePushImage(image.into()))?;
+        let bytes = std::fs::read(self.in_cache(image)).map_err(|e| io_error(image, &e))?;
+        Ok(self.push_bytes(bytes))
+    }
+
+    fn remote_push_blob(&self, bytes: &[u8]) -> Result<PushedBlob, Error> {
+        self.call(Call::RemotePushBlob(bytes.len()))?;
+        Ok(self.push_bytes(bytes.to_vec()))
+    }
+
+    fn remote_push_manifest(&self, tag: &str, bytes: &[u8]) -> Result<String, Error> {
+        self.call(Call::RemotePushManifest(tag.into()))?;
+        let remote = self.fake_remote();
+        remote.lock().unwrap_or_else(|p| p.into_inner()).manifests.insert(tag.into(), bytes.to_vec());
+        Ok(format!("sha256:{}", hex(&Sha256::digest(bytes))))
+    }
+
+    fn digest_image(&self, image: &str) -> Result<FileDigest, Error> {
+        self.call(Call::DigestImage(image.into()))?;
+        let bytes = std::fs::read(self.in_cache(image)).map_err(|e| io_error(image, &e))?;
+        Ok(FileDigest { sha256: hex(&Sha256::digest(&bytes)), size: bytes.len() as u64 })
+    }
+}
+
 impl Capabilities for FakeHost {
     type Lock = FakeLock;
     type Mounted = FakeMount;
@@ -789,6 +929,14 @@ impl Capabilities for FakeHost {
             manifest: manifest.into(),
             manifest_json: manifest_json.into(),
         })?;
+        // As the Rust host's publisher does, the image's SHA-256 is added to
+        // the manifest (one that does not parse is written as given).
+        let bytes = std::fs::read(self.in_cache(staged)).map_err(|e| io_error(staged, &e))?;
+        let manifest_json = match crate::manifest::Manifest::parse(manifest_json.as_bytes()) {
+            Ok(parsed) => crate::manifest::Manifest { image_sha256: Some(hex(&Sha256::digest(&bytes))), ..parsed }
+                .to_json(),
+            Err(_) => manifest_json.to_owned(),
+        };
         std::fs::rename(self.in_cache(staged), self.in_cache(image)).map_err(|e| io_error(staged, &e))?;
         let temporary = self.in_cache(&format!("{manifest}.tmp"));
         std::fs::write(&temporary, manifest_json).map_err(|e| io_error(manifest, &e))?;

@@ -26,6 +26,7 @@ pub mod oci;
 pub mod overlay2;
 pub mod probe;
 pub mod registry;
+pub mod remote;
 pub mod source;
 pub mod sys;
 pub mod validate;

@@ -142,6 +142,11 @@ pub struct PulledImage {
     pub layers: Vec<Descriptor>,
     /// When the registry is contacted.
     pub pull: PullPolicy,
+    /// The selected manifest's descriptor (its media type, digest and
+    /// length): what an artifact made from this image names as its
+    /// `subject`. For an image behind nested indexes, the document the
+    /// reference named.
+    pub manifest: Descriptor,
 }
 
 /// The registry's documents, through the host; the top document the host
@@ -215,23 +220,35 @@ impl PulledImage {
             ))));
         }
         let index = oci::is_index(&top.media_type, &top.bytes);
+        let named = Descriptor {
+            media_type: if top.media_type.is_empty() { oci::MANIFEST_TYPE.to_owned() } else { top.media_type.clone() },
+            digest: actual.clone(),
+            size: top.bytes.len() as u64,
+            platform: None,
+            annotations: None,
+        };
         let docs = RegistryDocuments { reference, pull, host, top: RefCell::new(None) };
         let candidates = if index {
             oci::parse_index(&top.bytes)?
         } else {
-            let media_type = if top.media_type.is_empty() { oci::MANIFEST_TYPE.to_owned() } else { top.media_type };
-            let desc = Descriptor {
-                media_type,
-                digest: actual.clone(),
-                size: top.bytes.len() as u64,
-                platform: None,
-                annotations: None,
-            };
             *docs.top.borrow_mut() = Some((actual, top.bytes));
-            vec![desc]
+            vec![named.clone()]
         };
         let (manifest_digest, (config, layers)) = oci::select_image(&docs, &candidates, &wanted)?;
-        Ok(Self { reference: reference.clone(), platform: wanted.to_string(), manifest_digest, config, layers, pull })
+        let manifest = candidates
+            .iter()
+            .find(|d| d.digest == manifest_digest)
+            .map(|d| Descriptor { platform: None, annotations: None, ..d.clone() })
+            .unwrap_or(named);
+        Ok(Self {
+            reference: reference.clone(),
+            platform: wanted.to_string(),
+            manifest_digest,
+            config,
+            layers,
+            pull,
+            manifest,
+        })
     }
 
     /// Fetches the config (and reads its diff IDs), then the layers, into the cache's blob

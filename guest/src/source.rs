@@ -109,6 +109,17 @@ impl Source {
         )))
     }
 
+    /// The source's content, named the same on every host: an image's
+    /// manifest digest, an exported image's ID. `None` when the key is
+    /// local to this host: it is then never shared through a remote cache.
+    pub fn identity(&self) -> Option<String> {
+        match self {
+            Self::Overlay2(_) | Self::Oci(_) => None,
+            Self::Pulled(image) => Some(image.manifest_digest.clone()),
+            Self::Exported(image) => Some(image.id.clone()),
+        }
+    }
+
     /// Feeds everything that identifies this source into a cache key.
     pub fn add_to_key(&self, key: &mut KeyBuilder) {
         match self {

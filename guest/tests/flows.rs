@@ -12,7 +12,8 @@ use rootfs_cache_guest::key::sha256_hex;
 use rootfs_cache_guest::manifest::Manifest;
 use rootfs_cache_guest::wit::host::FsckResult;
 use rootfs_cache_guest::wit::types::{
-    ConvertRequest, ConverterFailure, Denial, Error, Outcome, PullPolicy, SourceKind,
+    ConvertRequest, ConverterFailure, Denial, Error, Origin, Outcome, PullPolicy, RemoteOptions, RemoteVerify,
+    SourceKind,
 };
 
 const MIB: u64 = 1 << 20;
@@ -157,6 +158,7 @@ fn request(source: &str, agent: &str) -> ConvertRequest {
         converter: "oci2rootfs".into(),
         platform: None,
         pull: None,
+        remote: None,
     }
 }
 
@@ -246,7 +248,10 @@ fn a_miss_builds_and_publishes_the_entry_with_its_manifest() {
     });
     let (staged, image, json) = published.unwrap();
     assert_eq!((staged, image), (job.output.clone(), outcome.image.clone()));
-    assert_eq!(json.as_bytes(), std::fs::read(env.at(&format!("images/{}.json", outcome.key))).unwrap());
+    // What was published is what the guest gave, with the image's SHA-256 added by the host.
+    let image_sha256 = sha256_hex(&std::fs::read(env.at(&outcome.image)).unwrap());
+    let given = Manifest { image_sha256: Some(image_sha256), ..Manifest::parse(json.as_bytes()).unwrap() };
+    assert_eq!(given, manifest);
     // A build records no use.
     assert_eq!(env.host.count(Capability::RecordUse), 0);
 }
@@ -1116,4 +1121,159 @@ fn an_exported_archive_that_does_not_hold_up_is_refused_and_nothing_is_published
     assert!(matches!(&err, Error::UnsupportedSource(m) if m.contains("no manifest.json")), "{err:?}");
     assert!(env.host.jobs().is_empty(), "nothing was converted");
     assert!(env.names("images").is_empty(), "nothing was published");
+}
+
+// --- the remote cache --------------------------------------------------------
+
+/// A request for the image `reference` through the remote cache.
+fn remote_request(reference: &str, agent: &str, verify: RemoteVerify) -> ConvertRequest {
+    ConvertRequest {
+        remote: Some(RemoteOptions { repository: "cache.test/fleet/images".into(), push: true, verify }),
+        ..request(reference, agent)
+    }
+}
+
+/// Two hosts of one fleet: their own caches and copies of one agent, one
+/// registry serving the image `docker://reg.test/app:1`, one remote cache.
+fn fleet() -> (Env, Env, String) {
+    let (a, b) = (Env::new(), Env::new());
+    let layout = a.dir.path().join("layout");
+    oci_layout(&layout);
+    let reference = "docker://reg.test/app:1".to_owned();
+    for host in [&a.host, &b.host] {
+        serve_layout(host, &layout, &reference);
+    }
+    b.host.share_remote(a.host.remote());
+    std::fs::copy(&a.agent, &b.agent).unwrap();
+    (a, b, reference)
+}
+
+#[test]
+fn a_host_fetches_what_another_built_and_pushed_without_converting() {
+    let (a, b, reference) = fleet();
+    let built = a.cache().convert(&remote_request(&reference, &a.agent, RemoteVerify::Digest)).unwrap();
+    assert_eq!((built.origin, built.pushed, built.shareable), (Origin::Built, true, true));
+    assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+    assert_eq!(a.host.count(Capability::RemoteManifest), 1, "a miss asks the remote cache first");
+
+    let fetched = b.cache().convert(&remote_request(&reference, &b.agent, RemoteVerify::Digest)).unwrap();
+    assert_eq!((fetched.origin, fetched.cached, fetched.pushed), (Origin::Remote, false, false));
+    assert_eq!(fetched.key, built.key);
+    assert_eq!(fetched.remote_digest, built.remote_digest);
+    assert_eq!(b.host.count(Capability::RunConverter), 0);
+    assert_eq!(b.host.count(Capability::FetchBlobs), 0, "the source's layers are not downloaded");
+    assert_eq!(std::fs::read(b.at(&fetched.image)).unwrap(), std::fs::read(a.at(&built.image)).unwrap());
+    let manifest = b.manifest(&fetched.key);
+    assert!(manifest.layers.is_empty());
+    assert_eq!(manifest.source, a.manifest(&built.key).source);
+
+    let hit = b.cache().convert(&remote_request(&reference, &b.agent, RemoteVerify::Digest)).unwrap();
+    assert_eq!((hit.origin, hit.cached), (Origin::Local, true));
+
+    // A local key is never shared.
+    let local = b.cache().convert(&ConvertRequest { source: b.source.clone(), ..remote_request("", &b.agent, RemoteVerify::Digest) }).unwrap();
+    assert_eq!((local.origin, local.shareable, local.pushed), (Origin::Built, false, false));
+    assert_eq!(b.host.count(Capability::RemotePushImage), 0);
+}
+
+#[test]
+fn a_remote_artifact_that_lies_is_refused_and_the_image_is_built_here() {
+    let (a, b, reference) = fleet();
+    let built = a.cache().convert(&remote_request(&reference, &a.agent, RemoteVerify::Digest)).unwrap();
+    let remote = a.host.remote();
+    // The image blob replaced by other bytes under the same digest.
+    {
+        let mut remote = remote.lock().unwrap();
+        let digest = remote.blobs.iter().find(|(_, b)| b.len() as u64 == built.image_bytes).unwrap().0.clone();
+        let blob = remote.blobs.get_mut(&digest).unwrap();
+        blob[5000] ^= 1;
+    }
+    let outcome = b.cache().convert(&remote_request(&reference, &b.agent, RemoteVerify::Digest)).unwrap();
+    assert_eq!(outcome.origin, Origin::Built);
+    assert_eq!(outcome.warnings.len(), 1, "{:?}", outcome.warnings);
+    assert!(outcome.warnings[0].contains("cache.test/fleet/images"), "{:?}", outcome.warnings);
+    assert!(b.names("tmp").is_empty(), "the refused download is removed: {:?}", b.names("tmp"));
+    assert_eq!(std::fs::read(b.at(&outcome.image)).unwrap(), std::fs::read(a.at(&built.image)).unwrap());
+
+    // An artifact tagged with this key but holding another key's image.
+    let (c, d, reference) = fleet();
+    let mut other = remote_request(&reference, &c.agent, RemoteVerify::Digest);
+    other.size = Some(64 << 20);
+    let x = c.cache().convert(&other).unwrap();
+    let y_key = c.cache().convert(&remote_request(&reference, &c.agent, RemoteVerify::Digest)).unwrap().key;
+    {
+        let remote = c.host.remote();
+        let mut remote = remote.lock().unwrap();
+        let x_manifest = remote.manifests[&x.key].clone();
+        remote.manifests.insert(y_key.clone(), x_manifest);
+    }
+    let outcome = d.cache().convert(&remote_request(&reference, &d.agent, RemoteVerify::Digest)).unwrap();
+    assert_eq!(outcome.origin, Origin::Built);
+    assert!(outcome.warnings[0].contains("holds the image of key"), "{:?}", outcome.warnings);
+}
+
+#[test]
+fn verify_rebuild_compares_and_a_mismatch_publishes_nothing() {
+    let (a, b, reference) = fleet();
+    a.cache().convert(&remote_request(&reference, &a.agent, RemoteVerify::Digest)).unwrap();
+    let same = b.cache().convert(&remote_request(&reference, &b.agent, RemoteVerify::Rebuild)).unwrap();
+    assert_eq!(same.origin, Origin::Remote);
+    assert_eq!(b.host.count(Capability::RunConverter), 1, "rebuilt to compare");
+    assert!(b.names("tmp").is_empty(), "{:?}", b.names("tmp"));
+
+    // A third host whose converter makes other bytes: the remote's image,
+    // however well-formed, is not what it builds.
+    let c = Env::new();
+    let layout = a.dir.path().join("layout");
+    serve_layout(&c.host, &layout, &reference);
+    c.host.share_remote(a.host.remote());
+    std::fs::copy(&a.agent, &c.agent).unwrap();
+    c.host.set_converter_output(ConverterOutput::Valid);
+    // Change the remote's image in place, fixing up every digest, so that
+    // only a rebuild can tell.
+    lie_about_the_image(&a.host, &same.key);
+    let err = c.cache().convert(&remote_request(&reference, &c.agent, RemoteVerify::Rebuild)).unwrap_err();
+    assert!(matches!(&err, Error::Corrupt(m) if m.contains("the remote cache lied")), "{err:?}");
+    assert!(!c.at(&same.image).exists(), "nothing is published");
+    assert!(c.names("tmp").is_empty(), "{:?}", c.names("tmp"));
+}
+
+/// Rewrites the remote artifact of `key` so that its image differs from
+/// what a host builds while every digest and annotation stays consistent.
+fn lie_about_the_image(host: &FakeHost, key: &str) {
+    use rootfs_cache_guest::remote::{ArtifactManifest, Descriptor, RemoteEntry, annotation};
+    let remote = host.remote();
+    let mut remote = remote.lock().unwrap();
+    let manifest: ArtifactManifest = serde_json::from_slice(&remote.manifests[key]).unwrap();
+    let mut image = remote.blobs[&manifest.layers[0].digest].clone();
+    image[8192] ^= 0x55;
+    let image_sha = sha256_hex(&image);
+    let mut entry: RemoteEntry = serde_json::from_slice(&remote.blobs[&manifest.config.digest]).unwrap();
+    entry.image_sha256 = image_sha.clone();
+    let config = entry.to_json();
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let layer_digest = format!("sha256:{image_sha}");
+    let mut lying = ArtifactManifest::new(
+        &entry,
+        Descriptor { digest: config_digest.clone(), size: config.len() as u64, ..manifest.config.clone() },
+        Descriptor { digest: layer_digest.clone(), size: image.len() as u64, ..manifest.layers[0].clone() },
+        None,
+    );
+    lying.annotations.insert(annotation::IMAGE_SHA256.into(), layer_digest.clone());
+    remote.blobs.insert(config_digest, config);
+    remote.blobs.insert(layer_digest, image);
+    remote.manifests.insert(key.into(), lying.to_json());
+}
+
+#[test]
+fn an_unreachable_remote_or_a_refused_push_is_a_warning() {
+    let (a, _b, reference) = fleet();
+    a.host.fail(Capability::RemoteManifest, Error::Io("registry cache.test: connection refused".into()));
+    a.host.fail(Capability::RemotePushImage, denial("registries"));
+    let outcome = a.cache().convert(&remote_request(&reference, &a.agent, RemoteVerify::Digest)).unwrap();
+    assert_eq!((outcome.origin, outcome.pushed), (Origin::Built, false));
+    assert_eq!(outcome.warnings.len(), 2, "{:?}", outcome.warnings);
+    assert!(outcome.warnings[0].contains("connection refused"), "{:?}", outcome.warnings);
+    assert!(outcome.warnings[1].contains("not pushed"), "{:?}", outcome.warnings);
+    assert!(a.at(&outcome.image).exists(), "the local entry is kept");
 }

@@ -105,6 +105,7 @@ fn check_reference_length(reference: &str) -> Result<()> {
 /// directory when that is its storage driver (the caller asked the engine).
 pub(crate) fn admit(
     policy: &Policy,
+    remote: Option<&crate::RemoteCache>,
     request: &Request,
     daemon_overlay2: Option<&Path>,
 ) -> Result<(wit::ConvertRequest, RequestScope)> {
@@ -152,6 +153,14 @@ pub(crate) fn admit(
         converter: request.converter.to_string(),
         platform: request.platform.clone(),
         pull: Some(request.pull.into()),
+        remote: remote.map(|r| wit::RemoteOptions {
+            repository: r.repository.clone(),
+            push: r.push,
+            verify: match r.verify {
+                crate::RemoteVerify::Digest => wit::RemoteVerify::Digest,
+                crate::RemoteVerify::Rebuild => wit::RemoteVerify::Rebuild,
+            },
+        }),
     };
     let scope = RequestScope { roots, agent: Some((agent_str, agent)) };
     Ok((wit_request, scope))

@@ -70,7 +70,9 @@ impl RootfsCache {
             config.policy.limits.guest_memory_bytes,
             config.pooling,
         )?;
+        let remote = crate::remote_cache::RemoteCache::effective(config.remote.as_ref(), &config.policy).map_err(refuse)?;
         let shared = Shared {
+            remote,
             locks: Arc::new(LockService::new(config.capabilities.cross_process_lock.clone())),
             conversions: tokio::sync::Semaphore::new(config.policy.limits.max_parallel_conversions),
             cache: Arc::new(cache),
@@ -130,7 +132,7 @@ impl RootfsCache {
             }
             _ => None,
         };
-        let (wit_request, scope) = crate::admission::admit(&self.shared.policy, request, daemon_overlay2.as_deref())
+        let (wit_request, scope) = crate::admission::admit(&self.shared.policy, self.shared.remote.as_ref(), request, daemon_overlay2.as_deref())
             .map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?;
         let mut store = self
             .engine

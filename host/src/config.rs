@@ -30,6 +30,9 @@ pub struct Config {
     /// When set, every build is followed by a garbage collection down to
     /// this many bytes (the new entry is pinned).
     pub max_cache_bytes: Option<u64>,
+    /// The remote cache to fetch entries from on a miss and to push built
+    /// ones to; `None` uses the policy's (`remote`), if any.
+    pub remote: Option<crate::RemoteCache>,
 }
 
 impl Config {
@@ -46,7 +49,14 @@ impl Config {
             pooling: true,
             observer: None,
             max_cache_bytes: None,
+            remote: None,
         }
+    }
+
+    /// Shares entries through the remote cache `remote`.
+    pub fn remote(mut self, remote: crate::RemoteCache) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     /// Replaces the policy.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::bindings::rootfs::cache::types::{self as wit, ConverterFailure, Denial};
 use crate::error::Error;
-use crate::reports::{Entry, GcReport, ImageInfo, Outcome, SourceKind, Timings, VerifyReport};
+use crate::reports::{Entry, GcReport, ImageInfo, Origin, Outcome, SourceKind, Timings, VerifyReport};
 
 impl From<wit::Error> for Error {
     fn from(e: wit::Error) -> Self {
@@ -62,6 +62,16 @@ impl From<wit::SourceKind> for SourceKind {
     }
 }
 
+impl From<wit::Origin> for Origin {
+    fn from(o: wit::Origin) -> Self {
+        match o {
+            wit::Origin::Local => Self::Local,
+            wit::Origin::Remote => Self::Remote,
+            wit::Origin::Built => Self::Built,
+        }
+    }
+}
+
 impl From<wit::Timings> for Timings {
     fn from(t: wit::Timings) -> Self {
         Self {
@@ -107,6 +117,11 @@ pub(crate) fn outcome(o: wit::Outcome, cache: &Path) -> Outcome {
         manifest_digest: o.manifest_digest,
         cloned_bytes: 0,
         copied_bytes: 0,
+        origin: o.origin.into(),
+        shareable: o.shareable,
+        warnings: o.warnings,
+        remote_digest: o.remote_digest,
+        pushed: o.pushed,
     }
 }
 

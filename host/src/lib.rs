@@ -65,6 +65,7 @@ mod preopens;
 mod probe;
 mod real_path;
 mod regular_file;
+mod remote_cache;
 mod reports;
 mod request;
 mod shared;
@@ -82,7 +83,8 @@ pub use engine::{ComponentSource, EMBEDDED_COMPONENT, LoadPath};
 pub use error::{Error, Result};
 pub use observer::{Observer, Phase};
 pub use policy::{Limits, Policy};
-pub use reports::{Entry, GcReport, ImageInfo, Outcome, SourceKind, SweepReport, Timings, VerifyReport};
+pub use remote_cache::{RemoteCache, RemoteVerify};
+pub use reports::{Entry, GcReport, ImageInfo, Origin, Outcome, SourceKind, SweepReport, Timings, VerifyReport};
 pub use request::{PullPolicy, Request};
 /// The ext4 image writer, its own crate ([`rootfs_cache_ext4`]).
 pub use rootfs_cache_ext4 as ext4;

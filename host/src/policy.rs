@@ -22,6 +22,9 @@
 //! registries = ["registry.example.com", "127.0.0.1:5000"]
 //! insecure_registries = ["127.0.0.1:5000"]
 //! docker_engines = ["/var/run/docker.sock"]
+//! remote = "registry.example.com/rootfs-cache"  # the remote cache, unless the caller names one
+//! remote_push = true                             # false: never push what this host builds
+//! remote_verify = "digest"                       # "rebuild": rebuild every fetched entry and compare
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -75,7 +78,7 @@ impl Default for Limits {
 /// `None` for a list means "any": the library's default policy allows any
 /// source, agent and converter, and per request still exposes to the guest
 /// only the directories that request needs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// The only cache directory this policy serves, if set.
     pub cache_dir: Option<PathBuf>,
@@ -99,6 +102,34 @@ pub struct Policy {
     /// The Docker engine sockets that may be asked for `docker-daemon:`
     /// images (`docker_engines`). `None` means any.
     pub docker_engines: Option<Vec<PathBuf>>,
+    /// The remote cache used when the caller names none (`remote`,
+    /// `HOST[:PORT]/REPO`); its registry must pass `registries` too.
+    pub remote: Option<String>,
+    /// Whether entries built here may be pushed to a remote cache
+    /// (`remote_push`, default true).
+    pub remote_push: bool,
+    /// The least checking of entries fetched from a remote cache
+    /// (`remote_verify`, `digest` by default); a caller may ask for more.
+    pub remote_verify: crate::remote_cache::RemoteVerify,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            source_roots: None,
+            agents: None,
+            converters: None,
+            limits: Limits::default(),
+            audit_log: None,
+            registries: None,
+            insecure_registries: Vec::new(),
+            docker_engines: None,
+            remote: None,
+            remote_push: true,
+            remote_verify: crate::remote_cache::RemoteVerify::Digest,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -117,6 +148,9 @@ struct PolicyFile {
     registries: Option<Vec<String>>,
     insecure_registries: Option<Vec<String>>,
     docker_engines: Option<Vec<PathBuf>>,
+    remote: Option<String>,
+    remote_push: Option<bool>,
+    remote_verify: Option<String>,
 }
 
 fn canonical(what: &str, path: &Path) -> Result<PathBuf> {
@@ -182,6 +216,22 @@ impl Policy {
                 .docker_engines
                 .map(|v| v.iter().map(|p| absolute("docker_engines", p)).collect())
                 .transpose()?,
+            remote: match file.remote {
+                Some(repository) => {
+                    crate::remote_cache::check_repository(&repository)
+                        .map_err(|e| Error::Config(format!("policy: {e}")))?;
+                    Some(repository)
+                }
+                None => None,
+            },
+            remote_push: file.remote_push.unwrap_or(true),
+            remote_verify: file
+                .remote_verify
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| Error::Config(format!("policy: {e}")))?
+                .unwrap_or_default(),
         })
     }
 

@@ -22,6 +22,19 @@ pub enum SourceKind {
     DockerArchive,
 }
 
+/// Where a request's image came from.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// This host's cache already held it.
+    Local,
+    /// The remote cache held it: fetched, checked and published here.
+    Remote,
+    /// Converted here.
+    Built,
+}
+
 /// Where a request's time went, in microseconds, as the guest measured it.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -75,6 +88,18 @@ pub struct Outcome {
     /// File data the build copied into the image, in bytes; 0 on a hit and
     /// from converters that do not count it (only `exact` does).
     pub copied_bytes: u64,
+    /// Where the image came from.
+    pub origin: Origin,
+    /// Whether the key names the source's content on every host (an image's
+    /// manifest digest, a Docker layer's chain ID, an image ID), so that the
+    /// entry may be shared through a remote cache.
+    pub shareable: bool,
+    /// What went wrong with the remote cache without failing the request.
+    pub warnings: Vec<String>,
+    /// The remote artifact's manifest digest, when it was fetched or pushed.
+    pub remote_digest: Option<String>,
+    /// Whether this request pushed the entry to the remote cache.
+    pub pushed: bool,
 }
 
 /// What an image's superblock says.

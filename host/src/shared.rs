@@ -23,6 +23,8 @@ pub(crate) struct Shared {
     pub observer: Option<Arc<dyn Observer>>,
     pub audit: Option<AuditLog>,
     pub next_request: AtomicU64,
+    /// The remote cache in force, checked against the policy.
+    pub remote: Option<crate::RemoteCache>,
     /// The largest linear memory any guest asked for.
     pub peak_guest_memory: Arc<std::sync::atomic::AtomicUsize>,
 }

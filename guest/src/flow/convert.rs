@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::Cache;
+use super::remote::RemoteReport;
 use super::request::{AGENT_MODE, AGENT_TARGET, RECORD_USE_EVERY, SourceName, check_request};
 use crate::capabilities::{BuildLock, Capabilities, MountedImage};
 use crate::daemon::{self, ExportedImage};
@@ -16,29 +17,29 @@ use crate::source::Source;
 use crate::sys::{self, Instant};
 use crate::validate::{self, Expected, Hit, Lookup};
 use crate::wit::host::{Conversion, ConverterInfo, FileDigest, FileInstall, Layer};
-use crate::wit::types::{ConvertRequest, Error, Outcome, PullPolicy, SourceKind, Timings};
+use crate::wit::types::{ConvertRequest, Error, Origin, Outcome, PullPolicy, SourceKind, Timings};
 
 /// Everything one build starts from: what the request resolved to, and
 /// where the converter writes.
-struct BuildInputs<'a> {
+pub(super) struct BuildInputs<'a> {
     /// The entry's key.
-    key: &'a CacheKey,
+    pub(super) key: &'a CacheKey,
     /// The resolved source.
-    source: &'a Source,
+    pub(super) source: &'a Source,
     /// The request as the caller made it.
-    request: &'a ConvertRequest,
+    pub(super) request: &'a ConvertRequest,
     /// The platform checked from the request (or the default).
-    platform: &'a str,
+    pub(super) platform: &'a str,
     /// The agent's digest and size.
-    agent: &'a FileDigest,
+    pub(super) agent: &'a FileDigest,
     /// What the host says of the converter.
-    converter: &'a ConverterInfo,
+    pub(super) converter: &'a ConverterInfo,
     /// The cache-relative temporary image, under `tmp/`.
-    staged: &'a str,
+    pub(super) staged: &'a str,
     /// What the entry records as its source.
-    source_name: &'a str,
+    pub(super) source_name: &'a str,
     /// What the conversion job names as its source.
-    job_source: &'a str,
+    pub(super) job_source: &'a str,
 }
 
 /// A request's source, resolved.
@@ -80,8 +81,15 @@ impl<H: Capabilities> Cache<'_, H> {
             total_us: 0,
         };
 
-        let expected =
-            Expected { key: &key, agent_sha256: &agent.sha256, converter: &converter.identity, source: &source_name };
+        // A shareable key names the source's content, wherever this host
+        // keeps it: an entry made from a copy at another path is the same.
+        let identity = source.identity();
+        let expected = Expected {
+            key: &key,
+            agent_sha256: &agent.sha256,
+            converter: &converter.identity,
+            source: identity.is_none().then_some(source_name.as_str()),
+        };
         let step = Instant::now();
         let first_look = validate::lookup(self.host, &expected)?;
         timings.lookup_us = step.micros();
@@ -118,9 +126,26 @@ impl<H: Capabilities> Cache<'_, H> {
             source_name: &source_name,
             job_source: &job_source,
         };
-        let built = self.build(&inputs, &mut timings);
+        let mut report = RemoteReport::default();
+        let remote = request.remote.as_ref().zip(identity.as_deref());
+        let built = match remote {
+            Some((options, identity)) => {
+                match self.fetch_remote(&inputs, options, identity, &lock.token(), &mut timings, &mut report) {
+                    Ok(Some(image_bytes)) => Ok(image_bytes),
+                    Ok(None) => self.build(&inputs, &mut timings),
+                    Err(err) => Err(err),
+                }
+            }
+            None => self.build(&inputs, &mut timings),
+        };
         match built {
             Ok(image_bytes) => {
+                if let Some((options, identity)) = remote
+                    && report.origin == Origin::Built
+                    && options.push
+                {
+                    self.push_remote(&inputs, options, identity, image_bytes, &mut report);
+                }
                 timings.total_us = started.micros();
                 Ok(Outcome {
                     image: key.image_path(),
@@ -132,6 +157,11 @@ impl<H: Capabilities> Cache<'_, H> {
                     timings,
                     reference,
                     manifest_digest: manifest_digest_of(&source),
+                    origin: report.origin,
+                    shareable: identity.is_some(),
+                    warnings: report.warnings,
+                    remote_digest: report.remote_digest,
+                    pushed: report.pushed,
                 })
             }
             Err(err) => {
@@ -238,20 +268,37 @@ impl<H: Capabilities> Cache<'_, H> {
             timings,
             reference,
             manifest_digest: manifest_digest_of(source),
+            origin: Origin::Local,
+            shareable: source.identity().is_some(),
+            warnings: Vec::new(),
+            remote_digest: None,
+            pushed: false,
         })
     }
 
+    /// Builds the entry into `inputs.staged` and publishes it; returns the
+    /// image's length.
     fn build(&self, inputs: &BuildInputs<'_>, timings: &mut Timings) -> Result<u64, Error> {
-        let BuildInputs { key, source, request, platform, agent, converter, staged, source_name, job_source } = *inputs;
+        let (image_bytes, layers) = self.produce(inputs, inputs.staged, timings)?;
+        let manifest = entry_manifest(inputs, layers, image_bytes);
+        let step = Instant::now();
+        self.host.publish(inputs.staged, &inputs.key.image_path(), &inputs.key.manifest_path(), &manifest.to_json())?;
+        timings.publish_us = step.micros();
+        Ok(image_bytes)
+    }
+
+    /// Converts the source into `staged`, installs the agent and checks the
+    /// image; returns its length and the layers the converter applied.
+    pub(super) fn produce(&self, inputs: &BuildInputs<'_>, staged: &str, timings: &mut Timings) -> Result<(u64, Vec<String>), Error> {
+        let BuildInputs { key, source, request, platform, agent, converter, job_source, .. } = *inputs;
         let install = FileInstall {
             source: request.agent.clone(),
             sha256: agent.sha256.clone(),
             target: AGENT_TARGET.into(),
             mode: AGENT_MODE,
         };
-        let (layers, recorded_platform) = match source {
-            Source::Overlay2(chain) => (
-                chain
+        let layers = match source {
+            Source::Overlay2(chain) => chain
                     .diffs_bottom_up()
                     .into_iter()
                     .map(|path| Layer {
@@ -262,10 +309,7 @@ impl<H: Capabilities> Cache<'_, H> {
                         diff_id: String::new(),
                     })
                     .collect::<Vec<_>>(),
-                None,
-            ),
-            Source::Oci(image) => (
-                image
+            Source::Oci(image) => image
                     .layers
                     .iter()
                     .zip(image.diff_ids(self.host)?)
@@ -277,10 +321,7 @@ impl<H: Capabilities> Cache<'_, H> {
                         diff_id,
                     })
                     .collect(),
-                Some(format!("{} {}", image.platform, image.manifest_digest)),
-            ),
-            Source::Pulled(image) => (
-                image
+            Source::Pulled(image) => image
                     .fetch_layers(self.host)?
                     .into_iter()
                     .zip(&image.layers)
@@ -292,10 +333,7 @@ impl<H: Capabilities> Cache<'_, H> {
                         diff_id,
                     })
                     .collect(),
-                Some(format!("{} {}", image.platform, image.manifest_digest)),
-            ),
-            Source::Exported(image) => (
-                image
+            Source::Exported(image) => image
                     .layers
                     .iter()
                     .map(|(path, digest, size)| Layer {
@@ -306,8 +344,6 @@ impl<H: Capabilities> Cache<'_, H> {
                         diff_id: digest.clone(),
                     })
                     .collect(),
-                Some(format!("{} {}", image.platform, image.id)),
-            ),
         };
         let job = Conversion {
             converter: request.converter.clone(),
@@ -339,26 +375,42 @@ impl<H: Capabilities> Cache<'_, H> {
 
         let image_bytes = validate::check_image(&self.root.join(staged), None)
             .map_err(|why| Error::Corrupt(format!("the image is unusable after installing the agent: {why}")))?;
+        Ok((image_bytes, layers.into_iter().map(|l| l.path).collect()))
+    }
+}
 
-        let manifest = Manifest {
-            format: FORMAT,
-            key: key.to_string(),
-            kind: kind_name(source).into(),
-            source: source_name.to_owned(),
-            layers: layers.into_iter().map(|l| l.path).collect(),
-            platform: recorded_platform,
-            agent: AgentRecord { path: request.agent.clone(), sha256: agent.sha256.clone(), size: agent.size },
-            converter: converter.identity.clone(),
-            requested_size: request.size,
-            image_bytes,
-            created: now_secs(),
-            builder: concat!("rootfs-cache-guest ", env!("CARGO_PKG_VERSION")).into(),
-            image_sha256: None,
-        };
-        let step = Instant::now();
-        self.host.publish(staged, &key.image_path(), &key.manifest_path(), &manifest.to_json())?;
-        timings.publish_us = step.micros();
-        Ok(image_bytes)
+/// What built entries record: see [`crate::manifest::Manifest`].
+pub(super) const BUILDER: &str = concat!("rootfs-cache-guest ", env!("CARGO_PKG_VERSION"));
+
+/// The manifest of the entry `inputs` describe, its image `image_bytes`
+/// long, made from `layers` (none for an image fetched from a remote cache).
+pub(super) fn entry_manifest(inputs: &BuildInputs<'_>, layers: Vec<String>, image_bytes: u64) -> Manifest {
+    let BuildInputs { key, source, request, agent, converter, source_name, .. } = *inputs;
+    Manifest {
+        format: FORMAT,
+        key: key.to_string(),
+        kind: kind_name(source).into(),
+        source: source_name.to_owned(),
+        layers,
+        platform: recorded_platform(source),
+        agent: AgentRecord { path: request.agent.clone(), sha256: agent.sha256.clone(), size: agent.size },
+        converter: converter.identity.clone(),
+        requested_size: request.size,
+        image_bytes,
+        created: now_secs(),
+        builder: BUILDER.into(),
+        image_sha256: None,
+    }
+}
+
+/// What an entry records as its platform: for images, the platform and the
+/// manifest (or image ID) selected.
+pub(super) fn recorded_platform(source: &Source) -> Option<String> {
+    match source {
+        Source::Overlay2(_) => None,
+        Source::Oci(image) => Some(format!("{} {}", image.platform, image.manifest_digest)),
+        Source::Pulled(image) => Some(format!("{} {}", image.platform, image.manifest_digest)),
+        Source::Exported(image) => Some(format!("{} {}", image.platform, image.id)),
     }
 }
 
@@ -371,7 +423,7 @@ fn kind_of(source: &Source) -> SourceKind {
     }
 }
 
-fn kind_name(source: &Source) -> &'static str {
+pub(super) fn kind_name(source: &Source) -> &'static str {
     match source {
         Source::Overlay2(_) => "overlay2",
         Source::Oci(_) => "oci-layout",

@@ -3,7 +3,8 @@
 //! starts, remove the temporary image and report a typed error.
 //!
 //! By concern: `request` checks a request before anything is read,
-//! `convert` serves or builds an image, `inspect` reads an image's
+//! `convert` serves or builds an image, `remote` fetches it from a remote
+//! cache or pushes it there, `inspect` reads an image's
 //! superblock and `list` lists the entries; `lifecycle` adds sweep,
 //! gc and verify. Each adds its methods to [`Cache`].
 
@@ -14,6 +15,7 @@ use crate::capabilities::Capabilities;
 mod convert;
 mod inspect;
 mod list;
+mod remote;
 mod request;
 
 pub use request::{

@@ -9,6 +9,7 @@
 //! | lock | [`lock::CrossProcessLock`] behind [`lock::LockService`] | [`lock::Flock`] | [`lock::InProcessOnly`] |
 //! | puller (images by name) | [`puller::Puller`] | [`puller::RegistryPuller`] | [`puller::NoNetwork`] (refuses: `denied`) |
 //! | Docker engine (`docker-daemon:` images) | [`docker_engine::DockerEngine`] | [`docker_engine::EngineApi`] | [`docker_engine::NoEngine`] (refuses: `denied`) |
+//! | remote cache | [`remote::RemoteStore`] | [`remote::RegistryRemote`] | [`remote::NoRemote`] (refuses: `denied`) |
 //!
 //! The fake adapter needs no root and no loop devices: embedders use it to
 //! test their integration, and the guest-logic tests use it.
@@ -19,6 +20,7 @@ pub mod lock;
 pub mod mounter;
 pub mod publisher;
 pub mod puller;
+pub mod remote;
 
 use std::sync::Arc;
 
@@ -48,6 +50,8 @@ pub struct Capabilities {
     pub puller: Arc<dyn puller::Puller>,
     /// Reaches the local Docker engine.
     pub docker_engine: Arc<dyn docker_engine::DockerEngine>,
+    /// Moves entries to and from a remote cache.
+    pub remote: Arc<dyn remote::RemoteStore>,
 }
 
 impl Capabilities {
@@ -79,6 +83,7 @@ impl Capabilities {
             cross_process_lock: Arc::new(lock::Flock),
             puller: Arc::new(puller::RegistryPuller::default()),
             docker_engine: Arc::new(docker_engine::EngineApi::from_env()),
+            remote: Arc::new(remote::RegistryRemote::default()),
         }
     }
 
@@ -93,6 +98,7 @@ impl Capabilities {
             cross_process_lock: Arc::new(lock::InProcessOnly),
             puller: Arc::new(puller::NoNetwork),
             docker_engine: Arc::new(docker_engine::NoEngine),
+            remote: Arc::new(remote::NoRemote),
         };
         (caps, FakeHandles { converter, mounter })
     }

@@ -113,19 +113,41 @@ fn no_network(reference: &Reference) -> Error {
     )
 }
 
-/// The native puller. Its clients are kept per allow-list, so that connections and tokens
-/// are reused between the fetches of one process.
-#[derive(Default)]
+/// The native puller.
+#[derive(Debug, Default)]
 pub struct RegistryPuller {
-    clients: Mutex<Clients>,
+    clients: ClientPool,
 }
+
+/// Registry clients kept per allow-list, so that connections and tokens are
+/// reused between the calls of one process.
+#[derive(Default)]
+pub struct ClientPool(Mutex<Clients>);
 
 /// Clients by (allowed registries, insecure registries).
 type Clients = BTreeMap<(Vec<String>, Vec<String>), Arc<RegistryClient>>;
 
-impl std::fmt::Debug for RegistryPuller {
+impl std::fmt::Debug for ClientPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryPuller").finish_non_exhaustive()
+        f.debug_struct("ClientPool").finish_non_exhaustive()
+    }
+}
+
+impl ClientPool {
+    /// The client for `policy`'s allow-list (`reference`'s registry alone
+    /// when the policy allows any).
+    pub fn client(&self, policy: &Policy, reference: &Reference) -> Arc<RegistryClient> {
+        let allowed = policy.registries.clone().unwrap_or_else(|| vec![reference.registry().to_owned()]);
+        let insecure = policy.insecure_registries.clone();
+        let mut clients = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .entry((allowed.clone(), insecure.clone()))
+            .or_insert_with(|| {
+                let mut config = RegistryConfig::new(allowed);
+                config.insecure = insecure;
+                Arc::new(RegistryClient::new(config))
+            })
+            .clone()
     }
 }
 
@@ -139,17 +161,7 @@ struct RefRecord {
 
 impl RegistryPuller {
     fn client(&self, cx: &PullContext<'_>, reference: &Reference) -> Arc<RegistryClient> {
-        let allowed = cx.policy.registries.clone().unwrap_or_else(|| vec![reference.registry().to_owned()]);
-        let insecure = cx.policy.insecure_registries.clone();
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        clients
-            .entry((allowed.clone(), insecure.clone()))
-            .or_insert_with(|| {
-                let mut config = RegistryConfig::new(allowed);
-                config.insecure = insecure;
-                Arc::new(RegistryClient::new(config))
-            })
-            .clone()
+        self.clients.client(cx.policy, reference)
     }
 }
 

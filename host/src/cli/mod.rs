@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use rootfs_cache::{Config, ConverterSpec, Error, Policy, PullPolicy, Request, RootfsCache, SourceRef};
+use rootfs_cache::{
+    Config, ConverterSpec, Error, Policy, PullPolicy, RemoteCache, RemoteVerify, Request, RootfsCache, SourceRef,
+};
 
 /// Turn container image layers into bootable ext4 root filesystems, cached.
 ///
@@ -182,6 +184,23 @@ struct ConvertArgs {
     #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
     platform: String,
 
+    /// Share entries through this remote cache, an OCI registry repository:
+    /// on a miss, fetch the entry another host built (checked like a fresh
+    /// build); after a build, push it. Only content-named keys are shared
+    /// (see `shareable` in --json). [default: the policy's `remote`]
+    #[arg(long, value_name = "HOST[:PORT]/REPO")]
+    remote: Option<String>,
+
+    /// Fetch from the remote cache, but never push to it.
+    #[arg(long)]
+    no_remote_push: bool,
+
+    /// How an entry fetched from the remote cache is checked: `digest`
+    /// (every check of a fresh build, and its SHA-256 against the artifact),
+    /// or `rebuild` (also build it here and compare the bytes).
+    #[arg(long, value_enum, default_value_t = VerifyArg::Digest, value_name = "HOW")]
+    verify_remote: VerifyArg,
+
     /// Print one JSON object (image, key, cached, kind, timings) instead of the path.
     #[arg(long)]
     json: bool,
@@ -225,6 +244,15 @@ enum ReflinkArg {
     Auto,
     /// Always copy.
     Never,
+}
+
+/// `--verify-remote`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum VerifyArg {
+    /// The checks of a fresh build and the artifact's SHA-256.
+    Digest,
+    /// Also rebuild here and compare.
+    Rebuild,
 }
 
 /// How the agent is installed.
@@ -319,6 +347,11 @@ fn implicit_policy(cli: &Cli, cache_dir: &Path) -> Policy {
         if !matches!(SourceRef::parse(&args.source), SourceRef::Daemon(_)) {
             policy.docker_engines = Some(Vec::new());
         }
+        if let Some(remote) = args.remote.as_deref().and_then(|r| RemoteCache::new(r).ok())
+            && let Some(registries) = &mut policy.registries
+        {
+            registries.push(remote.registry().to_owned());
+        }
         policy.insecure_registries = args.insecure_registry.clone();
         policy.agents = Some(vec![real(&args.agent)]);
         // A converter that does not parse is refused before the policy counts.
@@ -376,6 +409,14 @@ fn open(cli: &Cli, observer: Option<Arc<dyn rootfs_cache::Observer>>) -> Result<
             Injection::Debugfs => caps.with_debugfs_injection(),
         };
         config = config.capabilities(caps);
+        if let Some(repository) = args.remote.as_ref().or(config.policy.remote.as_ref()) {
+            let verify = match args.verify_remote {
+                VerifyArg::Digest => RemoteVerify::Digest,
+                VerifyArg::Rebuild => RemoteVerify::Rebuild,
+            };
+            let remote = RemoteCache::new(repository)?.push(!args.no_remote_push).verify(verify);
+            config = config.remote(remote);
+        }
     }
     if let Some(observer) = observer {
         config = config.observer(observer);
@@ -402,6 +443,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 progress.finish();
             }
             let outcome = result?;
+            for warning in &outcome.warnings {
+                eprintln!("warning: {warning}");
+            }
             if args.json {
                 println!("{}", serde_json::to_string(&outcome).context("serialising the outcome")?);
             } else {

@@ -12,13 +12,14 @@ mod files;
 mod locks;
 mod mounts;
 mod pull;
+mod remote;
 
 use serde_json::json;
 use wasmtime::component::Resource;
 
 use crate::bindings::rootfs::cache::host::{
-    self, BlobRequest, Conversion, ConverterInfo, ExportedFile, FetchedBlob, FetchedManifest, FileDigest, FsckResult,
-    PathInfo, ProbeRequest,
+    self, BlobRequest, Conversion, ConverterInfo, ExportedFile, FetchedBlob, FetchedImage, FetchedManifest, FileDigest,
+    FsckResult, PathInfo, ProbeRequest, PushedBlob,
 };
 use crate::bindings::rootfs::cache::types::{self, Error as WitError};
 use crate::error::HostCallError;
@@ -163,6 +164,53 @@ impl host::Host for StoreState {
     async fn export_daemon_image(&mut self, name: String) -> HostResult<Vec<ExportedFile>> {
         let call = self.begin("export-daemon-image", json!({ "name": name }), &[name.len()])?;
         let result = self.export_daemon_image_checked(&name).await;
+        self.finish(call, result)
+    }
+
+    async fn remote_manifest(&mut self, tag: String) -> HostResult<Option<FetchedManifest>> {
+        let call = self.begin("remote-manifest", json!({ "tag": tag }), &[tag.len()])?;
+        let result = self.remote_manifest_checked(&tag).await;
+        self.finish(call, result)
+    }
+
+    async fn remote_blob(&mut self, digest: String, size: u64) -> HostResult<Vec<u8>> {
+        let call = self.begin("remote-blob", json!({ "digest": digest, "size": size }), &[digest.len()])?;
+        let result = self.remote_blob_checked(&digest, size).await;
+        self.finish(call, result)
+    }
+
+    async fn remote_image(&mut self, digest: String, size: u64, staged: String) -> HostResult<FetchedImage> {
+        let call = self.begin(
+            "remote-image",
+            json!({ "digest": digest, "size": size, "staged": staged }),
+            &[digest.len(), staged.len()],
+        )?;
+        let result = self.remote_image_checked(&digest, size, &staged).await;
+        self.finish(call, result)
+    }
+
+    async fn remote_push_image(&mut self, image: String) -> HostResult<PushedBlob> {
+        let call = self.begin("remote-push-image", json!({ "image": image }), &[image.len()])?;
+        let result = self.remote_push_image_checked(&image).await;
+        self.finish(call, result)
+    }
+
+    async fn remote_push_blob(&mut self, bytes: Vec<u8>) -> HostResult<PushedBlob> {
+        let call = self.begin("remote-push-blob", json!({ "bytes": bytes.len() }), &[bytes.len()])?;
+        let result = self.remote_push_blob_checked(&bytes).await;
+        self.finish(call, result)
+    }
+
+    async fn remote_push_manifest(&mut self, tag: String, bytes: Vec<u8>) -> HostResult<String> {
+        let call =
+            self.begin("remote-push-manifest", json!({ "tag": tag, "bytes": bytes.len() }), &[tag.len(), bytes.len()])?;
+        let result = self.remote_push_manifest_checked(&tag, &bytes).await;
+        self.finish(call, result)
+    }
+
+    async fn digest_image(&mut self, image: String) -> HostResult<FileDigest> {
+        let call = self.begin("digest-image", json!({ "image": image }), &[image.len()])?;
+        let result = self.digest_image_checked(&image).await;
         self.finish(call, result)
     }
 

@@ -13,7 +13,7 @@ mod hostile {
     use bindings::exports::rootfs::cache::cache::Guest;
     use bindings::rootfs::cache::host::{self, Conversion, FileInstall, Layer, PathInfo, PathKind, ProbeRequest};
     use bindings::rootfs::cache::types::{
-        ConvertRequest, Entry, Error, GcReport, ImageInfo, Outcome, SourceKind, SweepReport, Timings, VerifyReport,
+        ConvertRequest, Entry, Error, GcReport, ImageInfo, Origin, Outcome, SourceKind, SweepReport, Timings, VerifyReport,
     };
 
     struct Hostile;
@@ -42,6 +42,11 @@ mod hostile {
             },
             reference: None,
             manifest_digest: None,
+            origin: Origin::Built,
+            shareable: false,
+            warnings: Vec::new(),
+            remote_digest: None,
+            pushed: false,
         }
     }
 
