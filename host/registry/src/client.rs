@@ -175,25 +175,27 @@ impl RegistryClient {
         accept: &str,
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        let oci_ref = reference.to_oci();
-        let token = host
-            .oci
-            .auth(&oci_ref, &host.auth, RegistryOperation::Pull)
-            .await
-            .map_err(|e| self.classify_oci(host, what, e))?;
-        let url = format!("{}://{}/v2/{}/{path}", host.scheme, oci_ref.resolve_registry(), reference.repository());
-        let mut request = host.http.get(&url).header(reqwest::header::ACCEPT, accept);
-        request = match (&token, &host.basic) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, Some(basic)) => request.basic_auth(&basic.username, Some(basic.password.expose())),
-            (None, None) => request,
-        };
+        let token = self.token(host, reference, RegistryOperation::Pull, what).await?;
+        let url = format!("{}{path}", repository_url(host, reference));
+        let request = authorize(host, token.as_deref(), host.http.get(&url).header(reqwest::header::ACCEPT, accept));
         let response = request.send().await.map_err(|e| self.classify_transport(&host.host, &e))?;
         let status = response.status();
         if !status.is_success() {
             return Err(self.status(host, what, status.as_u16()));
         }
         Ok(response)
+    }
+
+    /// The bearer token for `operation` on `reference`'s repository, from the registry's token
+    /// service (`None` when the registry asks for basic auth or for nothing).
+    pub(crate) async fn token(
+        &self,
+        host: &HostClient,
+        reference: &Reference,
+        operation: RegistryOperation,
+        what: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        host.oci.auth(&reference.to_oci(), &host.auth, operation).await.map_err(|e| self.classify_oci(host, what, e))
     }
 
     /// Every certificate of every `*.crt` in `<certs_dir>/HOST[:PORT]/`, as Docker reads them.
@@ -226,8 +228,28 @@ impl RegistryClient {
     }
 }
 
+/// `<scheme>://<host>/v2/<repository>/`, the prefix of every request about `reference`'s
+/// repository.
+pub(crate) fn repository_url(host: &HostClient, reference: &Reference) -> String {
+    format!("{}://{}/v2/{}/", host.scheme, reference.to_oci().resolve_registry(), reference.repository())
+}
+
+/// `request` with the authorization the registry asked for: the token if there is one, else
+/// the basic credentials if there are any.
+pub(crate) fn authorize(
+    host: &HostClient,
+    token: Option<&str>,
+    request: reqwest::RequestBuilder,
+) -> reqwest::RequestBuilder {
+    match (token, &host.basic) {
+        (Some(token), _) => request.bearer_auth(token),
+        (None, Some(basic)) => request.basic_auth(&basic.username, Some(basic.password.expose())),
+        (None, None) => request,
+    }
+}
+
 /// `HOST[:PORT]` of a URL, the port only when the URL names one (as allow-lists write hosts).
-fn host_port(url: &reqwest::Url) -> Option<String> {
+pub(crate) fn host_port(url: &reqwest::Url) -> Option<String> {
     let host = url.host_str()?;
     Some(match url.port() {
         Some(port) => format!("{host}:{port}"),

@@ -52,6 +52,23 @@ pub enum RegistryError {
         /// which this client does not run.
         helper: Option<String>,
     },
+    /// HTTP 401 or 403 on a push: the credentials (or their absence) do not allow pushing to
+    /// this repository. Pulling may still work.
+    #[error(
+        "registry {host} does not let these credentials push to {repository} (HTTP {status}){}; log in with \
+         `docker login {host}` as a user who may push there",
+        helper_note(.helper)
+    )]
+    PushDenied {
+        /// The host as `HOST[:PORT]`.
+        host: String,
+        /// The repository pushed to.
+        repository: String,
+        /// 401 or 403.
+        status: u16,
+        /// A credential helper that holds this host's credentials, which this client does not run.
+        helper: Option<String>,
+    },
     /// HTTP 404, or the registry's `NAME_UNKNOWN`/`MANIFEST_UNKNOWN`/`BLOB_UNKNOWN`.
     #[error("not found in registry {host}: {what}")]
     NotFound {
@@ -101,6 +118,15 @@ pub enum RegistryError {
         path: PathBuf,
         /// What was wrong.
         reason: String,
+    },
+    /// A local file of an image transfer could not be read or written: the image a push
+    /// compresses, its compressed copy in the scratch directory, the file a download fills.
+    #[error("{what}: {source}")]
+    File {
+        /// What was done, naming the file when it has a path.
+        what: String,
+        /// The system's error.
+        source: io::Error,
     },
     /// The blob store could not be read or written.
     #[error("blob store {}: {source}", path.display())]

@@ -51,6 +51,7 @@
 //! and blob requests are this crate's own, so that their size, redirects and streaming are
 //! under its control.
 
+mod artifact;
 mod blobs;
 mod classify;
 mod client;
@@ -61,8 +62,10 @@ mod error;
 mod manifest;
 mod progress;
 mod reference;
+mod sparse;
 mod store;
 
+pub use artifact::{OCI_MANIFEST_TYPE, PushedBlob, UnpackedImage};
 pub use blobs::{BlobOutcome, BlobRequest, FetchedBlob};
 pub use client::RegistryClient;
 pub use config::{DOCKER_CERTS_DIR, MAX_CONCURRENT_DOWNLOADS, MAX_MANIFEST_BYTES, RegistryConfig};

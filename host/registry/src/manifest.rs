@@ -42,10 +42,19 @@ impl RegistryClient {
     /// tag), refusing more than the configured limit (4 MiB) and bytes that do not match the
     /// reference's digest or the registry's `Docker-Content-Digest`.
     pub async fn fetch_manifest(&self, reference: &Reference) -> Result<RawManifest, RegistryError> {
+        self.fetch_manifest_accepting(reference, &ACCEPTED_MEDIA_TYPES.join(", ")).await
+    }
+
+    /// [`Self::fetch_manifest`], asking for the media types `accept` lists.
+    pub(crate) async fn fetch_manifest_accepting(
+        &self,
+        reference: &Reference,
+        accept: &str,
+    ) -> Result<RawManifest, RegistryError> {
         let host = self.host_client(reference).await?;
         let what = reference.to_string();
         let path = format!("manifests/{}", reference.manifest_selector());
-        let mut response = self.get(&host, reference, &path, &ACCEPTED_MEDIA_TYPES.join(", "), &what).await?;
+        let mut response = self.get(&host, reference, &path, accept, &what).await?;
         let limit = self.config.max_manifest_bytes;
         if response.content_length().is_some_and(|n| n > limit) {
             return Err(RegistryError::TooLarge { what, limit });

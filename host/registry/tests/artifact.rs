@@ -1,0 +1,240 @@
+//! Cache entries as OCI artifacts against a real registry (`docker-registry`, distribution
+//! 2.8) on loopback: a sparse image pushed compressed and fetched back sparse, the config and
+//! manifest pushed and fetched, a corrupted blob refused, a second push skipped, and a push
+//! without the right to push refused clearly.
+
+mod support;
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::path::Path;
+use std::sync::Mutex;
+
+use rootfs_cache_registry::{
+    AuthFiles, Digest, NoProgress, OCI_MANIFEST_TYPE, Progress, Reference, RegistryClient, RegistryConfig,
+    RegistryError,
+};
+use support::{Registry, Setup, require};
+
+const TOOLS: [&str; 1] = ["docker-registry"];
+const ENTRY_TYPE: &str = "application/vnd.rootfs-cache.entry.v1+json";
+const IMAGE_TYPE: &str = "application/vnd.rootfs-cache.image.v1.ext4+zstd";
+
+fn reference(text: &str) -> Reference {
+    text.parse().unwrap()
+}
+
+fn client(host: &str, auth_files: Vec<std::path::PathBuf>) -> (RegistryClient, tempfile::TempDir) {
+    let empty = tempfile::tempdir().unwrap();
+    let config = RegistryConfig::new(Vec::<String>::new())
+        .insecure(host)
+        .certs_dir(empty.path().join("certs.d"))
+        .auth_files(AuthFiles::new(auth_files));
+    (RegistryClient::new(config), empty)
+}
+
+/// A 64 MiB file, holes but for a few runs of data.
+fn sparse_image(path: &Path) -> Vec<u8> {
+    let file = File::create(path).unwrap();
+    file.set_len(64 << 20).unwrap();
+    let mut state = 0x1234_5678_u64;
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (state >> 33) as u8
+            })
+            .collect()
+    };
+    file.write_all_at(&noise(300_000), 1 << 20).unwrap();
+    file.write_all_at(b"superblock", 1024).unwrap();
+    file.write_all_at(&noise(5000), 40 << 20).unwrap();
+    file.write_all_at(&noise(100), (64 << 20) - 100).unwrap();
+    std::fs::read(path).unwrap()
+}
+
+fn manifest(config: &[u8], config_digest: &Digest, image: &Digest, image_size: u64) -> Vec<u8> {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST_TYPE}","artifactType":"{ENTRY_TYPE}","config":{{"mediaType":"{ENTRY_TYPE}","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"{IMAGE_TYPE}","digest":"{image}","size":{image_size}}}]}}"#,
+        config.len()
+    )
+    .into_bytes()
+}
+
+/// Each progress call, in order.
+#[derive(Default)]
+struct Calls(Mutex<Vec<String>>);
+
+impl Progress for Calls {
+    fn started(&self, digest: &Digest, size: Option<u64>) {
+        self.0.lock().unwrap().push(format!("started {digest} {size:?}"));
+    }
+    fn advanced(&self, _: &Digest, received: u64) {
+        self.0.lock().unwrap().push(format!("advanced {received}"));
+    }
+    fn finished(&self, digest: &Digest, bytes: u64) {
+        self.0.lock().unwrap().push(format!("finished {digest} {bytes}"));
+    }
+}
+
+/// Blob upload sessions the registry has begun, from its log.
+fn uploads_begun(registry: &Registry) -> usize {
+    registry.log().lines().filter(|l| l.contains("http.request.method=POST") && l.contains("/blobs/uploads/")).count()
+}
+
+fn empty_dir(path: &Path) -> bool {
+    std::fs::read_dir(path).unwrap().next().is_none()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_round_trips_through_a_registry() {
+    if !require(&TOOLS) {
+        return;
+    }
+    let registry = Registry::start(Setup::default());
+    let (client, _dir) = client(&registry.host, vec![]);
+    let work = tempfile::tempdir().unwrap();
+    let image_path = work.path().join("image.ext4");
+    let original = sparse_image(&image_path);
+    let scratch = work.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let key = "0123456789abcdef".repeat(4);
+    let tagged = reference(&format!("{}/rootfs-cache/entries:{key}", registry.host));
+
+    // Push: the image compressed (small: mostly holes), the config, the manifest.
+    let calls = Calls::default();
+    let image = client.push_zstd_image(&tagged, &image_path, &scratch, &calls).await.unwrap();
+    assert!(image.size < 1 << 20, "{} compressed bytes", image.size);
+    assert!(empty_dir(&scratch), "the compressed copy is gone");
+    let calls = calls.0.into_inner().unwrap();
+    assert_eq!(calls.first().unwrap(), &format!("started {} Some({})", image.digest, image.size));
+    assert_eq!(calls.last().unwrap(), &format!("finished {} {}", image.digest, image.size));
+    let config = br#"{"key":"entry","files":3}"#.to_vec();
+    let config_blob = client.push_blob_bytes(&tagged, &config).await.unwrap();
+    assert_eq!(config_blob.digest, Digest::of(&config));
+    assert_eq!(config_blob.size, config.len() as u64);
+    let manifest = manifest(&config, &config_blob.digest, &image.digest, image.size);
+    let manifest_digest = client.push_manifest_bytes(&tagged, &manifest, OCI_MANIFEST_TYPE).await.unwrap();
+    assert_eq!(manifest_digest, Digest::of(&manifest));
+
+    // Pushing again uploads nothing (HEAD finds the blobs) and gives the same descriptors:
+    // the compression is deterministic.
+    let before = uploads_begun(&registry);
+    assert!(before >= 2, "the log shows the uploads: {}", registry.log());
+    let calls = Calls::default();
+    assert_eq!(client.push_zstd_image(&tagged, &image_path, &scratch, &calls).await.unwrap(), image);
+    assert_eq!(calls.0.into_inner().unwrap(), vec![format!("finished {} 0", image.digest)]);
+    assert_eq!(client.push_blob_bytes(&tagged, &config).await.unwrap(), config_blob);
+    assert_eq!(uploads_begun(&registry), before, "no upload the second time");
+    assert!(empty_dir(&scratch));
+
+    // Fetch: the manifest by its tag; a missing tag or repository is None.
+    let fetched = client.fetch_tagged_manifest(&tagged).await.unwrap().expect("the tag exists");
+    assert_eq!(fetched.bytes, manifest);
+    assert_eq!(fetched.digest, manifest_digest);
+    assert_eq!(fetched.media_type.as_deref(), Some(OCI_MANIFEST_TYPE));
+    let missing_tag = reference(&format!("{}/rootfs-cache/entries:{}", registry.host, "f".repeat(64)));
+    assert_eq!(client.fetch_tagged_manifest(&missing_tag).await.unwrap(), None);
+    let missing_repo = reference(&format!("{}/nothing/here:{key}", registry.host));
+    assert_eq!(client.fetch_tagged_manifest(&missing_repo).await.unwrap(), None);
+
+    // The config, verified against its digest and size.
+    assert_eq!(client.fetch_blob_bytes(&tagged, &config_blob.digest, config_blob.size).await.unwrap(), config);
+    let err = client.fetch_blob_bytes(&tagged, &config_blob.digest, config_blob.size + 1).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Corrupt { .. }), "{err:?}");
+    let err = client.fetch_blob_bytes(&tagged, &config_blob.digest, 5 << 20).await.unwrap_err();
+    assert!(matches!(err, RegistryError::TooLarge { .. }), "{err:?}");
+
+    // The image: the same bytes, the same holes, the same SHA-256.
+    let out_path = work.path().join("fetched.ext4");
+    let mut out = File::create(&out_path).unwrap();
+    let calls = Calls::default();
+    let unpacked =
+        client.fetch_zstd_image(&tagged, &image.digest, image.size, &mut out, 64 << 20, &calls).await.unwrap();
+    assert_eq!(unpacked.bytes, 64 << 20);
+    assert_eq!(unpacked.sha256, Digest::of(&original));
+    assert_eq!(std::fs::read(&out_path).unwrap(), original);
+    let allocated = out.metadata().unwrap().blocks() * 512;
+    assert!(allocated <= 400 << 10, "{allocated} bytes allocated for ~310 KB of data");
+    assert_eq!(calls.0.into_inner().unwrap().last().unwrap(), &format!("finished {} {}", image.digest, image.size));
+
+    // A limit below the image's length: refused, and the file left empty.
+    let mut out = File::create(work.path().join("bomb.ext4")).unwrap();
+    let err =
+        client.fetch_zstd_image(&tagged, &image.digest, image.size, &mut out, 32 << 20, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, RegistryError::TooLarge { limit, .. } if limit == 32 << 20), "{err:?}");
+    assert!(err.to_string().contains(&image.digest.to_string()), "{err}");
+    assert_eq!(out.metadata().unwrap().len(), 0);
+
+    // A wrong declared size is refused, naming the digest.
+    let mut out = File::create(work.path().join("size.ext4")).unwrap();
+    let err = client
+        .fetch_zstd_image(&tagged, &image.digest, image.size - 1, &mut out, 64 << 20, &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Corrupt { .. }), "{err:?}");
+    assert!(err.to_string().contains(&image.digest.to_string()), "{err}");
+
+    // The blob corrupted in the registry's storage: refused, naming the digest, file emptied.
+    let data = registry
+        .dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&image.digest.hex()[..2])
+        .join(image.digest.hex())
+        .join("data");
+    let mut stored = std::fs::read(&data).unwrap();
+    assert_eq!(stored.len() as u64, image.size);
+    let mid = stored.len() / 2;
+    stored[mid] ^= 0x55;
+    std::fs::write(&data, &stored).unwrap();
+    let mut out = File::create(work.path().join("corrupt.ext4")).unwrap();
+    let err =
+        client.fetch_zstd_image(&tagged, &image.digest, image.size, &mut out, 64 << 20, &NoProgress).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Corrupt { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&image.digest.to_string()) && message.contains("digest"), "{message}");
+    assert_eq!(out.metadata().unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushing_needs_credentials_that_may_push() {
+    if !require(&[TOOLS[0], "htpasswd"]) {
+        return;
+    }
+    use base64::Engine as _;
+    const PASSWORD: &str = "push-pw-4417-secret";
+    let files = tempfile::tempdir().unwrap();
+    let htpasswd = support::make_htpasswd(files.path(), "carol", PASSWORD);
+    let registry = Registry::start(Setup { tls: None, htpasswd: Some(htpasswd) });
+    let name = reference(&format!("{}/team/entries:{}", registry.host, "a".repeat(64)));
+
+    // Without credentials: a clear refusal to push, which names the repository.
+    let (anonymous, _dir) = client(&registry.host, vec![]);
+    let err = anonymous.push_blob_bytes(&name, b"config").await.unwrap_err();
+    assert!(matches!(err, RegistryError::PushDenied { status: 401, .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains("push") && message.contains("team/entries"), "{message}");
+    let err = anonymous.push_manifest_bytes(&name, b"{}", OCI_MANIFEST_TYPE).await.unwrap_err();
+    assert!(matches!(err, RegistryError::PushDenied { .. }), "{err:?}");
+    let image = files.path().join("image");
+    std::fs::write(&image, b"not much").unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let err = anonymous.push_zstd_image(&name, &image, scratch.path(), &NoProgress).await.unwrap_err();
+    assert!(matches!(err, RegistryError::PushDenied { .. }), "{err:?}");
+    assert!(empty_dir(scratch.path()));
+
+    // With them (from config.json): pushed, and fetched back.
+    let config = files.path().join("config.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("carol:{PASSWORD}"));
+    std::fs::write(&config, format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host)).unwrap();
+    let (client, _dir) = client(&registry.host, vec![config]);
+    let blob = client.push_blob_bytes(&name, b"config").await.unwrap();
+    let pushed = client.push_zstd_image(&name, &image, scratch.path(), &NoProgress).await.unwrap();
+    assert_eq!(client.fetch_blob_bytes(&name, &blob.digest, blob.size).await.unwrap(), b"config");
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut out = File::create(out_dir.path().join("out")).unwrap();
+    let unpacked = client.fetch_zstd_image(&name, &pushed.digest, pushed.size, &mut out, 1 << 20, &NoProgress).await;
+    assert_eq!(unpacked.unwrap().sha256, Digest::of(b"not much"));
+    assert!(!format!("{err:?}").contains(PASSWORD));
+}
