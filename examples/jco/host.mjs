@@ -1,6 +1,6 @@
 // A host adapter for the rootfs-cache component, written in JavaScript.
 //
-// It implements `rootfs:cache/host@0.4.0` for Node.js: publishing, removal,
+// It implements `rootfs:cache/host@0.5.0` for Node.js: publishing, removal,
 // use records and fsck are real (fs, child_process); the converter writes a
 // synthetic ext4 superblock and the "mount" records the agent install, like
 // the Rust fake adapter, so no root is needed. Every path the guest names is
@@ -280,6 +280,36 @@ export function createHost({ cacheDir, sourceRoots = [], agents = null, log = ()
     },
     exportDaemonImage(name) {
       throw err('denied', { rule: 'docker_engines', detail: `${name}: the jco example host reaches no Docker engine` });
+    },
+    // A remote cache: this adapter has no network, so it refuses every call
+    // as a policy would (the Rust host shares entries through a registry).
+    remoteManifest(tag) {
+      throw err('denied', { rule: 'remote', detail: `${tag}: the jco example host has no remote cache` });
+    },
+    remoteBlob(digest) {
+      throw err('denied', { rule: 'remote', detail: `${digest}: the jco example host has no remote cache` });
+    },
+    remoteImage(digest) {
+      throw err('denied', { rule: 'remote', detail: `${digest}: the jco example host has no remote cache` });
+    },
+    remotePushImage(image) {
+      throw err('denied', { rule: 'remote', detail: `${image}: the jco example host has no remote cache` });
+    },
+    remotePushBlob() {
+      throw err('denied', { rule: 'remote', detail: 'the jco example host has no remote cache' });
+    },
+    remotePushManifest(tag) {
+      throw err('denied', { rule: 'remote', detail: `${tag}: the jco example host has no remote cache` });
+    },
+    digestImage(image) {
+      const p = inCache(image, ['tmp', 'images']);
+      let st;
+      try {
+        st = fs.statSync(p);
+      } catch (e) {
+        throw io(image, e);
+      }
+      return { sha256: sha256(p), size: BigInt(st.size) };
     },
     fsck(image) {
       const out = spawnSync('e2fsck', ['-fn', inCache(image, ['images'])], { encoding: 'utf8' });

@@ -1,7 +1,7 @@
 """A host adapter for the rootfs-cache component, written in Python.
 
 It runs the committed component under wasmtime-py (`pip install wasmtime`)
-and implements `rootfs:cache/host@0.4.0` the way `examples/jco/host.mjs` does
+and implements `rootfs:cache/host@0.5.0` the way `examples/jco/host.mjs` does
 for Node.js: publishing, removal, use records and fsck are real; the
 converter writes a synthetic ext4 superblock and the "mount" records the
 agent install (like the Rust fake adapter), so no root is needed. Every path
@@ -43,8 +43,8 @@ KEY = re.compile(r"^[0-9a-f]{64}$")
 MAX_PROBE_PATHS = 256
 MAX_READ_BYTES = 65536
 MAX_TOTAL_READ_BYTES = 1 << 20
-HOST = "rootfs:cache/host@0.4.0"
-CACHE = "rootfs:cache/cache@0.4.0"
+HOST = "rootfs:cache/host@0.5.0"
+CACHE = "rootfs:cache/cache@0.5.0"
 
 # The resource types this host defines: any two distinct numbers.
 BUILD_LOCK = 1
@@ -358,6 +358,20 @@ class Host:
     def export_daemon_image(self, name: str):
         return denied("docker_engines", f"{name}: the wasmtime-py example host reaches no Docker engine")
 
+    def remote(self, *args: Any):
+        # A remote cache: this adapter has no network, so it refuses every
+        # call as a policy would (the Rust host shares entries through a registry).
+        return denied("remote", "the wasmtime-py example host has no remote cache")
+
+    def digest_image(self, image: str):
+        p = self.in_cache(image, ("tmp", "images"))
+        try:
+            with open(p, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            return io_error(image, e)
+        return record(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+
     def token(self, lock: ResourceHost) -> str:
         return f"{os.getpid()}-{lock.rep}"
 
@@ -428,6 +442,10 @@ class Cache:
                 i.add_func("fetch-blobs", guarded(h.fetch_blobs))
                 i.add_func("inspect-daemon-image", guarded(h.inspect_daemon_image))
                 i.add_func("export-daemon-image", guarded(h.export_daemon_image))
+                for name in ("remote-manifest", "remote-blob", "remote-image", "remote-push-image",
+                             "remote-push-blob", "remote-push-manifest"):
+                    i.add_func(name, guarded(h.remote))
+                i.add_func("digest-image", guarded(h.digest_image))
                 i.add_func("[method]build-lock.token", guarded(h.token))
                 i.add_func("[method]build-lock.fail", guarded(lambda _lock, _reason: None))
 

@@ -933,8 +933,9 @@ impl Capabilities for FakeHost {
         // the manifest (one that does not parse is written as given).
         let bytes = std::fs::read(self.in_cache(staged)).map_err(|e| io_error(staged, &e))?;
         let manifest_json = match crate::manifest::Manifest::parse(manifest_json.as_bytes()) {
-            Ok(parsed) => crate::manifest::Manifest { image_sha256: Some(hex(&Sha256::digest(&bytes))), ..parsed }
-                .to_json(),
+            Ok(parsed) => {
+                crate::manifest::Manifest { image_sha256: Some(hex(&Sha256::digest(&bytes))), ..parsed }.to_json()
+            }
             Err(_) => manifest_json.to_owned(),
         };
         std::fs::rename(self.in_cache(staged), self.in_cache(image)).map_err(|e| io_error(staged, &e))?;

@@ -146,7 +146,7 @@ pub struct PulledImage {
     /// length): what an artifact made from this image names as its
     /// `subject`. For an image behind nested indexes, the document the
     /// reference named.
-    pub manifest: Descriptor,
+    pub manifest: Box<Descriptor>,
 }
 
 /// The registry's documents, through the host; the top document the host
@@ -239,7 +239,8 @@ impl PulledImage {
             .iter()
             .find(|d| d.digest == manifest_digest)
             .map(|d| Descriptor { platform: None, annotations: None, ..d.clone() })
-            .unwrap_or(named);
+            .unwrap_or(named)
+            .into();
         Ok(Self {
             reference: reference.clone(),
             platform: wanted.to_string(),

@@ -201,9 +201,8 @@ impl ArtifactManifest {
             return Err(format!("the layer is {}, not {LAYER_TYPE}", layer.media_type));
         }
         check_digest("the layer", &layer.digest)?;
-        let annotated = |name: &str| {
-            manifest.annotations.get(name).ok_or_else(|| format!("the annotation {name} is missing"))
-        };
+        let annotated =
+            |name: &str| manifest.annotations.get(name).ok_or_else(|| format!("the annotation {name} is missing"));
         let tagged_key = annotated(annotation::KEY)?;
         if tagged_key != key {
             return Err(format!("it is tagged {key} but holds the image of key {tagged_key}"));
@@ -311,7 +310,8 @@ mod tests {
         let (parsed, art) = ArtifactManifest::parse_for(&manifest, &key).unwrap();
         assert_eq!(parsed.annotations[annotation::IMAGE_SHA256], format!("sha256:{}", e.image_sha256));
         assert_eq!((art.image_bytes, art.image_sha256.as_str()), (e.image_bytes, e.image_sha256.as_str()));
-        let expected = RemoteEntry { image_bytes: 0, image_sha256: String::new(), builder: "other".into(), ..e.clone() };
+        let expected =
+            RemoteEntry { image_bytes: 0, image_sha256: String::new(), builder: "other".into(), ..e.clone() };
         assert_eq!(art.check_config(&config, &expected).unwrap(), e);
         // Another agent, or bytes that are not the config's digest.
         let other = RemoteEntry { agent_sha256: "f".repeat(64), ..expected };

@@ -1171,7 +1171,10 @@ fn a_host_fetches_what_another_built_and_pushed_without_converting() {
     assert_eq!((hit.origin, hit.cached), (Origin::Local, true));
 
     // A local key is never shared.
-    let local = b.cache().convert(&ConvertRequest { source: b.source.clone(), ..remote_request("", &b.agent, RemoteVerify::Digest) }).unwrap();
+    let local = b
+        .cache()
+        .convert(&ConvertRequest { source: b.source.clone(), ..remote_request("", &b.agent, RemoteVerify::Digest) })
+        .unwrap();
     assert_eq!((local.origin, local.shareable, local.pushed), (Origin::Built, false, false));
     assert_eq!(b.host.count(Capability::RemotePushImage), 0);
 }

@@ -70,7 +70,8 @@ impl RootfsCache {
             config.policy.limits.guest_memory_bytes,
             config.pooling,
         )?;
-        let remote = crate::remote_cache::RemoteCache::effective(config.remote.as_ref(), &config.policy).map_err(refuse)?;
+        let remote =
+            crate::remote_cache::RemoteCache::effective(config.remote.as_ref(), &config.policy).map_err(refuse)?;
         let shared = Shared {
             remote,
             locks: Arc::new(LockService::new(config.capabilities.cross_process_lock.clone())),
@@ -132,8 +133,13 @@ impl RootfsCache {
             }
             _ => None,
         };
-        let (wit_request, scope) = crate::admission::admit(&self.shared.policy, self.shared.remote.as_ref(), request, daemon_overlay2.as_deref())
-            .map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?;
+        let (wit_request, scope) = crate::admission::admit(
+            &self.shared.policy,
+            self.shared.remote.as_ref(),
+            request,
+            daemon_overlay2.as_deref(),
+        )
+        .map_err(|e| self.audit_request(None, "convert", &arguments(), started, e))?;
         let mut store = self
             .engine
             .store(&self.shared, scope)

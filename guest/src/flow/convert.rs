@@ -289,7 +289,12 @@ impl<H: Capabilities> Cache<'_, H> {
 
     /// Converts the source into `staged`, installs the agent and checks the
     /// image; returns its length and the layers the converter applied.
-    pub(super) fn produce(&self, inputs: &BuildInputs<'_>, staged: &str, timings: &mut Timings) -> Result<(u64, Vec<String>), Error> {
+    pub(super) fn produce(
+        &self,
+        inputs: &BuildInputs<'_>,
+        staged: &str,
+        timings: &mut Timings,
+    ) -> Result<(u64, Vec<String>), Error> {
         let BuildInputs { key, source, request, platform, agent, converter, job_source, .. } = *inputs;
         let install = FileInstall {
             source: request.agent.clone(),
@@ -299,51 +304,51 @@ impl<H: Capabilities> Cache<'_, H> {
         };
         let layers = match source {
             Source::Overlay2(chain) => chain
-                    .diffs_bottom_up()
-                    .into_iter()
-                    .map(|path| Layer {
-                        path,
-                        media_type: String::new(),
-                        digest: String::new(),
-                        size: 0,
-                        diff_id: String::new(),
-                    })
-                    .collect::<Vec<_>>(),
+                .diffs_bottom_up()
+                .into_iter()
+                .map(|path| Layer {
+                    path,
+                    media_type: String::new(),
+                    digest: String::new(),
+                    size: 0,
+                    diff_id: String::new(),
+                })
+                .collect::<Vec<_>>(),
             Source::Oci(image) => image
-                    .layers
-                    .iter()
-                    .zip(image.diff_ids(self.host)?)
-                    .map(|(l, diff_id)| Layer {
-                        path: l.path.clone(),
-                        media_type: l.media_type.clone(),
-                        digest: l.digest.clone(),
-                        size: l.size,
-                        diff_id,
-                    })
-                    .collect(),
+                .layers
+                .iter()
+                .zip(image.diff_ids(self.host)?)
+                .map(|(l, diff_id)| Layer {
+                    path: l.path.clone(),
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    diff_id,
+                })
+                .collect(),
             Source::Pulled(image) => image
-                    .fetch_layers(self.host)?
-                    .into_iter()
-                    .zip(&image.layers)
-                    .map(|((path, diff_id), l)| Layer {
-                        path,
-                        media_type: l.media_type.clone(),
-                        digest: l.digest.clone(),
-                        size: l.size,
-                        diff_id,
-                    })
-                    .collect(),
+                .fetch_layers(self.host)?
+                .into_iter()
+                .zip(&image.layers)
+                .map(|((path, diff_id), l)| Layer {
+                    path,
+                    media_type: l.media_type.clone(),
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    diff_id,
+                })
+                .collect(),
             Source::Exported(image) => image
-                    .layers
-                    .iter()
-                    .map(|(path, digest, size)| Layer {
-                        path: path.clone(),
-                        media_type: daemon::EXPORTED_LAYER_TYPE.to_owned(),
-                        digest: digest.clone(),
-                        size: *size,
-                        diff_id: digest.clone(),
-                    })
-                    .collect(),
+                .layers
+                .iter()
+                .map(|(path, digest, size)| Layer {
+                    path: path.clone(),
+                    media_type: daemon::EXPORTED_LAYER_TYPE.to_owned(),
+                    digest: digest.clone(),
+                    size: *size,
+                    diff_id: digest.clone(),
+                })
+                .collect(),
         };
         let job = Conversion {
             converter: request.converter.clone(),

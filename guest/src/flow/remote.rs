@@ -216,7 +216,7 @@ fn subject(source: &Source, remote: Option<&RemoteOptions>) -> Option<Descriptor
     let (Source::Pulled(image), Some(remote)) = (source, remote) else { return None };
     let registry = remote.repository.split_once('/').map(|(host, _)| host)?;
     (registry == image.reference.registry).then(|| {
-        let OciDescriptor { media_type, digest, size, .. } = image.manifest.clone();
+        let OciDescriptor { media_type, digest, size, .. } = (*image.manifest).clone();
         Descriptor { media_type, digest, size }
     })
 }

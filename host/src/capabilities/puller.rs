@@ -289,13 +289,14 @@ pub fn registry_error(error: RegistryError) -> Error {
         RegistryError::NotFound { .. } => Error::NotFound(message),
         RegistryError::TooLarge { .. } => Error::UnsupportedSource(message),
         RegistryError::Corrupt { .. } => Error::Corrupt(message),
-        RegistryError::Store { source, .. } => match source.kind() {
+        RegistryError::Store { source, .. } | RegistryError::File { source, .. } => match source.kind() {
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => Error::NoSpace(message),
             _ => Error::Io(message),
         },
         RegistryError::Unreachable { .. }
         | RegistryError::Tls { .. }
         | RegistryError::Unauthorized { .. }
+        | RegistryError::PushDenied { .. }
         | RegistryError::Protocol { .. }
         | RegistryError::Credentials { .. }
         | RegistryError::Certificate { .. } => Error::Io(message),

@@ -52,8 +52,7 @@ pub trait RemoteStore: Send + Sync {
     /// The manifest tagged `reference`'s tag; `None` when there is none.
     async fn manifest(&self, cx: &RemoteContext<'_>, reference: &Reference) -> Result<Option<RemoteDocument>>;
     /// A small blob's bytes, verified.
-    async fn blob(&self, cx: &RemoteContext<'_>, reference: &Reference, digest: &Digest, size: u64)
-    -> Result<Vec<u8>>;
+    async fn blob(&self, cx: &RemoteContext<'_>, reference: &Reference, digest: &Digest, size: u64) -> Result<Vec<u8>>;
     /// Downloads the zstd blob `digest` and writes it decompressed, sparse,
     /// into `out`, at most `max_bytes`.
     async fn image(
@@ -141,13 +140,7 @@ impl RemoteStore for RegistryRemote {
         }))
     }
 
-    async fn blob(
-        &self,
-        cx: &RemoteContext<'_>,
-        reference: &Reference,
-        digest: &Digest,
-        size: u64,
-    ) -> Result<Vec<u8>> {
+    async fn blob(&self, cx: &RemoteContext<'_>, reference: &Reference, digest: &Digest, size: u64) -> Result<Vec<u8>> {
         let client = self.clients.client(cx.policy, reference);
         client.fetch_blob_bytes(reference, digest, size).await.map_err(registry_error)
     }

@@ -48,10 +48,7 @@ impl StoreState {
     }
 
     fn remote_context(&self) -> RemoteContext<'_> {
-        RemoteContext {
-            policy: &self.shared.policy,
-            progress: Arc::new(BlobProgress(self.shared.observer.clone())),
-        }
+        RemoteContext { policy: &self.shared.policy, progress: Arc::new(BlobProgress(self.shared.observer.clone())) }
     }
 
     /// The repository, for calls on blobs (its tag does not matter).
@@ -99,10 +96,9 @@ impl StoreState {
             .dir(Area::Tmp)
             .open_with(&file.name, cap_std::fs::OpenOptions::new().write(true).create_new(true))
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::AlreadyExists => Error::denied(
-                    "cache_dir",
-                    format!("{staged} already exists; a download only creates new files"),
-                ),
+                std::io::ErrorKind::AlreadyExists => {
+                    Error::denied("cache_dir", format!("{staged} already exists; a download only creates new files"))
+                }
                 _ => Error::io(staged, &e),
             })?
             .into_std();

@@ -13,7 +13,8 @@ mod hostile {
     use bindings::exports::rootfs::cache::cache::Guest;
     use bindings::rootfs::cache::host::{self, Conversion, FileInstall, Layer, PathInfo, PathKind, ProbeRequest};
     use bindings::rootfs::cache::types::{
-        ConvertRequest, Entry, Error, GcReport, ImageInfo, Origin, Outcome, SourceKind, SweepReport, Timings, VerifyReport,
+        ConvertRequest, Entry, Error, GcReport, ImageInfo, Origin, Outcome, SourceKind, SweepReport, Timings,
+        VerifyReport,
     };
 
     struct Hostile;
