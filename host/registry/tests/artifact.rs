@@ -238,3 +238,60 @@ async fn pushing_needs_credentials_that_may_push() {
     assert_eq!(unpacked.unwrap().sha256, Digest::of(b"not much"));
     assert!(!format!("{err:?}").contains(PASSWORD));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_ask_for_a_push_token_and_upload_only_to_allowed_hosts() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use support::{fake_server, header, response};
+    let evil_contacts = Arc::new(AtomicUsize::new(0));
+    let contacts = evil_contacts.clone();
+    let (host, task) = fake_server(Arc::new(move |head: &str| {
+        let line = head.lines().next().unwrap_or_default();
+        let me = header(head, "host").unwrap_or_default();
+        let challenge = format!("WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"fake\"\r\n");
+        let bearer = header(head, "authorization");
+        if line.starts_with("GET /token?") {
+            // Push rights on team/app only; team/readonly may be pulled.
+            if line.contains("repository%3Ateam%2Fapp%3Apull%2Cpush") {
+                response("200 OK", "Content-Type: application/json\r\n", br#"{"token":"push-tok"}"#, true)
+            } else {
+                response("401 Unauthorized", "", br#"{"details":"access denied"}"#, true)
+            }
+        } else if line.starts_with("HEAD /v2/team/app/blobs/sha256:") && bearer == Some("Bearer push-tok") {
+            response("404 Not Found", "", b"", true)
+        } else if line.starts_with("POST /v2/team/app/blobs/uploads/ ") && bearer == Some("Bearer push-tok") {
+            // An upload location on a host the client may not contact.
+            response("202 Accepted", "Location: http://uploads.invalid:9/v2/upload/1\r\n", b"", true)
+        } else if line.contains("upload/1") {
+            contacts.fetch_add(1, Ordering::SeqCst);
+            response("201 Created", "", b"", true)
+        } else {
+            response("401 Unauthorized", &challenge, b"{}", true)
+        }
+    }))
+    .await;
+    let (client, _dir) = client(&host, vec![]);
+
+    let err = client.push_blob_bytes(&reference(&format!("{host}/team/app:x")), b"blob").await.unwrap_err();
+    assert!(matches!(&err, RegistryError::Denied { host } if host == "uploads.invalid:9"), "{err:?}");
+    assert_eq!(evil_contacts.load(Ordering::SeqCst), 0);
+
+    let err = client.push_blob_bytes(&reference(&format!("{host}/team/readonly:x")), b"blob").await.unwrap_err();
+    assert!(matches!(err, RegistryError::PushDenied { .. }), "{err:?}");
+    assert!(err.to_string().contains("team/readonly"), "{err}");
+    task.abort();
+}
+
+/// The futures the host spawns are `Send`.
+#[allow(dead_code, reason = "only compiled: the bounds are the test")]
+fn futures_are_send(client: &RegistryClient, name: &Reference, digest: &Digest, out: &mut File, path: &Path) {
+    fn send<T: Send>(_: T) {}
+    send(client.fetch_tagged_manifest(name));
+    send(client.fetch_blob_bytes(name, digest, 1));
+    send(client.fetch_zstd_image(name, digest, 1, out, 1, &NoProgress));
+    send(client.push_zstd_image(name, path, path, &NoProgress));
+    send(client.push_blob_bytes(name, b""));
+    send(client.push_manifest_bytes(name, b"", OCI_MANIFEST_TYPE));
+}
