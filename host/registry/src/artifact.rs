@@ -217,7 +217,8 @@ impl RegistryClient {
         let mut early: Option<Result<(u64, Digest), DecodeError>> = None;
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
-        let streamed: Result<(), RegistryError> = async {
+        // Ok(true) once the blob's length and digest are checked and the decoder told to finish.
+        let streamed: Result<bool, RegistryError> = async {
             loop {
                 let chunk = match response.chunk().await {
                     Ok(Some(chunk)) => chunk,
@@ -243,7 +244,7 @@ impl RegistryClient {
                     let invalid = matches!(result, Err(DecodeError::Zstd(_)));
                     early = Some(result);
                     if !invalid {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
@@ -254,10 +255,10 @@ impl RegistryClient {
             if got != *digest {
                 return Err(corrupt(format!("the bytes received have digest {got}")));
             }
-            if let Some(queue) = sender.take() {
-                let _ = queue.send(Chunk::End).await;
+            match sender.take() {
+                Some(queue) => Ok(queue.send(Chunk::End).await.is_ok()),
+                None => Ok(false),
             }
-            Ok(())
         }
         .await;
         // Closing the queue stops the decoder if it still runs (without `End`, as an error).
@@ -266,8 +267,9 @@ impl RegistryClient {
             Some(result) => result,
             None => joined(decoder.await, "decoding the image")?,
         };
-        streamed?;
+        let verified = streamed?;
         match decoded {
+            Ok(_) if !verified => Err(corrupt("the decoder stopped before the end of the blob".to_owned())),
             Ok((bytes, sha256)) => {
                 progress.finished(digest, received);
                 Ok(UnpackedImage { bytes, sha256 })
