@@ -413,4 +413,63 @@ mod tests {
             }
         }
     }
+
+    /// Random runs of zeroes and data, written in random pieces, under random limits: the
+    /// bytes, the holes (every all-zero block and only those) and the refusals are right.
+    #[test]
+    fn random_streams_keep_their_bytes_and_only_zero_blocks_become_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound.max(1)
+        };
+        for round in 0..30 {
+            let mut expected = Vec::new();
+            let target = next(3 << 20) as usize;
+            while expected.len() < target {
+                let long = next(4) == 0;
+                let run = next(if long { 40_000 } else { 9000 }) as usize + 1;
+                if next(2) == 0 {
+                    expected.resize(expected.len() + run, 0);
+                } else {
+                    // Mostly non-zero, with the odd zero byte inside.
+                    for _ in 0..run {
+                        let byte = if next(50) == 0 { 0 } else { next(255) as u8 + 1 };
+                        expected.push(byte);
+                    }
+                }
+            }
+            let limit = if next(3) == 0 { next(expected.len() as u64 + 1) } else { u64::MAX };
+            let out = tempfile::tempfile_in(dir.path()).unwrap();
+            let mut writer = SparseWriter::new(&out, limit);
+            let mut at = 0;
+            let mut refused = false;
+            while at < expected.len() {
+                let piece = (next(300_000) as usize + 1).min(expected.len() - at);
+                match writer.write(&expected[at..at + piece]) {
+                    Ok(()) => at += piece,
+                    Err(DecodeError::TooLarge) => {
+                        assert!((at + piece) as u64 > limit, "round {round}: refused under the limit");
+                        refused = true;
+                        break;
+                    }
+                    Err(e) => panic!("round {round}: {e:?}"),
+                }
+            }
+            assert_eq!(refused, expected.len() as u64 > limit, "round {round}");
+            let (n, digest) = writer.finish().unwrap();
+            assert_eq!(n, at as u64);
+            let expected = &expected[..at];
+            assert_eq!(digest, Digest::of(expected), "round {round}");
+            assert_eq!(contents(&out), expected, "round {round}");
+            for (i, block) in expected.chunks(BLOCK).enumerate() {
+                let start = (i * BLOCK) as u64;
+                let is_hole = next_data(&out, start, n).unwrap() > start;
+                assert_eq!(is_hole, is_zero(block), "round {round}: block {i}");
+            }
+        }
+    }
 }
