@@ -472,4 +472,28 @@ mod tests {
             }
         }
     }
+
+    /// Timings for a large sparse image (`cargo test --release -- --ignored --nocapture`).
+    #[test]
+    #[ignore = "a measurement, not a check: run it in release mode by hand"]
+    fn large_sparse_image_timings() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 4u64 << 30;
+        let data: Vec<u8> = (0..32u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 7) as u8).collect();
+        let text: Vec<u8> = (0..32u32 << 20).map(|i| b"abcdefgh\n"[(i % 9) as usize]).collect();
+        let source = sparse_file(dir.path(), len, &[(0, &data), (1 << 30, &text), ((3 << 30) + 4096, &data)]);
+        let started = std::time::Instant::now();
+        let mut compressed = HashingWriter::new(tempfile::tempfile_in(dir.path()).unwrap());
+        compress_sparse(&source, &mut compressed).unwrap();
+        let (compressed, _, size) = compressed.finish();
+        println!("compress 4 GiB (96 MiB data): {:?}, {size} bytes", started.elapsed());
+        let started = std::time::Instant::now();
+        let out = tempfile::tempfile_in(dir.path()).unwrap();
+        let input = std::io::BufReader::new(&compressed);
+        let mut input = input;
+        std::io::Seek::rewind(&mut input).unwrap();
+        let (n, _) = decode_sparse(input, &out, len).unwrap();
+        println!("decode: {:?}, {} bytes allocated", started.elapsed(), out.metadata().unwrap().blocks() * 512);
+        assert_eq!(n, len);
+    }
 }
