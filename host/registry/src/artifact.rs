@@ -28,7 +28,7 @@ use crate::client::{HostClient, RegistryClient, authorize, host_port, repository
 use crate::digest::Digest;
 use crate::error::RegistryError;
 use crate::manifest::RawManifest;
-use crate::progress::Progress;
+use crate::progress::{NoProgress, Progress};
 use crate::reference::Reference;
 use crate::sparse::{DecodeError, HashingWriter, compress_sparse, decode_sparse};
 
@@ -217,7 +217,8 @@ impl RegistryClient {
         let mut early: Option<Result<(u64, Digest), DecodeError>> = None;
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
-        let streamed: Result<(), RegistryError> = async {
+        // Ok(true) once the blob's length and digest are checked and the decoder told to finish.
+        let streamed: Result<bool, RegistryError> = async {
             loop {
                 let chunk = match response.chunk().await {
                     Ok(Some(chunk)) => chunk,
@@ -243,7 +244,7 @@ impl RegistryClient {
                     let invalid = matches!(result, Err(DecodeError::Zstd(_)));
                     early = Some(result);
                     if !invalid {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
@@ -254,10 +255,10 @@ impl RegistryClient {
             if got != *digest {
                 return Err(corrupt(format!("the bytes received have digest {got}")));
             }
-            if let Some(queue) = sender.take() {
-                let _ = queue.send(Chunk::End).await;
+            match sender.take() {
+                Some(queue) => Ok(queue.send(Chunk::End).await.is_ok()),
+                None => Ok(false),
             }
-            Ok(())
         }
         .await;
         // Closing the queue stops the decoder if it still runs (without `End`, as an error).
@@ -266,8 +267,9 @@ impl RegistryClient {
             Some(result) => result,
             None => joined(decoder.await, "decoding the image")?,
         };
-        streamed?;
+        let verified = streamed?;
         match decoded {
+            Ok(_) if !verified => Err(corrupt("the decoder stopped before the end of the blob".to_owned())),
             Ok((bytes, sha256)) => {
                 progress.finished(digest, received);
                 Ok(UnpackedImage { bytes, sha256 })
@@ -309,40 +311,8 @@ impl RegistryClient {
             return Ok(PushedBlob { digest, size });
         }
         progress.started(&digest, Some(size));
-        let (queue, chunks) = mpsc::channel::<io::Result<Bytes>>(4);
-        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(chunks, |mut chunks| async move {
-            chunks.recv().await.map(|chunk| (chunk, chunks))
-        }));
-        let digest_ref = &digest;
-        let feed = async move {
-            let mut file = tokio::fs::File::from_std(file);
-            let mut sent: u64 = 0;
-            loop {
-                let mut buffer = vec![0u8; UPLOAD_CHUNK];
-                let n = match file.read(&mut buffer).await {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let copy = io::Error::new(e.kind(), e.to_string());
-                        let _ = queue.send(Err(copy)).await;
-                        return Err(e);
-                    }
-                };
-                if n == 0 {
-                    return Ok(());
-                }
-                buffer.truncate(n);
-                if queue.send(Ok(Bytes::from(buffer))).await.is_err() {
-                    // The request ended early; its result says why.
-                    return Ok(());
-                }
-                sent += n as u64;
-                progress.advanced(digest_ref, sent);
-            }
-        };
-        let upload = self.upload(&host, token.as_deref(), reference, &digest, size, body);
-        let (uploaded, fed) = futures_util::future::join(upload, feed).await;
-        fed.map_err(|source| RegistryError::File { what: "reading the compressed image back".to_owned(), source })?;
-        uploaded?;
+        let file = tokio::fs::File::from_std(file);
+        self.upload(&host, token.as_deref(), reference, &digest, size, file, progress).await?;
         progress.finished(&digest, size);
         Ok(PushedBlob { digest, size })
     }
@@ -354,8 +324,7 @@ impl RegistryClient {
         let host = self.host_client(reference).await?;
         let token = self.push_token(&host, reference).await?;
         if !self.blob_exists(&host, token.as_deref(), reference, &digest).await? {
-            let body = reqwest::Body::from(bytes.to_vec());
-            self.upload(&host, token.as_deref(), reference, &digest, size, body).await?;
+            self.upload(&host, token.as_deref(), reference, &digest, size, bytes, &NoProgress).await?;
         }
         Ok(PushedBlob { digest, size })
     }
@@ -433,9 +402,15 @@ impl RegistryClient {
         }
     }
 
-    /// Uploads one blob: `POST …/blobs/uploads/`, then one `PUT` of `body` (`size` bytes) to
-    /// the location the registry names, which must be an allowed host over the registry's
+    /// Uploads one blob: `POST …/blobs/uploads/`, then one `PUT` of `source` (`size` bytes)
+    /// to the location the registry names, which must be an allowed host over the registry's
     /// scheme (the credentials go along only when it is the registry's own host).
+    ///
+    /// The body streams through a small queue. A registry that stops reading it for the read
+    /// timeout, or that does not answer within the read timeout plus a second per MiB once it
+    /// was all handed over, ends the upload ([`RegistryError::Unreachable`]); a large upload
+    /// that keeps moving may otherwise take as long as it needs.
+    #[expect(clippy::too_many_arguments, reason = "the blob's parts and where it goes, all needed")]
     async fn upload(
         &self,
         host: &HostClient,
@@ -443,15 +418,105 @@ impl RegistryClient {
         reference: &Reference,
         digest: &Digest,
         size: u64,
-        body: reqwest::Body,
+        mut source: impl tokio::io::AsyncRead + Unpin + Send,
+        progress: &dyn Progress,
     ) -> Result<(), RegistryError> {
         let what = format!("{}@{digest}", repository_name(reference));
+        let (url, same_host) = self.upload_location(host, token, reference, digest, &what).await?;
+        let stall = self.config.read_timeout;
+        let stalled = |reason: String| RegistryError::Unreachable { host: host.host.clone(), reason };
+
+        let (queue, chunks) = mpsc::channel::<io::Result<Bytes>>(4);
+        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(chunks, |mut chunks| async move {
+            chunks.recv().await.map(|chunk| (chunk, chunks))
+        }));
+        let (fed_all, sent_all) = tokio::sync::oneshot::channel::<bool>();
+        let what_ref = what.as_str();
+        let feed = async move {
+            let mut sent: u64 = 0;
+            let result = loop {
+                let mut buffer = vec![0u8; UPLOAD_CHUNK];
+                let n = match source.read(&mut buffer).await {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => n,
+                    Err(e) => {
+                        break Err(RegistryError::File { what: format!("reading {what_ref} to upload it"), source: e });
+                    }
+                };
+                buffer.truncate(n);
+                match tokio::time::timeout(stall, queue.send(Ok(Bytes::from(buffer)))).await {
+                    Ok(Ok(())) => {}
+                    // The request ended early; its result says why.
+                    Ok(Err(_)) => break Ok(()),
+                    Err(_) => {
+                        break Err(stalled(format!(
+                            "it stopped reading the upload of {digest} after {sent} bytes for {} s",
+                            stall.as_secs()
+                        )));
+                    }
+                }
+                sent += n as u64;
+                progress.advanced(digest, sent);
+            };
+            // A body cut short (the queue closed without its last bytes) fails the request.
+            drop(queue);
+            let _ = fed_all.send(result.is_ok());
+            result
+        };
+        let mut request = host
+            .upload_http
+            .put(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .body(body);
+        if same_host {
+            request = authorize(host, token, request);
+        }
+        let put = async {
+            let response = request.send().await.map_err(|e| self.classify_transport(&host.host, &e))?;
+            let response = self.pushed(host, reference, response, &what).await?;
+            self.check_announced(host, &response, digest, &what)
+        };
+        // Once the body is all handed over, the socket's buffers still drain and the registry
+        // may check or move the blob: the answer may take the read timeout plus a second per
+        // MiB. A failed feed ends the request at once.
+        let answer_within = stall + std::time::Duration::from_secs(size >> 20);
+        let watchdog = async {
+            if sent_all.await == Ok(true) {
+                tokio::time::sleep(answer_within).await;
+            }
+        };
+        let put = async {
+            match futures_util::future::select(std::pin::pin!(put), std::pin::pin!(watchdog)).await {
+                futures_util::future::Either::Left((result, _)) => result,
+                futures_util::future::Either::Right(((), _)) => Err(stalled(format!(
+                    "no answer to the upload of {digest} within {} s of its end",
+                    answer_within.as_secs()
+                ))),
+            }
+        };
+        let (uploaded, fed) = futures_util::future::join(put, feed).await;
+        fed?;
+        uploaded
+    }
+
+    /// Starts an upload (`POST …/blobs/uploads/`) and returns where its bytes go, with the
+    /// digest (an allowed host, over the registry's scheme or HTTPS), and whether that is the
+    /// registry's own host.
+    async fn upload_location(
+        &self,
+        host: &HostClient,
+        token: Option<&str>,
+        reference: &Reference,
+        digest: &Digest,
+        what: &str,
+    ) -> Result<(reqwest::Url, bool), RegistryError> {
         let protocol = |reason: String| RegistryError::Protocol { host: host.host.clone(), reason };
         let start = format!("{}blobs/uploads/", repository_url(host, reference));
         let request = host.http.post(&start).header(reqwest::header::CONTENT_LENGTH, 0);
         let response =
             authorize(host, token, request).send().await.map_err(|e| self.classify_transport(&host.host, &e))?;
-        let response = self.pushed(host, reference, response, &what).await?;
+        let response = self.pushed(host, reference, response, what).await?;
         let location = response
             .headers()
             .get(reqwest::header::LOCATION)
@@ -460,25 +525,15 @@ impl RegistryClient {
         let start_url = reqwest::Url::parse(&start).map_err(|e| protocol(format!("upload URL {start:?}: {e}")))?;
         let mut url = start_url.join(location).map_err(|e| protocol(format!("upload location {location:?}: {e}")))?;
         let target = host_port(&url).unwrap_or_default();
-        if target != host.host && !self.config.is_allowed(&target) {
+        if host_port(&url) != host_port(&start_url) && !self.config.is_allowed(&target) {
             return Err(RegistryError::Denied { host: target });
         }
         if url.scheme() != "https" && url.scheme() != host.scheme {
             return Err(protocol(format!("upload location {location:?} is not over {}", host.scheme)));
         }
         url.query_pairs_mut().append_pair("digest", &digest.to_string());
-        let mut request = host
-            .http
-            .put(url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
-            .header(reqwest::header::CONTENT_LENGTH, size)
-            .body(body);
-        if host_port(&url) == host_port(&start_url) {
-            request = authorize(host, token, request);
-        }
-        let response = request.send().await.map_err(|e| self.classify_transport(&host.host, &e))?;
-        let response = self.pushed(host, reference, response, &what).await?;
-        self.check_announced(host, &response, digest, &what)
+        let same_host = host_port(&url) == host_port(&start_url);
+        Ok((url, same_host))
     }
 
     /// The response of a push request if it succeeded; else its error: 401 and 403 are

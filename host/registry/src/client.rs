@@ -35,6 +35,10 @@ pub(crate) struct HostClient {
     pub(crate) host: String,
     pub(crate) oci: oci_client::Client,
     pub(crate) http: reqwest::Client,
+    /// The same without a read timeout, for blob uploads: `reqwest`'s read timeout runs from
+    /// the request's start to the response's headers, so a large upload would outlast it.
+    /// Uploads watch for stalls themselves.
+    pub(crate) upload_http: reqwest::Client,
     pub(crate) auth: RegistryAuth,
     pub(crate) basic: Option<Credentials>,
     pub(crate) helper: Option<String>,
@@ -103,24 +107,8 @@ impl RegistryClient {
                 reason: e.to_string(),
             })?);
         }
-        let allowed = self.config.clone();
-        let http = reqwest::Client::builder()
-            .tls_certs_merge(certs)
-            .connect_timeout(self.config.connect_timeout)
-            .read_timeout(self.config.read_timeout)
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                let target = host_port(attempt.url()).unwrap_or_default();
-                if attempt.previous().len() >= 10 {
-                    attempt.error("too many redirects")
-                } else if allowed.is_allowed(&target) {
-                    attempt.follow()
-                } else {
-                    attempt.error(DeniedRedirect(target))
-                }
-            }))
-            .build()
-            .map_err(|e| RegistryError::Protocol { host: host.to_owned(), reason: format!("client set-up: {e}") })?;
+        let http = self.http_client(host, &certs, Some(self.config.read_timeout))?;
+        let upload_http = self.http_client(host, &certs, None)?;
         let (auth, basic, helper) = match found {
             Found::Credentials(c) => {
                 (RegistryAuth::Basic(c.username.clone(), c.password.expose().to_owned()), Some(c.clone()), None)
@@ -132,6 +120,7 @@ impl RegistryClient {
             host: host.to_owned(),
             oci,
             http,
+            upload_http,
             auth,
             basic,
             helper,
@@ -139,6 +128,37 @@ impl RegistryClient {
         };
         self.check_realm(&client).await?;
         Ok(client)
+    }
+
+    /// A `reqwest` client trusting `certs` beside the system's roots, following redirects only
+    /// to allowed hosts, with the configured timeouts (the read timeout only when given).
+    fn http_client(
+        &self,
+        host: &str,
+        certs: &[reqwest::Certificate],
+        read_timeout: Option<std::time::Duration>,
+    ) -> Result<reqwest::Client, RegistryError> {
+        let allowed = self.config.clone();
+        let mut builder = reqwest::Client::builder()
+            .tls_certs_merge(certs.iter().cloned())
+            .connect_timeout(self.config.connect_timeout)
+            .user_agent(USER_AGENT)
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                let target = host_port(attempt.url()).unwrap_or_default();
+                if attempt.previous().len() >= 10 {
+                    attempt.error("too many redirects")
+                } else if allowed.is_allowed(&target) {
+                    attempt.follow()
+                } else {
+                    attempt.error(DeniedRedirect(target))
+                }
+            }));
+        if let Some(timeout) = read_timeout {
+            builder = builder.read_timeout(timeout);
+        }
+        builder
+            .build()
+            .map_err(|e| RegistryError::Protocol { host: host.to_owned(), reason: format!("client set-up: {e}") })
     }
 
     /// Asks `GET /v2/` (unauthenticated, as every client's first request) and refuses a

@@ -15,6 +15,14 @@
 //! - [`RegistryClient::fetch_blob`] and [`RegistryClient::fetch_blobs`]: blobs into a
 //!   content-addressed [`BlobStore`], verified while streaming, three at a time, each digest
 //!   downloaded once however many threads and processes ask; [`Progress`] reports bytes.
+//! - Cache entries as OCI 1.1 artifacts (the guest builds and parses their documents):
+//!   [`RegistryClient::fetch_tagged_manifest`] (`None` for a missing tag),
+//!   [`RegistryClient::fetch_blob_bytes`], [`RegistryClient::fetch_zstd_image`] (a zstd blob
+//!   decoded into a sparse file, verified while it streams, bounded against bombs), and
+//!   [`RegistryClient::push_zstd_image`] (a sparse file compressed reading only its data),
+//!   [`RegistryClient::push_blob_bytes`], [`RegistryClient::push_manifest_bytes`] (blobs the
+//!   registry has already are not uploaded again; a refusal to push is
+//!   [`RegistryError::PushDenied`]).
 //! - [`RegistryError`]: one variant per class a CLI reports (unreachable, TLS, unauthorized,
 //!   not found, too large, corrupt, denied).
 //!

@@ -238,3 +238,158 @@ async fn pushing_needs_credentials_that_may_push() {
     assert_eq!(unpacked.unwrap().sha256, Digest::of(b"not much"));
     assert!(!format!("{err:?}").contains(PASSWORD));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_ask_for_a_push_token_and_upload_only_to_allowed_hosts() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use support::{fake_server, header, response};
+    let evil_contacts = Arc::new(AtomicUsize::new(0));
+    let contacts = evil_contacts.clone();
+    let (host, task) = fake_server(Arc::new(move |head: &str| {
+        let line = head.lines().next().unwrap_or_default();
+        let me = header(head, "host").unwrap_or_default();
+        let challenge = format!("WWW-Authenticate: Bearer realm=\"http://{me}/token\",service=\"fake\"\r\n");
+        let bearer = header(head, "authorization");
+        if line.starts_with("GET /token?") {
+            // Push rights on team/app only; team/readonly may be pulled.
+            if line.contains("repository%3Ateam%2Fapp%3Apull%2Cpush") {
+                response("200 OK", "Content-Type: application/json\r\n", br#"{"token":"push-tok"}"#, true)
+            } else {
+                response("401 Unauthorized", "", br#"{"details":"access denied"}"#, true)
+            }
+        } else if line.starts_with("HEAD /v2/team/app/blobs/sha256:") && bearer == Some("Bearer push-tok") {
+            response("404 Not Found", "", b"", true)
+        } else if line.starts_with("POST /v2/team/app/blobs/uploads/ ") && bearer == Some("Bearer push-tok") {
+            // An upload location on a host the client may not contact.
+            response("202 Accepted", "Location: http://uploads.invalid:9/v2/upload/1\r\n", b"", true)
+        } else if line.contains("upload/1") {
+            contacts.fetch_add(1, Ordering::SeqCst);
+            response("201 Created", "", b"", true)
+        } else {
+            response("401 Unauthorized", &challenge, b"{}", true)
+        }
+    }))
+    .await;
+    let (client, _dir) = client(&host, vec![]);
+
+    let err = client.push_blob_bytes(&reference(&format!("{host}/team/app:x")), b"blob").await.unwrap_err();
+    assert!(matches!(&err, RegistryError::Denied { host } if host == "uploads.invalid:9"), "{err:?}");
+    assert_eq!(evil_contacts.load(Ordering::SeqCst), 0);
+
+    let err = client.push_blob_bytes(&reference(&format!("{host}/team/readonly:x")), b"blob").await.unwrap_err();
+    assert!(matches!(err, RegistryError::PushDenied { .. }), "{err:?}");
+    assert!(err.to_string().contains("team/readonly"), "{err}");
+    task.abort();
+}
+
+/// The futures the host spawns are `Send`.
+#[allow(dead_code, reason = "only compiled: the bounds are the test")]
+fn futures_are_send(client: &RegistryClient, name: &Reference, digest: &Digest, out: &mut File, path: &Path) {
+    fn send<T: Send>(_: T) {}
+    send(client.fetch_tagged_manifest(name));
+    send(client.fetch_blob_bytes(name, digest, 1));
+    send(client.fetch_zstd_image(name, digest, 1, out, 1, &NoProgress));
+    send(client.push_zstd_image(name, path, path, &NoProgress));
+    send(client.push_blob_bytes(name, b""));
+    send(client.push_manifest_bytes(name, b"", OCI_MANIFEST_TYPE));
+}
+
+/// What [`slow_registry`] does with a blob `PUT`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Put {
+    /// Never reads the body.
+    Ignore,
+    /// Reads the body, never answers.
+    Swallow,
+    /// Reads the body slowly (64 KiB every 20 ms), then answers 201.
+    Slowly,
+}
+
+/// A registry that answers everything but blob `PUT`s at once.
+async fn slow_registry(put: Put) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let line = head.lines().next().unwrap_or_default().to_owned();
+                let answer = if line.starts_with("PUT ") {
+                    if put == Put::Ignore {
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    }
+                    let length: u64 = support::header(&head, "content-length").unwrap().parse().unwrap();
+                    let mut body = vec![0u8; 64 << 10];
+                    let mut read = 0;
+                    while read < length {
+                        read += conn.read(&mut body).await.unwrap() as u64;
+                        if put == Put::Slowly {
+                            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        }
+                    }
+                    if put == Put::Swallow {
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    }
+                    support::response("201 Created", "", b"", true)
+                } else if line.starts_with("HEAD ") {
+                    support::response("404 Not Found", "", b"", true)
+                } else if line.starts_with("POST ") {
+                    support::response("202 Accepted", "Location: /v2/team/app/blobs/uploads/1?state=x\r\n", b"", true)
+                } else {
+                    support::response("200 OK", "", b"{}", true)
+                };
+                let _ = conn.write_all(&answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    (host, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_may_outlast_the_read_timeout_but_not_stall() {
+    for put in [Put::Ignore, Put::Swallow, Put::Slowly] {
+        let (host, task) = slow_registry(put).await;
+        let empty = tempfile::tempdir().unwrap();
+        let mut config = RegistryConfig::new(Vec::<String>::new())
+            .insecure(&host)
+            .certs_dir(empty.path())
+            .auth_files(AuthFiles::new([]));
+        config.read_timeout = std::time::Duration::from_secs(1);
+        let client = RegistryClient::new(config);
+        let name = reference(&format!("{host}/team/app:x"));
+        // More than the sockets buffer when nobody reads; 3 s to upload at 3 MiB/s; 1 MiB to
+        // swallow (the answer is then awaited 1 s + 1 s per MiB).
+        let len = if put == Put::Swallow { 1u32 << 20 } else { 10 << 20 };
+        let blob: Vec<u8> = (0..len).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let started = std::time::Instant::now();
+        let result = client.push_blob_bytes(&name, &blob).await;
+        let elapsed = started.elapsed();
+        match put {
+            Put::Slowly => {
+                assert_eq!(result.unwrap().size, blob.len() as u64);
+                assert!(elapsed > std::time::Duration::from_secs(2), "{elapsed:?}");
+            }
+            Put::Ignore | Put::Swallow => {
+                let err = result.unwrap_err();
+                assert!(matches!(err, RegistryError::Unreachable { .. }), "{put:?}: {err:?}");
+                let expected = if put == Put::Swallow { "no answer" } else { "stopped reading" };
+                assert!(err.to_string().contains(expected), "{err}");
+                assert!(elapsed < std::time::Duration::from_secs(30), "{elapsed:?}");
+            }
+        }
+        task.abort();
+    }
+}
