@@ -286,21 +286,24 @@ fn seed_engine(cache: &Path) {
     }
 }
 
+/// The bytes of file `i` of [`generated_layout`]`(…, marker, …)`: a few KiB, incompressible
+/// for even `i`.
+fn generated_file(marker: &str, i: u64) -> Vec<u8> {
+    let len = 1000 + (i * 7919 % 15_000) as usize;
+    if i.is_multiple_of(2) {
+        let seed = marker.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) | 1;
+        rootfs_cache_tests::incompressible(len, seed + i)
+    } else {
+        b"All work and no play makes a fleet convert twice. ".iter().copied().cycle().take(len).collect()
+    }
+}
+
 /// An OCI layout at `dir/name` of one layer: `/etc/marker` saying `marker`, and `files`
-/// files of a few KiB (half of them incompressible) under `/usr/share/data`.
+/// files of [`generated_file`] under `/usr/share/data`.
 fn generated_layout(dir: &Path, name: &str, marker: &str, files: u64) -> PathBuf {
     let layout = dir.join(name);
-    let text: Vec<u8> =
-        b"All work and no play makes a fleet convert twice. ".iter().copied().cycle().take(64 << 10).collect();
-    let seed = marker.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))) | 1;
-    let data: Vec<(String, Vec<u8>)> = (0..files)
-        .map(|i| {
-            let len = 1000 + (i * 7919 % 15_000) as usize;
-            let bytes =
-                if i % 2 == 0 { rootfs_cache_tests::incompressible(len, seed + i) } else { text[..len].to_vec() };
-            (format!("usr/share/data/d{:02}/f{i:05}", i % 20), bytes)
-        })
-        .collect();
+    let data: Vec<(String, Vec<u8>)> =
+        (0..files).map(|i| (format!("usr/share/data/d{:02}/f{i:05}", i % 20), generated_file(marker, i))).collect();
     let dirs: Vec<String> = (0..20.min(files)).map(|d| format!("usr/share/data/d{d:02}/")).collect();
     let mut entries = vec![
         TarEntry::dir("etc/", 0o755),
@@ -693,7 +696,7 @@ fn the_token_service_grants_pull_to_the_reader_and_push_to_the_writer() {
             .collect()
     };
     let pull = format!("repository:{REPO}:pull");
-    assert!(granted("reader").iter().any(|g| *g == pull), "{grants:?}");
+    assert!(granted("reader").contains(&pull), "{grants:?}");
     assert!(granted("reader").iter().all(|g| !g.contains("push")), "{grants:?}");
     assert!(granted("writer").iter().any(|g| g.contains(&format!("{pull},push"))), "{grants:?}");
 }
@@ -761,69 +764,67 @@ fn verify_remote_rebuild_accepts_a_true_artifact_and_calls_a_lying_one_corrupt()
     let d = dir.path();
     let registry = Registry::start(Setup::default());
     let remote = Remote::plain(&registry.host);
-    let one = generated_layout(d, "one", "image X", 100);
-    let two = generated_layout(d, "two", "image K", 100);
+    let marker = "image K";
+    let layout = generated_layout(d, "layout", marker, 100);
     let agent = fleet_agent(d);
-    // One size for both images: the lie has the length and geometry the truth would have.
-    let args = ["--ext4-profile", "minimal", "--size", "64M"];
+    let minimal = ["--ext4-profile", "minimal"];
 
-    let x = Host::new(d, "x", Source::Copy(&one), &remote, &agent);
-    let out = x.convert(&args);
-    let image_x = x.expect(&out, "built");
-    let key_x = key_of(&out.1);
-    let truth = Host::new(d, "truth", Source::Copy(&two), &remote, &agent);
-    let out = truth.convert(&args);
+    let truth = Host::new(d, "truth", Source::Copy(&layout), &remote, &agent);
+    let out = truth.convert(&minimal);
     let image_k = truth.expect(&out, "built");
-    let key_k = key_of(&out.1);
+    let key = key_of(&out.1);
     assert_eq!(out.1["pushed"], true, "{}", out.1);
 
-    // A true artifact, rebuilt and compared: remote.
-    let b = Host::new(d, "b", Source::Copy(&two), &remote, &agent);
-    let mut rebuild = args.to_vec();
-    rebuild.extend(["--verify-remote", "rebuild"]);
-    let out = b.convert(&rebuild);
+    // A true artifact, fetched, rebuilt and compared: remote.
+    let b = Host::new(d, "b", Source::Copy(&layout), &remote, &agent);
+    let out = b.convert(&["--ext4-profile", "minimal", "--verify-remote", "rebuild"]);
     let image_b = b.expect(&out, "remote");
     assert_eq!(file_sha256(&image_b), file_sha256(&image_k));
     assert!(b.ran_converter(), "`rebuild` did not rebuild: {}", b.audit_text());
 
-    // The lie: K's artifact with X's image, its annotations and entry made to agree with
-    // X's bytes, so that only a rebuild can tell.
-    let x_bytes = std::fs::read(&image_x).unwrap();
-    let (x_sha256, x_len) = (sha256_hex(&x_bytes), x_bytes.len());
-    assert_eq!(x_len as u64, std::fs::metadata(&image_k).unwrap().len(), "--size gave two lengths");
-    let mut manifest: Value = serde_json::from_slice(&inspect_raw(&registry.host, &key_k, None)).unwrap();
-    let manifest_x: Value = serde_json::from_slice(&inspect_raw(&registry.host, &key_x, None)).unwrap();
+    // The lie: the true image with one byte of a file's data changed (data blocks have no
+    // checksum: still a sound ext4 of the right length, UUID and geometry), compressed,
+    // with the annotations and the entry made to agree with its bytes. Only a rebuild can
+    // tell.
+    let mut lie = std::fs::read(&image_k).unwrap();
+    let needle = generated_file(marker, 10);
+    let found: Vec<usize> = lie.windows(64).enumerate().filter(|(_, w)| *w == &needle[..64]).map(|(i, _)| i).collect();
+    assert_eq!(found.len(), 1, "file 10's data is not once in the image");
+    lie[found[0] + 32] ^= 0xff;
+    let lie_sha256 = sha256_hex(&lie);
+    let layer = zstd::encode_all(lie.as_slice(), 3).unwrap();
+    let layer_digest = upload_blob(&registry.host, &layer);
+    let mut manifest: Value = serde_json::from_slice(&inspect_raw(&registry.host, &key, None)).unwrap();
     let mut config: Value =
         serde_json::from_slice(&get_blob(&registry.host, manifest["config"]["digest"].as_str().unwrap())).unwrap();
-    assert_eq!(config["key"], key_k.as_str(), "{config}");
+    assert_eq!(config["key"], key.as_str(), "{config}");
     if config.get("image_sha256").is_some() {
-        config["image_sha256"] = json!(x_sha256);
-    }
-    if config.get("image_bytes").is_some() {
-        config["image_bytes"] = json!(x_len);
+        config["image_sha256"] = json!(lie_sha256);
     }
     let config = serde_json::to_vec(&config).unwrap();
     let config_digest = upload_blob(&registry.host, &config);
     manifest["config"]["digest"] = json!(config_digest);
     manifest["config"]["size"] = json!(config.len());
-    manifest["layers"] = manifest_x["layers"].clone();
-    manifest["annotations"][IMAGE_SHA256] = json!(format!("sha256:{x_sha256}"));
-    manifest["annotations"][IMAGE_SIZE] = json!(x_len.to_string());
-    let lying_layer = manifest_x["layers"][0]["digest"].as_str().unwrap().to_owned();
-    put_manifest(&registry.host, &key_k, &serde_json::to_vec(&manifest).unwrap());
+    manifest["layers"][0]["digest"] = json!(layer_digest);
+    manifest["layers"][0]["size"] = json!(layer.len());
+    manifest["annotations"][IMAGE_SHA256] = json!(format!("sha256:{lie_sha256}"));
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+    put_manifest(&registry.host, &key, &manifest);
 
     // `remote_verify = "rebuild"` from the policy file: corrupt, and nothing published.
-    let policy_remote =
-        Remote { in_policy: true, policy_extra: "remote_verify = \"rebuild\"\n".into(), ..remote.clone() };
-    let c = Host::new(d, "c", Source::Copy(&two), &policy_remote, &agent);
-    let (code, json, stderr) = c.convert(&args);
+    let policy_remote = Remote { in_policy: true, policy_extra: "remote_verify = \"rebuild\"\n".into(), ..remote };
+    let c = Host::new(d, "c", Source::Copy(&layout), &policy_remote, &agent);
+    let (code, json, stderr) = c.convert(&minimal);
     assert_eq!(code, EXIT_CORRUPT, "a lying artifact was not corrupt: {json}\n{stderr}");
-    let (image, entry) = c.entry(&key_k);
+    let (image, entry) = c.entry(&key);
     assert!(!image.exists() && !entry.exists(), "a lying artifact's key was published");
+    // The audit log names what lied: the layer (or the artifact, or the image it holds).
     let audit = c.audit_text();
     assert!(
-        audit.contains(lying_layer.trim_start_matches("sha256:")),
-        "the audit log does not name the lying digest {lying_layer}:\n{audit}"
+        [&layer_digest, &manifest_digest, &lie_sha256].iter().any(|d| audit.contains(d.trim_start_matches("sha256:"))),
+        "the audit log names none of the lying layer {layer_digest}, artifact {manifest_digest}, image \
+         sha256:{lie_sha256}:\n{audit}"
     );
 }
 
