@@ -89,6 +89,10 @@ enum Source<'a> {
     Copy(&'a Path),
     /// An image by name (`docker://…`), the same on every host.
     Name(&'a str),
+    /// A copy, made for the host at a path of its own, of the overlay2 directory `.0`
+    /// (with `cp -a`: whiteouts and `trusted.*` attributes kept); the source is its layer
+    /// directory named `.1`.
+    Overlay2(&'a Path, &'a str),
 }
 
 /// One host of the fleet: a cache directory, a policy with an audit log, credentials, and
@@ -120,6 +124,13 @@ impl Host {
                 copy.to_str().unwrap().to_owned()
             }
             Source::Name(name) => name.to_owned(),
+            Source::Overlay2(root, top) => {
+                let copy = home.join("var-lib-docker").join(format!("{name}-overlay2"));
+                std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+                let out = Command::new("cp").arg("-a").arg(root).arg(&copy).output().unwrap();
+                assert!(out.status.success(), "cp -a: {}", String::from_utf8_lossy(&out.stderr));
+                copy.join(top).to_str().unwrap().to_owned()
+            }
         };
         let audit = home.join("audit.jsonl");
         let mut registries = vec![remote.host.clone()];
@@ -595,8 +606,9 @@ fn a_blob_corrupted_in_the_registrys_storage_is_refused_and_the_image_rebuilt() 
     bytes[middle] ^= 0xff;
     std::fs::write(&data, &bytes).unwrap();
 
+    // (`digest`, the default, named.)
     let c = Host::new(d, "c", Source::Copy(&layout), &remote, &agent);
-    let out = c.convert(&minimal);
+    let out = c.convert(&["--ext4-profile", "minimal", "--verify-remote", "digest"]);
     let image_c = c.expect(&out, "built");
     let hex = layer.trim_start_matches("sha256:");
     assert!(warnings(&out.1).iter().any(|w| w.contains(hex)), "no warning names {layer}: {}\n{}", out.1, out.2);
@@ -915,4 +927,48 @@ fn a_source_from_the_same_registry_is_the_artifacts_subject() {
     let out = b.convert(&minimal);
     b.expect(&out, "remote");
     assert_eq!(key_of(&out.1), key);
+}
+
+#[test]
+fn a_bare_overlay2_directory_is_not_shareable_and_never_leaves_the_host() {
+    require_root!();
+    if !require(TOOLS) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let registry = Registry::start(Setup::default());
+    let remote = Remote::plain(&registry.host);
+    // Layer directories with no Docker layer database around them: no chain ID.
+    let root = d.join("overlay2");
+    let top = rootfs_cache_tests::standard_chain(&root);
+    let top_name = top.file_name().unwrap().to_str().unwrap();
+    let agent = fleet_agent(d);
+    let minimal = ["--ext4-profile", "minimal"];
+
+    // Two hosts with a copy each: neither fetches, neither pushes.
+    for name in ["a", "b"] {
+        let host = Host::new(d, name, Source::Overlay2(&root, top_name), &remote, &agent);
+        let (code, json, stderr) = host.convert(&minimal);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        assert_eq!(json["shareable"], false, "{name}: {json}");
+        assert_eq!(json["origin"], "built", "{name}: {json}");
+        assert_eq!((&json["pushed"], &json["remote_digest"]), (&json!(false), &Value::Null), "{name}: {json}");
+        assert!(host.ran_converter());
+        let (image, _) = host.entry(&key_of(&json));
+        assert_eq!(fsck(&image).0, 0);
+    }
+    // Neither asked the registry (which nobody else uses here) for an artifact nor sent
+    // it one.
+    let asked: Vec<String> = registry
+        .log()
+        .lines()
+        .filter(|l| l.contains("/manifests/") || l.contains("/blobs/"))
+        .map(str::to_owned)
+        .collect();
+    assert!(asked.is_empty(), "a key that is not shareable went to the registry:\n{}", asked.join("\n"));
+    assert!(
+        !registry.dir.path().join("data/docker/registry/v2/repositories").join(REPO).exists(),
+        "something was pushed"
+    );
 }
