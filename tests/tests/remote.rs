@@ -9,6 +9,15 @@
 //! Each new cache gets the precompiled component (`<cache>/engine/`) of a warm-up run, as the
 //! benchmarks do: "cold" means no entry, and the tests are about the registry, not about
 //! compiling the guest.
+//!
+//! What they show: a second host gets the first one's image byte for byte with `origin:
+//! remote` and no `run-converter`, and the artifact is what a user inspects with `skopeo`;
+//! eight cold hosts at once all get one sound image; an unreachable registry, a blob
+//! corrupted in the registry's storage, an artifact tagged with another image's key and
+//! read-only credentials each give a warning and a local build (exit 0); `--verify-remote
+//! rebuild` accepts a true artifact and calls a lying one `corrupt`; TLS with a test CA and
+//! basic auth; a source from the same registry is the artifact's `subject`; a bare overlay2
+//! directory is not shareable and never reaches the registry.
 
 #[path = "../../host/registry/tests/support/mod.rs"]
 mod support;
