@@ -17,6 +17,7 @@ pub mod compare;
 pub mod dockerd;
 pub mod oci;
 pub mod scratch_fs;
+pub mod token_server;
 pub mod vm;
 
 /// A child forked from this process that holds copies of every descriptor

@@ -98,6 +98,71 @@ impl Registry {
         registry
     }
 
+    /// Starts a registry like [`Registry::start`], with `storage_extra` (YAML indented by
+    /// two spaces, e.g. `  maintenance:\n    readonly:\n      enabled: true\n`) added to its
+    /// `storage:` section and `extra` (top-level YAML, e.g. an `auth: token:` section) to its
+    /// configuration.
+    pub fn start_configured(setup: Setup, storage_extra: &str, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let host = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{storage_extra}http:\n  addr: {host}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((cert, key)) = &setup.tls {
+            config += &format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
+        }
+        if let Some(htpasswd) = &setup.htpasswd {
+            config += &format!("auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n", htpasswd.display());
+        }
+        config += extra;
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry starts");
+        let mut registry = Self { child, host, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+            {
+                break;
+            }
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                panic!("docker-registry exited ({status}): {}", registry.log());
+            }
+            assert!(Instant::now() < deadline, "docker-registry did not listen within 20 s: {}", registry.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        registry
+    }
+
+    /// The directory of the registry's storage holding blob `digest`'s bytes
+    /// (`<root>/docker/registry/v2/blobs/sha256/<xx>/<hex>/data`).
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        self.dir.path().join("data/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+    }
+
+    /// Whether repository `repo` has tag `tag`, read from the registry's storage (so that it
+    /// needs no credentials).
+    pub fn has_tag(&self, repo: &str, tag: &str) -> bool {
+        self.dir
+            .path()
+            .join("data/docker/registry/v2/repositories")
+            .join(repo)
+            .join("_manifests/tags")
+            .join(tag)
+            .join("current/link")
+            .is_file()
+    }
+
     /// Its log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
