@@ -12,7 +12,11 @@ use std::fmt;
 
 /// Bumped whenever the encoding below, or what an image contains for the same
 /// inputs, changes. Old entries then simply stop matching.
-const KEY_TAG: &[u8] = b"rootfs-cache/key/v1";
+///
+/// v2: OCI layouts are keyed by content only (no path, no `index.json`
+/// times) and overlay2 chains by their chain ID when Docker's layer database
+/// names one, so that keys are the same on every host.
+const KEY_TAG: &[u8] = b"rootfs-cache/key/v2";
 
 /// A cache key: 64 lowercase hexadecimal digits.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -134,12 +138,16 @@ mod tests {
 
     #[test]
     fn the_key_is_pinned_across_compilers_and_machines() {
-        // A fixed input gives a fixed key forever (the value was checked with an
-        // independent Python implementation); if this changes, KEY_TAG must too.
+        // A fixed input gives a fixed key forever; if this changes, KEY_TAG must
+        // too. The value was computed with an independent Python
+        // implementation (which also gives v1's pinned e03e1b8b…fe10):
+        //   def f(h, n, v): h.update(struct.pack('<Q', len(n)) + n + struct.pack('<Q', len(v)) + v)
+        //   h = hashlib.sha256(); f(h, b"tag", b"rootfs-cache/key/v2")
+        //   f(h, b"source", b"/var/lib/docker/overlay2/abc"); f(h, b"size", b"\0"); h.hexdigest()
         let k = key(|b| {
             b.text("source", "/var/lib/docker/overlay2/abc").optional("size", None);
         });
-        assert_eq!(k.as_str(), "e03e1b8b39cb2e03002b09c5c2eb521686e6b4ff977ae6994d922b6bdc76fe10");
+        assert_eq!(k.as_str(), "ba5513a8b61e02e70c19afdb706e037afac27a1e9ea8df831121b5a50cb64bc1");
     }
 
     #[test]

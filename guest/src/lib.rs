@@ -20,6 +20,7 @@ pub mod ext4;
 pub mod fake;
 pub mod flow;
 pub mod key;
+pub mod layerdb;
 pub mod lifecycle;
 pub mod manifest;
 pub mod oci;

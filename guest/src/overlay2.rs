@@ -130,6 +130,11 @@ pub struct Overlay2Chain {
     pub root: PathBuf,
     /// Layers from the top (the requested directory) down to the base.
     pub layers: Vec<LayerIdentity>,
+    /// The top layer's chain ID (`sha256:<hex>`) in Docker's layer
+    /// database, checked against the whole chain
+    /// ([`crate::layerdb::chain_id`]); `None` without one (a container's
+    /// read-write layer, a bare directory, no or an inconsistent database).
+    pub chain_id: Option<String>,
 }
 
 impl Overlay2Chain {
@@ -178,7 +183,7 @@ impl Overlay2Chain {
         })?;
         let mut layers = vec![top_identity];
         if ids.is_empty() {
-            return Ok(Self { root, layers });
+            return Ok(Self { root, layers, chain_id: None });
         }
 
         // Where each `l/<id>` points.
@@ -252,7 +257,7 @@ impl Overlay2Chain {
             }
             layers.push(LayerIdentity::from_diff(layer_dir, id, diff_answer)?);
         }
-        Ok(Self { root, layers })
+        Ok(Self { root, layers, chain_id: None })
     }
 
     /// The `diff/` directories, bottom layer first: the order a converter

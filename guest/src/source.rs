@@ -98,7 +98,9 @@ impl Source {
             && info.kind == PathKind::File
         {
             let link = probe::small_file(&link, info, MAX_LINK_BYTES)?;
-            return Overlay2Chain::resolve(path, &link, lower_info, diff_info, fs).map(Self::Overlay2);
+            let mut chain = Overlay2Chain::resolve(path, &link, lower_info, diff_info, fs)?;
+            chain.chain_id = crate::layerdb::chain_id(&chain, fs);
+            return Ok(Self::Overlay2(chain));
         }
         if marker_info.is_ok() {
             return OciImage::resolve(path, platform, ref_name, marker_info, index_info, fs).map(Self::Oci);
@@ -109,20 +111,19 @@ impl Source {
         )))
     }
 
-    /// The source's content, named the same on every host: an image's
-    /// manifest digest, an exported image's ID. `None` when the key is
-    /// local to this host: it is then never shared through a remote cache.
-    pub fn identity(&self) -> Option<String> {
-        match self {
-            Self::Overlay2(_) | Self::Oci(_) => None,
-            Self::Pulled(image) => Some(image.manifest_digest.clone()),
-            Self::Exported(image) => Some(image.id.clone()),
-        }
-    }
-
     /// Feeds everything that identifies this source into a cache key.
+    ///
+    /// Every kind but an overlay2 chain without a chain ID is keyed by
+    /// content alone, never by a path or a time, so that the same image
+    /// gives the same key on every host ([`Source::identity`]).
     pub fn add_to_key(&self, key: &mut KeyBuilder) {
         match self {
+            // Docker never changes a committed layer: the chain ID names the
+            // chain's content on every engine that holds it.
+            Self::Overlay2(Overlay2Chain { chain_id: Some(chain), .. }) => {
+                key.text("kind", "overlay2-chain").text("chain", chain);
+            }
+            // No chain ID: the local key, by paths, links and times.
             Self::Overlay2(chain) => {
                 key.text("kind", "overlay2").number("layers", chain.layers.len() as u64);
                 for layer in &chain.layers {
@@ -132,11 +133,10 @@ impl Source {
                         .number("layer.modified", layer.modified_ns);
                 }
             }
+            // The manifest's digest names every byte of the image: neither
+            // the layout's path nor index.json's times matter.
             Self::Oci(image) => {
                 key.text("kind", "oci-layout")
-                    .text("layout", &image.layout)
-                    .number("index.created", image.index_created_ns)
-                    .number("index.modified", image.index_modified_ns)
                     .text("manifest", &image.manifest_digest)
                     .text("platform", &image.platform);
             }
@@ -151,6 +151,21 @@ impl Source {
             Self::Exported(image) => {
                 key.text("kind", "docker-archive").text("image", &image.id).text("platform", &image.platform);
             }
+        }
+    }
+
+    /// The portable identity of the source's content: the same on every
+    /// host that holds the same image, and `None` when the source has none
+    /// (an overlay2 directory without a chain ID), whose entries are
+    /// therefore not shareable. An OCI layout's and a pulled image's
+    /// manifest digest, an exported image's ID, an overlay2 chain's chain
+    /// ID; each `sha256:<hex>`.
+    pub fn identity(&self) -> Option<String> {
+        match self {
+            Self::Overlay2(chain) => chain.chain_id.clone(),
+            Self::Oci(image) => Some(image.manifest_digest.clone()),
+            Self::Pulled(image) => Some(image.manifest_digest.clone()),
+            Self::Exported(image) => Some(image.id.clone()),
         }
     }
 }
@@ -348,5 +363,229 @@ mod tests {
         std::fs::remove_file(tmp.path().join("index.json")).unwrap();
         let err = resolve_oci(tmp.path()).unwrap_err();
         assert!(err.to_string().contains("index.json: no such file"), "{err}");
+    }
+
+    /// Counts the probes it answers.
+    struct Counting(FsProbe, std::cell::Cell<usize>);
+
+    impl Probe for Counting {
+        fn probe(&self, requests: &[crate::wit::host::ProbeRequest]) -> Result<Vec<Result<PathInfo, Error>>, Error> {
+            self.1.set(self.1.get() + 1);
+            self.0.probe(requests)
+        }
+    }
+
+    /// The chain ID of the test layer `name` (`a`, `b`, `c`).
+    fn chain_hex(name: &str) -> String {
+        sha256_hex(format!("chain {name}").as_bytes())
+    }
+
+    /// A Docker root under `docker`: the chain of [`chain`] in `overlay2/`
+    /// and a layer database naming its layers `c` → `b` → `a`; returns the
+    /// top layer's directory.
+    fn docker_root(docker: &Path) -> PathBuf {
+        let top = chain(&docker.join("overlay2"));
+        let db = docker.join("image/overlay2/layerdb/sha256");
+        for (name, parent) in [("a", None), ("b", Some("a")), ("c", Some("b"))] {
+            let dir = db.join(chain_hex(name));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cache-id"), name).unwrap();
+            std::fs::write(dir.join("diff"), format!("sha256:{}", sha256_hex(name.as_bytes()))).unwrap();
+            if let Some(parent) = parent {
+                std::fs::write(dir.join("parent"), format!("sha256:{}", chain_hex(parent))).unwrap();
+            }
+        }
+        // Docker's other directories, and an unrelated layer, change nothing.
+        std::fs::create_dir_all(docker.join("image/overlay2/layerdb/mounts/x")).unwrap();
+        std::fs::create_dir_all(db.join("not-a-chain-id")).unwrap();
+        let other = db.join(chain_hex("other"));
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("cache-id"), "elsewhere").unwrap();
+        top
+    }
+
+    fn key_of(source: &Source) -> crate::key::CacheKey {
+        let mut key = KeyBuilder::new();
+        source.add_to_key(&mut key);
+        key.finish()
+    }
+
+    #[test]
+    fn a_chain_in_the_layer_database_is_keyed_by_its_chain_id_wherever_the_docker_root_is() {
+        let tmp = tempfile::tempdir().unwrap();
+        let top = docker_root(&tmp.path().join("one/docker"));
+        let probe = Counting(FsProbe::new("/nonexistent"), Default::default());
+        let one = Source::resolve(&top, "linux/amd64", &probe).unwrap();
+        let Source::Overlay2(resolved) = &one else { panic!("not overlay2") };
+        assert_eq!(resolved.chain_id.as_deref(), Some(format!("sha256:{}", chain_hex("c")).as_str()));
+        assert_eq!(one.identity(), resolved.chain_id);
+        // One probe more than the chain alone takes (the listing is WASI's).
+        let with_db = probe.1.get();
+        let bare = tmp.path().join("bare");
+        let bare_top = chain(&bare);
+        let probe = Counting(FsProbe::new("/nonexistent"), Default::default());
+        let local = Source::resolve(&bare_top, "linux/amd64", &probe).unwrap();
+        assert_eq!(with_db, probe.1.get() + 1);
+        assert_eq!(local.identity(), None, "a chain without a layer database is not shareable");
+        assert_ne!(key_of(&local), key_of(&one));
+
+        // Another docker root, made later (other times), at another path.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let top_two = docker_root(&tmp.path().join("two/elsewhere/docker"));
+        let two = resolve_chain(&top_two).unwrap();
+        assert_eq!(two.identity(), one.identity());
+        assert_eq!(key_of(&two), key_of(&one));
+        let Source::Overlay2(chain_two) = &two else { panic!("not overlay2") };
+        assert_ne!(chain_two.layers[0].modified_ns, resolved.layers[0].modified_ns);
+    }
+
+    #[test]
+    fn a_layer_database_that_does_not_match_the_chain_exactly_gives_the_local_key() {
+        let db_of = |docker: &Path| docker.join("image/overlay2/layerdb/sha256");
+        let hex = |name: &str| format!("sha256:{}", chain_hex(name));
+        type Break = Box<dyn Fn(&Path)>;
+        let cases: Vec<(&str, Break)> = vec![
+            (
+                "a parent skipping a layer",
+                Box::new(move |db| std::fs::write(db.join(chain_hex("c")).join("parent"), hex("a")).unwrap()),
+            ),
+            (
+                "a cache-id naming another directory",
+                Box::new(|db| std::fs::write(db.join(chain_hex("b")).join("cache-id"), "a").unwrap()),
+            ),
+            (
+                "two chain IDs for the top",
+                Box::new(|db| {
+                    let dup = db.join(chain_hex("dup"));
+                    std::fs::create_dir_all(&dup).unwrap();
+                    std::fs::write(dup.join("cache-id"), "c").unwrap();
+                }),
+            ),
+            (
+                "an upper-case parent",
+                Box::new(move |db| {
+                    std::fs::write(
+                        db.join(chain_hex("c")).join("parent"),
+                        hex("b").to_uppercase().replace("SHA256", "sha256"),
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                "a parent without sha256:",
+                Box::new(|db| std::fs::write(db.join(chain_hex("c")).join("parent"), chain_hex("b")).unwrap()),
+            ),
+            (
+                "a cache-id with a path trick",
+                Box::new(|db| std::fs::write(db.join(chain_hex("b")).join("cache-id"), "../overlay2/b").unwrap()),
+            ),
+            (
+                "a missing cache-id",
+                Box::new(|db| std::fs::remove_file(db.join(chain_hex("a")).join("cache-id")).unwrap()),
+            ),
+            ("a missing layer", Box::new(|db| std::fs::remove_dir_all(db.join(chain_hex("b"))).unwrap())),
+            (
+                "a base layer with a parent",
+                Box::new(move |db| std::fs::write(db.join(chain_hex("a")).join("parent"), hex("other")).unwrap()),
+            ),
+            (
+                "a parent that is not there",
+                Box::new(move |db| std::fs::write(db.join(chain_hex("a")).join("parent"), hex("gone")).unwrap()),
+            ),
+            (
+                "a cache-id that is a symlink",
+                Box::new(|db| {
+                    let file = db.join(chain_hex("a")).join("cache-id");
+                    std::fs::remove_file(&file).unwrap();
+                    std::fs::write(db.join("real"), "a").unwrap();
+                    std::os::unix::fs::symlink("../real", &file).unwrap();
+                }),
+            ),
+            (
+                "a parent that is a directory",
+                Box::new(|db| std::fs::create_dir(db.join(chain_hex("a")).join("parent")).unwrap()),
+            ),
+            (
+                "a long cache-id",
+                Box::new(|db| std::fs::write(db.join(chain_hex("a")).join("cache-id"), "a".repeat(200)).unwrap()),
+            ),
+            ("no sha256 directory", Box::new(|db| std::fs::remove_dir_all(db).unwrap())),
+            (
+                "sha256 is a file",
+                Box::new(|db| {
+                    std::fs::remove_dir_all(db).unwrap();
+                    std::fs::write(db, "x").unwrap();
+                }),
+            ),
+        ];
+        for (what, break_it) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let docker = tmp.path().join("docker");
+            let top = docker_root(&docker);
+            break_it(&db_of(&docker));
+            let source = resolve_chain(&top).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(source.identity(), None, "{what}");
+            let Source::Overlay2(chain) = &source else { panic!("not overlay2") };
+            assert_eq!(chain.chain_id, None, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_lower_layer_of_the_chain_is_keyed_by_its_own_chain_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        docker_root(&tmp.path().join("docker"));
+        let b = resolve_chain(&tmp.path().join("docker/overlay2/b")).unwrap();
+        assert_eq!(b.identity(), Some(format!("sha256:{}", chain_hex("b"))));
+    }
+
+    #[test]
+    fn too_many_layers_in_the_database_give_the_local_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let docker = tmp.path().join("docker");
+        let top = docker_root(&docker);
+        let db = docker.join("image/overlay2/layerdb/sha256");
+        for i in 0..crate::layerdb::MAX_LAYERS {
+            std::fs::create_dir(db.join(chain_hex(&format!("filler {i}")))).unwrap();
+        }
+        assert_eq!(resolve_chain(&top).unwrap().identity(), None);
+    }
+
+    #[test]
+    fn a_database_of_several_probes_finds_the_chain() {
+        let tmp = tempfile::tempdir().unwrap();
+        let docker = tmp.path().join("docker");
+        let top = docker_root(&docker);
+        let db = docker.join("image/overlay2/layerdb/sha256");
+        for i in 0..3 * crate::layerdb::ENTRIES_PER_PROBE {
+            let dir = db.join(chain_hex(&format!("filler {i}")));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("cache-id"), format!("filler{i}")).unwrap();
+        }
+        assert_eq!(resolve_chain(&top).unwrap().identity(), Some(format!("sha256:{}", chain_hex("c"))));
+    }
+
+    #[test]
+    fn a_layout_copied_elsewhere_or_with_a_rewritten_index_has_the_same_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (one, two) = (tmp.path().join("one"), tmp.path().join("somewhere/else/two"));
+        std::fs::create_dir_all(&one).unwrap();
+        let (manifest, _) = layout(&one, 0);
+        let first = Source::Oci(resolve_oci(&one).unwrap());
+        assert_eq!(first.identity(), Some(manifest));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::create_dir_all(two.join("blobs/sha256")).unwrap();
+        for name in ["oci-layout", "index.json"] {
+            std::fs::copy(one.join(name), two.join(name)).unwrap();
+        }
+        for blob in std::fs::read_dir(one.join("blobs/sha256")).unwrap() {
+            let blob = blob.unwrap();
+            std::fs::copy(blob.path(), two.join("blobs/sha256").join(blob.file_name())).unwrap();
+        }
+        let second = Source::Oci(resolve_oci(&two).unwrap());
+        let Source::Oci(image) = &second else { unreachable!() };
+        let Source::Oci(first_image) = &first else { unreachable!() };
+        assert_ne!(image.index_modified_ns, first_image.index_modified_ns);
+        assert_eq!(key_of(&second), key_of(&first));
+        assert_eq!(second.identity(), first.identity());
     }
 }

@@ -116,7 +116,13 @@ pub fn metadata(path: &Path) -> io::Result<Metadata> {
 /// The UTF-8 names in the directory `path`, in no particular order (other
 /// names are skipped: no entry the cache writes has one).
 pub fn read_dir(path: &Path) -> io::Result<Vec<String>> {
-    imp::read_dir(path)
+    imp::read_dir(path, usize::MAX).map(Option::unwrap_or_default)
+}
+
+/// [`read_dir`], stopping at more than `max` names: `None` then, without
+/// reading the rest of a directory that may be huge.
+pub fn read_dir_at_most(path: &Path, max: usize) -> io::Result<Option<Vec<String>>> {
+    imp::read_dir(path, max)
 }
 
 /// Up to `len` bytes of the regular file at `path` from `offset` (fewer at
@@ -161,14 +167,17 @@ mod imp {
         Ok(Metadata { len: m.len(), created_ns: nanos(m.created()), modified_ns: nanos(m.modified()) })
     }
 
-    pub fn read_dir(path: &Path) -> io::Result<Vec<String>> {
+    pub fn read_dir(path: &Path, max: usize) -> io::Result<Option<Vec<String>>> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(path)? {
             if let Ok(name) = entry?.file_name().into_string() {
+                if names.len() == max {
+                    return Ok(None);
+                }
                 names.push(name);
             }
         }
-        Ok(names)
+        Ok(Some(names))
     }
 
     fn kind(t: std::fs::FileType) -> &'static str {
@@ -337,7 +346,7 @@ mod imp {
         Ok(Metadata { len: stat.size, created_ns: None, modified_ns: stat.data_modification_timestamp.map(ns) })
     }
 
-    pub fn read_dir(path: &Path) -> io::Result<Vec<String>> {
+    pub fn read_dir(path: &Path, max: usize) -> io::Result<Option<Vec<String>>> {
         let (root, rest) = locate(path)?;
         let dir = root
             .open_at(PathFlags::SYMLINK_FOLLOW, &rest, OpenFlags::DIRECTORY, DescriptorFlags::READ)
@@ -345,9 +354,12 @@ mod imp {
         let stream = dir.read_directory().map_err(error)?;
         let mut names = Vec::new();
         while let Some(entry) = stream.read_directory_entry().map_err(error)? {
+            if names.len() == max {
+                return Ok(None);
+            }
             names.push(entry.name);
         }
-        Ok(names)
+        Ok(Some(names))
     }
 
     pub fn read(path: &Path, offset: u64, len: u64) -> io::Result<(Vec<u8>, u64)> {

@@ -28,6 +28,20 @@ pub fn source_root(source: &Path) -> PathBuf {
     }
 }
 
+/// Docker's layer database beside the overlay2 directory `overlay2_root`
+/// (`<docker root>/image/overlay2/layerdb`), which the guest reads (read-only)
+/// to find an overlay2 chain's chain ID, its portable key: when `overlay2_root`
+/// is named `overlay2` and the database is a directory reached through no
+/// symlink (its real path is the one the guest computes from the root).
+pub(crate) fn layerdb_beside(overlay2_root: &Path) -> Option<PathBuf> {
+    if overlay2_root.file_name()? != "overlay2" {
+        return None;
+    }
+    let layerdb = overlay2_root.parent()?.join("image/overlay2/layerdb");
+    let real = crate::real_path::real_path(&layerdb).ok()?;
+    (real == layerdb && std::fs::metadata(&real).is_ok_and(|m| m.is_dir())).then_some(real)
+}
+
 /// What a request's source names, as the host needs to know it before the
 /// guest runs (the guest parses it again, and decides).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +138,8 @@ pub(crate) fn admit(
                 Some(dir) => {
                     let real = existing("the Docker engine's overlay2 directory", dir)?;
                     policy.check_source_real("the Docker engine's overlay2 directory", utf8("it", &real)?, &real)?;
-                    vec![real]
+                    let layerdb = layerdb_beside(&real);
+                    std::iter::once(real).chain(layerdb).collect()
                 }
                 None => Vec::new(),
             };
@@ -135,9 +150,12 @@ pub(crate) fn admit(
             let source_str = utf8("source", &source)?;
             policy.check_source_real("source", source_str, &source)?;
             let root = source_root(&source);
+            // An overlay2 layer's chain ID is in Docker's layer database.
+            let layerdb = if source.join("link").is_file() { layerdb_beside(&root) } else { None };
+            let roots = std::iter::once(root).chain(layerdb).collect();
             match name {
-                Some(name) => (format!("oci:{source_str}:{name}"), vec![root]),
-                None => (source_str.to_owned(), vec![root]),
+                Some(name) => (format!("oci:{source_str}:{name}"), roots),
+                None => (source_str.to_owned(), roots),
             }
         }
     };
@@ -183,5 +201,24 @@ mod tests {
             SourceRef::Registry("docker://127.0.0.1:5000/app:v1".into())
         );
         assert_eq!(parse("docker-daemon:app:dev"), SourceRef::Daemon("app:dev".into()));
+    }
+
+    #[test]
+    fn the_layer_database_is_shown_beside_an_overlay2_directory_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let docker = crate::real_path::real_path(tmp.path()).unwrap().join("docker");
+        let overlay2 = docker.join("overlay2");
+        std::fs::create_dir_all(&overlay2).unwrap();
+        assert_eq!(layerdb_beside(&overlay2), None, "no database");
+        let layerdb = docker.join("image/overlay2/layerdb");
+        std::fs::create_dir_all(&layerdb).unwrap();
+        assert_eq!(layerdb_beside(&overlay2), Some(layerdb.clone()));
+        let other = docker.join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        assert_eq!(layerdb_beside(&other), None, "not an overlay2 directory");
+        // Through a symlink, the guest would not find it where it looks.
+        std::fs::rename(docker.join("image"), docker.join("image.real")).unwrap();
+        std::os::unix::fs::symlink("image.real", docker.join("image")).unwrap();
+        assert_eq!(layerdb_beside(&overlay2), None);
     }
 }

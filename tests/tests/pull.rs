@@ -118,8 +118,8 @@ fn a_pulled_image_matches_umoci_and_a_tag_pulled_before_is_served_offline() {
     assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
     drop(mnt);
 
-    // The same key as converting the layout itself would not be right (its key holds the
-    // layout's path and times), but a second cache pulling the same image agrees.
+    // Converting the layout itself is another kind of source (with another key), but a
+    // second cache pulling the same image agrees.
     let other = dir.path().join("other-cache");
     let (code, again, stderr) = convert(&other, &source, &agent, &insecure);
     assert_eq!(code, 0, "{stderr}");
