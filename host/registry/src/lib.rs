@@ -84,3 +84,15 @@ pub use manifest::{ACCEPTED_MEDIA_TYPES, RawManifest};
 pub use progress::{FnProgress, NoProgress, Progress};
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};
 pub use store::{BlobStore, Removal, StaleFile, TEMP_PREFIX};
+
+/// Decodes the zstd stream `input` into `file` (an empty file) as a download of an image does:
+/// every 4 KiB block of zeroes left a hole, at most `limit` decoded bytes. Returns the decoded
+/// length and its SHA-256, or why it stopped. The same code as
+/// [`RegistryClient::fetch_zstd_image`] runs, without the network (the fuzz target's entry).
+pub fn decode_sparse_image(
+    input: impl std::io::Read,
+    file: &std::fs::File,
+    limit: u64,
+) -> Result<(u64, Digest), String> {
+    sparse::decode_sparse(input, file, limit).map_err(|e| format!("{e:?}"))
+}
