@@ -70,8 +70,7 @@ impl RootfsCache {
             config.policy.limits.guest_memory_bytes,
             config.pooling,
         )?;
-        let remote =
-            crate::remote_cache::RemoteCache::effective(config.remote.as_ref(), &config.policy).map_err(refuse)?;
+        let remote = config.policy.remote_cache(config.remote.as_ref()).map_err(refuse)?;
         let shared = Shared {
             remote,
             locks: Arc::new(LockService::new(config.capabilities.cross_process_lock.clone())),

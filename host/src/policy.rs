@@ -34,6 +34,7 @@ use serde::Deserialize;
 
 use crate::converter_spec::ConverterSpec;
 use crate::error::{Error, Result};
+use crate::remote_cache::{RemoteCache, RemoteVerify};
 
 /// The longest policy file read (1 MiB): a policy is a few lines, and a
 /// path such as `/dev/zero` or an endless file must not be read forever.
@@ -110,7 +111,7 @@ pub struct Policy {
     pub remote_push: bool,
     /// The least checking of entries fetched from a remote cache
     /// (`remote_verify`, `digest` by default); a caller may ask for more.
-    pub remote_verify: crate::remote_cache::RemoteVerify,
+    pub remote_verify: RemoteVerify,
 }
 
 impl Default for Policy {
@@ -127,7 +128,7 @@ impl Default for Policy {
             docker_engines: None,
             remote: None,
             remote_push: true,
-            remote_verify: crate::remote_cache::RemoteVerify::Digest,
+            remote_verify: RemoteVerify::Digest,
         }
     }
 }
@@ -254,6 +255,23 @@ impl Policy {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// The remote cache in force: the caller's (`requested`), else the
+    /// policy's `remote`, within the policy's limits (`remote_push = false`
+    /// stops pushing, `remote_verify = "rebuild"` cannot be weakened), its
+    /// registry checked against `registries`. Errors: `Denied` (rule
+    /// `registries`).
+    pub fn remote_cache(&self, requested: Option<&RemoteCache>) -> Result<Option<RemoteCache>> {
+        let Some(chosen) = requested.cloned().or_else(|| self.remote.clone().map(RemoteCache::from_policy)) else {
+            return Ok(None);
+        };
+        self.check_registry(chosen.registry())?;
+        Ok(Some(RemoteCache {
+            push: chosen.push && self.remote_push,
+            verify: chosen.verify.max(self.remote_verify),
+            ..chosen
+        }))
     }
 
     /// Checks that the registry `host` (`HOST[:PORT]`) may be contacted:
@@ -514,5 +532,22 @@ mod tests {
         assert!(policy.check_size(Some(100)).is_ok());
         assert!(policy.check_size(None).is_ok());
         assert_eq!(policy.check_size(Some(101)).unwrap_err().class(), "denied");
+    }
+
+    #[test]
+    fn the_policy_bounds_what_the_caller_asks_for() {
+        let policy = Policy::from_toml(
+            "remote = \"cache.test/fleet\"\nremote_push = false\nremote_verify = \"rebuild\"\nregistries = [\"cache.test\"]",
+        )
+        .unwrap();
+        let effective = policy.remote_cache(None).unwrap().unwrap();
+        assert_eq!(
+            effective,
+            RemoteCache { repository: "cache.test/fleet".into(), push: false, verify: RemoteVerify::Rebuild }
+        );
+        let asked = RemoteCache::new("other.test/fleet").unwrap();
+        let err = policy.remote_cache(Some(&asked)).unwrap_err();
+        assert!(err.to_string().contains("registries"), "{err}");
+        assert_eq!(Policy::default().remote_cache(None).unwrap(), None);
     }
 }

@@ -5,7 +5,6 @@
 use rootfs_cache_registry::Reference;
 
 use crate::error::{Error, Result};
-use crate::policy::Policy;
 
 /// How an entry fetched from a remote cache is checked before it is
 /// published. Either way it passes every check a fresh build passes and its
@@ -76,23 +75,8 @@ impl RemoteCache {
             .map_err(|e| Error::InvalidRequest(format!("remote cache {}: {e}", self.repository)))
     }
 
-    /// The remote cache in force: the caller's, else the policy's, with the
-    /// policy's limits applied (`remote_push = false` stops pushing,
-    /// `remote_verify = "rebuild"` cannot be weakened) and its registry
-    /// checked against `registries`. Errors: `Denied` (rule `registries`).
-    pub(crate) fn effective(requested: Option<&Self>, policy: &Policy) -> Result<Option<Self>> {
-        let Some(chosen) = requested.cloned().or_else(|| policy.remote.clone().map(Self::from_policy)) else {
-            return Ok(None);
-        };
-        policy.check_registry(chosen.registry())?;
-        Ok(Some(Self {
-            push: chosen.push && policy.remote_push,
-            verify: chosen.verify.max(policy.remote_verify),
-            ..chosen
-        }))
-    }
-
-    fn from_policy(repository: String) -> Self {
+    /// The policy's `remote`, pushing, checked by digest.
+    pub(crate) fn from_policy(repository: String) -> Self {
         Self { repository, push: true, verify: RemoteVerify::Digest }
     }
 }
@@ -129,22 +113,5 @@ mod tests {
         let remote = RemoteCache::new("127.0.0.1:5000/fleet/images").unwrap();
         assert_eq!(remote.registry(), "127.0.0.1:5000");
         assert_eq!(remote.tagged(&"a".repeat(64)).unwrap().tag(), Some("a".repeat(64).as_str()));
-    }
-
-    #[test]
-    fn the_policy_bounds_what_the_caller_asks_for() {
-        let policy = Policy::from_toml(
-            "remote = \"cache.test/fleet\"\nremote_push = false\nremote_verify = \"rebuild\"\nregistries = [\"cache.test\"]",
-        )
-        .unwrap();
-        let effective = RemoteCache::effective(None, &policy).unwrap().unwrap();
-        assert_eq!(
-            effective,
-            RemoteCache { repository: "cache.test/fleet".into(), push: false, verify: RemoteVerify::Rebuild }
-        );
-        let asked = RemoteCache::new("other.test/fleet").unwrap();
-        let err = RemoteCache::effective(Some(&asked), &policy).unwrap_err();
-        assert!(err.to_string().contains("registries"), "{err}");
-        assert_eq!(RemoteCache::effective(None, &Policy::default()).unwrap(), None);
     }
 }

@@ -48,8 +48,8 @@ impl World {
             },
             audit_log: Some(dir.path().join("audit.jsonl")),
             registries: Some(Vec::new()),
-            insecure_registries: Vec::new(),
             docker_engines: Some(Vec::new()),
+            ..Policy::default()
         };
         let cache = RootfsCache::open(Config::new(&cache_dir).policy(policy).component(hostile_component())).unwrap();
         // A symlink in tmp/ pointing out of the cache.

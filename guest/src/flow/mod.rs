@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::capabilities::Capabilities;
 
 mod convert;
+mod entry;
 mod inspect;
 mod list;
 mod remote;

@@ -6,7 +6,7 @@
 //! request.
 
 use super::Cache;
-use super::convert::{BUILDER, BuildInputs, entry_manifest, kind_name, recorded_platform};
+use super::entry::{BUILDER, BuildInputs, entry_manifest, kind_name, recorded_platform};
 use crate::capabilities::Capabilities;
 use crate::manifest::Manifest;
 use crate::oci::Descriptor as OciDescriptor;

@@ -41,22 +41,88 @@ pub(crate) enum DecodeError {
 
 /// Writes a stream of bytes into a file from offset 0, skipping every [`BLOCK`]-aligned block
 /// of zeroes (so it stays a hole), refusing more than a limit, hashing what it is given.
+///
+/// The hash runs on a thread of its own, fed each pending run as it is written, so that
+/// hashing and decoding use two cores; and every [`WRITEBACK_KICK`] bytes the kernel is asked
+/// to start writing back, so that the fsync at publishing has little left to do.
 pub(crate) struct SparseWriter<'f> {
     file: &'f File,
     /// Bytes accepted so far.
     accepted: u64,
     /// The file offset of `pending[0]`.
     flushed: u64,
+    /// Bytes written since the last write-back kick.
+    unkicked: u64,
     pending: Vec<u8>,
     limit: u64,
-    hasher: Sha256,
+    hashing: Hashing,
+}
+
+/// Bytes written between two nudges to the kernel to start writing back.
+const WRITEBACK_KICK: u64 = 32 << 20;
+
+/// The hashing thread: runs to hash, and buffers coming back to be refilled.
+struct Hashing {
+    runs: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: Option<std::thread::JoinHandle<Sha256>>,
+}
+
+impl Hashing {
+    fn start() -> Self {
+        let (runs, todo) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let (done, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+        let thread = std::thread::spawn(move || {
+            let mut hasher = Sha256::new();
+            for run in todo {
+                hasher.update(&run);
+                // The writer may have finished: then the buffer is dropped.
+                let _ = done.send(run);
+            }
+            hasher
+        });
+        Self { runs: Some(runs), spare, thread: Some(thread) }
+    }
+
+    /// Hands `run` to the thread; returns an empty buffer to fill next.
+    fn hash(&mut self, run: Vec<u8>) -> io::Result<Vec<u8>> {
+        let sender = self.runs.as_ref().ok_or_else(|| io::Error::other("the hashing thread has stopped"))?;
+        sender.send(run).map_err(|_| io::Error::other("the hashing thread has stopped"))?;
+        let mut next = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(PENDING));
+        next.clear();
+        Ok(next)
+    }
+
+    /// Waits for every run to be hashed.
+    fn finish(&mut self) -> io::Result<Sha256> {
+        drop(self.runs.take());
+        let thread = self.thread.take().ok_or_else(|| io::Error::other("the hashing thread has stopped"))?;
+        thread.join().map_err(|_| io::Error::other("the hashing thread panicked"))
+    }
+}
+
+impl Drop for Hashing {
+    fn drop(&mut self) {
+        drop(self.runs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl<'f> SparseWriter<'f> {
     /// A writer into `file` (which should be empty: skipped blocks are not written) of at most
     /// `limit` bytes.
     pub(crate) fn new(file: &'f File, limit: u64) -> Self {
-        Self { file, accepted: 0, flushed: 0, pending: Vec::with_capacity(PENDING), limit, hasher: Sha256::new() }
+        Self {
+            file,
+            accepted: 0,
+            flushed: 0,
+            unkicked: 0,
+            pending: Vec::with_capacity(PENDING),
+            limit,
+            hashing: Hashing::start(),
+        }
     }
 
     /// Appends `data`; refused whole (nothing of it written) if it would pass the limit.
@@ -64,7 +130,6 @@ impl<'f> SparseWriter<'f> {
         if data.len() as u64 > self.limit - self.accepted {
             return Err(DecodeError::TooLarge);
         }
-        self.hasher.update(data);
         self.accepted += data.len() as u64;
         while !data.is_empty() {
             let take = (PENDING - self.pending.len()).min(data.len());
@@ -95,7 +160,13 @@ impl<'f> SparseWriter<'f> {
             self.file.write_all_at(&self.pending[start..], self.flushed + start as u64)?;
         }
         self.flushed += self.pending.len() as u64;
-        self.pending.clear();
+        self.unkicked += self.pending.len() as u64;
+        if self.unkicked >= WRITEBACK_KICK {
+            start_writeback(self.file);
+            self.unkicked = 0;
+        }
+        let next = self.hashing.hash(std::mem::take(&mut self.pending))?;
+        self.pending = next;
         Ok(())
     }
 
@@ -104,7 +175,16 @@ impl<'f> SparseWriter<'f> {
     pub(crate) fn finish(mut self) -> io::Result<(u64, Digest)> {
         self.flush()?;
         self.file.set_len(self.accepted)?;
-        Ok((self.accepted, Digest::from_sha256(self.hasher.finalize().into())))
+        let hasher = self.hashing.finish()?;
+        Ok((self.accepted, Digest::from_sha256(hasher.finalize().into())))
+    }
+}
+
+/// Starts writing what is dirty in `file` back to disk, without waiting.
+fn start_writeback(file: &File) {
+    // SAFETY: a valid descriptor; offset 0 and length 0 mean the whole file.
+    unsafe {
+        libc::sync_file_range(std::os::fd::AsRawFd::as_raw_fd(file), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

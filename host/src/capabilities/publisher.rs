@@ -30,7 +30,9 @@ use crate::regular_file::{IntoError as _, RegularFile};
 /// Publishes and removes cache files.
 pub trait Publisher: Send + Sync {
     /// Publishes `staged` (in `tmp/`) as `image`, with `manifest_json` at
-    /// `manifest` (both in `images/`). Errors: `NoSpace`, `Io`; on error
+    /// `manifest` (both in `images/`), the image's SHA-256 added to it:
+    /// `known_sha256` when the host hashed the bytes as it wrote them (a
+    /// download), else hashed here. Errors: `NoSpace`, `Io`; on error
     /// nothing new is visible in `images/`.
     fn publish(
         &self,
@@ -39,6 +41,7 @@ pub trait Publisher: Send + Sync {
         image: &CacheFile,
         manifest: &CacheFile,
         manifest_json: &str,
+        known_sha256: Option<&str>,
     ) -> Result<()>;
 
     /// Removes a file or an empty directory; a missing one is not an error.
@@ -76,6 +79,7 @@ impl Publisher for DurablePublisher {
         image: &CacheFile,
         manifest: &CacheFile,
         manifest_json: &str,
+        known_sha256: Option<&str>,
     ) -> Result<()> {
         let tmp = cache.dir(Area::Tmp);
         let images = cache.dir(Area::Images);
@@ -87,7 +91,10 @@ impl Publisher for DurablePublisher {
             .map_err(|e| Error::io(format!("making {} read-only", staged.relative()), &e.into()))?;
         // The fsync waits for the disk and the hash for the CPU: side by side.
         let (synced, digest) = std::thread::scope(|s| {
-            let hashing = s.spawn(|| crate::image_digest::sha256(file));
+            let hashing = s.spawn(|| match known_sha256 {
+                Some(known) => Ok(known.to_owned()),
+                None => crate::image_digest::sha256(file),
+            });
             let synced = if self.skip_fsync { Ok(()) } else { file.sync_all() };
             (synced, hashing.join().unwrap_or_else(|_| Err(std::io::Error::other("the hashing thread panicked"))))
         });

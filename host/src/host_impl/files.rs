@@ -76,12 +76,15 @@ impl StoreState {
         serde_json::from_str::<serde_json::Value>(&manifest_json)
             .map_err(|e| Error::InvalidRequest(format!("the manifest is not JSON: {e}")))?;
         let shared = self.shared.clone();
+        let known = self.downloaded.iter().find(|(path, _)| path == staged).map(|(_, hex)| hex.clone());
         tokio::task::spawn_blocking(move || {
-            shared.caps.publisher.publish(&shared.cache, &staged_file, &image, &manifest, &manifest_json)
+            let known = known.as_deref();
+            shared.caps.publisher.publish(&shared.cache, &staged_file, &image, &manifest, &manifest_json, known)
         })
         .await
         .map_err(|e| Error::Io(format!("the publish thread failed: {e}")))??;
         self.staged.retain(|f| f.relative() != staged);
+        self.downloaded.retain(|(path, _)| path != staged);
         Ok(())
     }
 

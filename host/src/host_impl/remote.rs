@@ -111,7 +111,11 @@ impl StoreState {
             .image(&self.remote_context(), &Self::repository(&remote)?, &parsed, size, out, max_bytes)
             .await;
         match written {
-            Ok(image) => Ok(FetchedImage { bytes: image.bytes, sha256: image.sha256 }),
+            Ok(image) => {
+                let hex = image.sha256.trim_start_matches("sha256:").to_owned();
+                self.downloaded.push((staged.to_owned(), hex));
+                Ok(FetchedImage { bytes: image.bytes, sha256: image.sha256 })
+            }
             Err(e) => {
                 let _ = shared.cache.dir(Area::Tmp).remove_file(&file.name);
                 self.staged.retain(|f| f.relative() != staged);
