@@ -92,7 +92,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   fs.mkdirSync(cacheDir, { recursive: true });
   const { cache } = await open({ cacheDir: fs.realpathSync(cacheDir), sourceRoot, agents: [fs.realpathSync(agent)] });
   try {
-    const outcome = await cache.convert({ source: src, agent: fs.realpathSync(agent), converter: 'exact', size: undefined, platform: undefined, pull: undefined });
+    const outcome = await cache.convert({ source: src, agent: fs.realpathSync(agent), converter: 'exact', size: undefined, platform: undefined, pull: undefined, remote: undefined });
     console.log(JSON.stringify({ image: outcome.image, key: outcome.key, cached: outcome.cached }));
   } catch (e) {
     console.error(`error: ${JSON.stringify(e.payload ?? e)}`);

@@ -20,7 +20,7 @@ assert.deepEqual(fs.readdirSync(cacheDir), []);
 
 const { cache, host } = await open({ cacheDir, sourceRoot: path.dirname(source), agents: [agent] });
 assert.deepEqual(fs.readdirSync(cacheDir).sort(), ['images', 'locks', 'tmp']);
-const request = { source, agent, converter: 'exact', size: 16n << 20n, platform: undefined, pull: undefined };
+const request = { source, agent, converter: 'exact', size: 16n << 20n, platform: undefined, pull: undefined, remote: undefined };
 const tag = (e) => (e.payload ?? e).tag;
 
 const first = await cache.convert(request);

@@ -473,7 +473,7 @@ class Cache:
         return result
 
     def convert(self, source: str, agent: str, size: Optional[int] = None, converter: str = "exact") -> Record:
-        request = record(source=source, agent=agent, size=size, converter=converter, platform=None, pull=None)
+        request = record(source=source, agent=agent, size=size, converter=converter, platform=None, pull=None, remote=None)
         return self.call("convert", request)
 
     def list_entries(self) -> List[Record]:
