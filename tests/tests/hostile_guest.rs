@@ -110,6 +110,10 @@ async fn every_attack_is_refused_or_stopped_and_the_host_keeps_serving() {
         ("converter-outside", "converters"),
         ("probe-outside", "source_roots"),
         ("probe-through-symlinked-dir", "source_roots"),
+        ("remote-without-one", "remote"),
+        ("remote-image-into-parent", "remote"),
+        ("remote-push-without-one", "remote"),
+        ("digest-outside", "cache_dir"),
     ] {
         denied(w.attack(attack).await, rule, attack);
         w.outside_is_untouched(attack);

@@ -125,6 +125,14 @@ mod hostile {
                     expect_refusal(attack, host::run_converter(&job(&request, &output, vec![top("/etc")])))
                 }
                 "mount-outside" => expect_refusal(attack, host::mount_image("../../etc/passwd")),
+                "remote-without-one" => expect_refusal(attack, host::remote_manifest(KEY)),
+                "remote-image-into-parent" => {
+                    expect_refusal(attack, host::remote_image(&format!("sha256:{KEY}"), 1, "../outside.ext4"))
+                }
+                "remote-push-without-one" => {
+                    expect_refusal(attack, host::remote_push_image(&format!("images/{KEY}.ext4")))
+                }
+                "digest-outside" => expect_refusal(attack, host::digest_image("../outside/precious")),
                 "mount-published" => expect_refusal(attack, host::mount_image(&format!("images/{KEY}.ext4"))),
                 "mount-through-symlink" => expect_refusal(attack, host::mount_image("tmp/escape")),
                 "install-from-outside" => {
