@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rootfs_cache::{ComponentSource, Config, ConverterSpec, Error, Limits, Policy, Request, RootfsCache};
+use rootfs_cache::{ComponentSource, Config, ConverterSpec, Error, Limits, Policy, RemoteCache, Request, RootfsCache};
 use rootfs_cache_tests::{agent, loop_devices_under, require_root, snapshot, standard_chain, temp_files};
 
 fn hostile_component() -> ComponentSource {
@@ -28,6 +28,12 @@ struct World {
 
 impl World {
     fn new() -> Self {
+        Self::with_remote(None)
+    }
+
+    /// A world whose cache has `remote` as its remote cache (its registry
+    /// allowed by the policy).
+    fn with_remote(remote: Option<RemoteCache>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let top = standard_chain(&dir.path().join("overlay2"));
         let agent = agent(dir.path(), "vm-agent", "hostile");
@@ -47,11 +53,15 @@ impl World {
                 ..Limits::default()
             },
             audit_log: Some(dir.path().join("audit.jsonl")),
-            registries: Some(Vec::new()),
+            registries: Some(remote.iter().map(|r| r.registry().to_owned()).collect()),
             docker_engines: Some(Vec::new()),
             ..Policy::default()
         };
-        let cache = RootfsCache::open(Config::new(&cache_dir).policy(policy).component(hostile_component())).unwrap();
+        let mut config = Config::new(&cache_dir).policy(policy).component(hostile_component());
+        if let Some(remote) = remote {
+            config = config.remote(remote);
+        }
+        let cache = RootfsCache::open(config).unwrap();
         // A symlink in tmp/ pointing out of the cache.
         std::os::unix::fs::symlink(outside.join("precious"), cache.cache_dir().join("tmp/escape")).unwrap();
         std::os::unix::fs::symlink(&outside, cache.cache_dir().join("tmp/escapedir")).unwrap();
@@ -175,6 +185,23 @@ async fn every_attack_is_refused_or_stopped_and_the_host_keeps_serving() {
     }
     let denial = lines.iter().find(|l| l["verdict"] == "denied").unwrap();
     assert!(denial["error"].as_str().unwrap().contains("denied by policy rule"), "{denial}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_remote_cache_the_guest_still_writes_only_new_files_under_tmp() {
+    require_root!();
+    // Nothing listens on port 9: every refusal below comes before the network.
+    let w = World::with_remote(Some(RemoteCache::new("127.0.0.1:9/hostile").unwrap().push(false)));
+    denied(w.attack("remote-image-into-parent").await, "cache_dir", "remote-image-into-parent");
+    w.outside_is_untouched("remote-image-into-parent");
+    // The remote's push is turned off: a push is refused, nothing is sent.
+    denied(w.attack("remote-push-without-one").await, "remote_push", "remote-push-without-one");
+    // A remote that cannot be reached is an `io` error to the guest.
+    let err = w.attack("remote-without-one").await.unwrap_err();
+    assert_eq!(err.class(), "io", "{err}");
+    assert_eq!(w.attack("noop").await.unwrap().key, "noop");
+    // Only the world's own two symlinks are in tmp/.
+    assert_eq!(temp_files(w.cache.cache_dir()), ["escape", "escapedir"]);
 }
 
 #[tokio::test]
