@@ -8,11 +8,11 @@
 use super::Cache;
 use super::entry::{BUILDER, BuildInputs, entry_manifest, kind_name, recorded_platform};
 use crate::capabilities::Capabilities;
-use crate::manifest::Manifest;
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::oci::Descriptor as OciDescriptor;
 use crate::remote::{ArtifactManifest, CONFIG_TYPE, Descriptor, LAYER_TYPE, REMOTE_FORMAT, RemoteEntry};
 use crate::source::Source;
-use crate::sys::Instant;
+use crate::sys::{self, Instant};
 use crate::validate;
 use crate::wit::types::{Error, Origin, RemoteOptions, RemoteVerify, Timings};
 
@@ -172,7 +172,7 @@ impl<H: Capabilities> Cache<'_, H> {
     fn push_checked(&self, inputs: &BuildInputs<'_>, identity: &str, image_bytes: u64) -> Result<String, Error> {
         let key = inputs.key;
         // The publisher recorded the image's SHA-256 in the manifest.
-        let published = std::fs::read(self.root.join(key.manifest_path()))
+        let (published, _) = sys::read(&self.root.join(key.manifest_path()), 0, MAX_MANIFEST_BYTES)
             .map_err(|e| Error::Io(format!("{}: {e}", key.manifest_path())))?;
         let image_sha256 = Manifest::parse(&published)
             .map_err(Error::Corrupt)?
