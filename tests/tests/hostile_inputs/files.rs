@@ -226,7 +226,11 @@ fn non_regular_files_and_escapes_get_typed_errors_in_bounded_time() {
         },
         Case {
             what: "a layer blob is a FIFO, with a 3 s conversion timeout",
-            args: [vec![os("--policy"), os(&short_timeout)], convert(&layer_fifo)].concat(),
+            // The layout holds the seed's image, whose key (its manifest and
+            // platform) a hit would serve without reading a layer: another
+            // size makes it a miss, so that the FIFO is read.
+            args: [vec![os("--policy"), os(&short_timeout)], convert(&layer_fifo), vec![os("--size"), os("96M")]]
+                .concat(),
             code: 4,
             says: &["not a regular file"],
         },
