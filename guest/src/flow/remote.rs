@@ -8,6 +8,7 @@
 use super::Cache;
 use super::entry::{BUILDER, BuildInputs, entry_manifest, kind_name, recorded_platform};
 use crate::capabilities::Capabilities;
+use crate::error::describe;
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::oci::Descriptor as OciDescriptor;
 use crate::remote::{ArtifactManifest, CONFIG_TYPE, Descriptor, LAYER_TYPE, REMOTE_FORMAT, RemoteEntry};
@@ -219,21 +220,4 @@ fn subject(source: &Source, remote: Option<&RemoteOptions>) -> Option<Descriptor
         let OciDescriptor { media_type, digest, size, .. } = (*image.manifest).clone();
         Descriptor { media_type, digest, size }
     })
-}
-
-/// An error as one clause of a warning.
-fn describe(err: &Error) -> String {
-    match err {
-        Error::Denied(d) => format!("denied ({}): {}", d.rule, d.detail),
-        Error::ConverterFailed(f) => format!("{} failed: {}", f.converter, f.stderr_tail),
-        Error::NotFound(m)
-        | Error::InvalidRequest(m)
-        | Error::UnsupportedSource(m)
-        | Error::Timeout(m)
-        | Error::MountFailed(m)
-        | Error::InjectFailed(m)
-        | Error::Corrupt(m)
-        | Error::NoSpace(m)
-        | Error::Io(m) => m.clone(),
-    }
 }
