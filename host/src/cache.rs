@@ -147,7 +147,7 @@ impl RootfsCache {
             Ok(instance) => guest_result(instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await),
             Err(e) => Err(e),
         };
-        let converted = store.data().converted;
+        let converted = store.data().converted.clone();
         let outcome = self.settle(store, "convert", arguments, started, result).await?;
         if let (false, Some(max)) = (outcome.cached, self.max_cache_bytes)
             && let Err(e) = self.gc(max, std::slice::from_ref(&outcome.key)).await

@@ -340,7 +340,7 @@ impl GuestEngine {
             request_id: shared.next_request.fetch_add(1, Ordering::Relaxed),
             source_roots,
             staged: Vec::new(),
-            downloaded: Vec::new(),
+            hashed: Vec::new(),
             converted: Default::default(),
             resolved_agent: scope.agent,
             audited: Vec::new(),

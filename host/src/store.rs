@@ -104,10 +104,10 @@ pub struct StoreState {
     /// yet published or removed: removed when the store is dropped, so a
     /// trapped guest leaves none behind.
     pub(crate) staged: Vec<crate::cache_dir::CacheFile>,
-    /// The SHA-256 (hex) of each temporary image `remote-image` wrote, as it
-    /// hashed the bytes while writing them: publishing it need not read it
-    /// again.
-    pub(crate) downloaded: Vec<(String, String)>,
+    /// The SHA-256 (hex) of each temporary image the host hashed while
+    /// writing it (`remote-image`, a converter that hashes): publishing it
+    /// need not read it again. Mounting the image forgets it.
+    pub(crate) hashed: Vec<(String, String)>,
     /// The request's agent as the guest was given it, and the canonical
     /// path the host resolved it to before the guest ran: `digest-file`
     /// naming it again does not resolve it a second time.

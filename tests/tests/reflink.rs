@@ -328,6 +328,12 @@ async fn an_entry_changed_in_place_is_caught_by_verify_deep() {
     let cache_dir = dir.path().join("cache");
     let cache = cache(&cache_dir, Reflink::Auto);
     let outcome = cache.convert(&Request::new(&top, &agent)).await.unwrap();
+    // The digest the converter took while writing the image is the image's.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outcome.image.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(manifest["image_sha256"], sha256_hex(&std::fs::read(&outcome.image).unwrap()).as_str());
+    let fresh = cache.verify_deep(false).await.unwrap();
+    assert!(fresh.broken.is_empty() && fresh.hashed == 1, "{fresh:?}");
     // A runtime that booted the entry itself: root writes through 0444.
     let image = std::fs::OpenOptions::new().write(true).open(&outcome.image).unwrap();
     image.write_all_at(b"a VM was here", 20 * MIB).unwrap();

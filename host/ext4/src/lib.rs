@@ -57,4 +57,4 @@ pub mod xattr;
 pub use features::Features;
 pub use layout::Headroom;
 pub use tree::{FileData, Kind, Meta, Node, NodeId, Timestamp, Tree};
-pub use writer::{ImageOptions, Reflink, WriteError, WriteReport, write_image};
+pub use writer::{ImageOptions, Reflink, WriteError, WriteReport, write_image, write_image_streamed};

@@ -106,7 +106,7 @@ pub struct ConversionJob {
 }
 
 /// What a converter wrote.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Converted {
     /// The image's length.
     pub image_bytes: u64,
@@ -115,6 +115,9 @@ pub struct Converted {
     /// File data written into the image by copying, in bytes; 0 from a
     /// converter that does not count it (only `exact` does).
     pub copied_bytes: u64,
+    /// The image's SHA-256 (hex), when the converter hashed it as it wrote
+    /// it (`exact` does); otherwise publishing hashes the image.
+    pub image_sha256: Option<String>,
 }
 
 impl Converted {

@@ -5,7 +5,9 @@
 //! loss and a half-published one is never mistaken for a valid entry:
 //!
 //! 1. fsync the staged image (its data and size are on disk), make it
-//!    read-only (0444: a VM boots a clone, never the entry) and hash it;
+//!    read-only (0444: a VM boots a clone, never the entry) and hash it
+//!    (unless the host hashed it as it wrote it: a download, an exact
+//!    conversion);
 //! 2. write the manifest, with the image's SHA-256 (`image_sha256`) added,
 //!    to `tmp/<name>.json`, fsync it;
 //! 3. rename the image to `images/<key>.ext4`;
@@ -32,7 +34,7 @@ pub trait Publisher: Send + Sync {
     /// Publishes `staged` (in `tmp/`) as `image`, with `manifest_json` at
     /// `manifest` (both in `images/`), the image's SHA-256 added to it:
     /// `known_sha256` when the host hashed the bytes as it wrote them (a
-    /// download), else hashed here. Errors: `NoSpace`, `Io`; on error
+    /// download, an exact conversion), else hashed here. Errors: `NoSpace`, `Io`; on error
     /// nothing new is visible in `images/`.
     fn publish(
         &self,

@@ -15,8 +15,10 @@ use crate::store::{MountedImageHandle, StoreState};
 
 impl StoreState {
     /// `mount-image`: opens the temporary image read-write and mounts it.
+    /// Its bytes change, so a digest taken while writing it is forgotten.
     pub(super) async fn mount_staged(&mut self, image: &str) -> Result<Box<dyn MountedImage>, Error> {
         let file = CacheFile::parse(image, &[Area::Tmp])?;
+        self.hashed.retain(|(path, _)| path != image);
         let mut options = cap_std::fs::OpenOptions::new();
         options.read(true).write(true);
         let handle = self

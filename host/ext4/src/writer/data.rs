@@ -1,6 +1,11 @@
-//! Phase 5, the data: regular files' bytes, cloned or copied (see
+//! Phase 7, the data: regular files' bytes, cloned or copied (see
 //! [`transfer`](super::transfer)) so that holes stay holes,
 //! and the targets of symlinks too long for the inode.
+//!
+//! Written last, in inode order, which is the order their blocks were
+//! allocated in: as each file is done, the image below the lowest block any
+//! later file (or the batch still in memory) will write is final, and the
+//! caller is told (`settled`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -23,14 +28,32 @@ pub(super) fn write(
     allocation: &Allocation,
     image: &Image<'_>,
     transfer: &Transfer,
+    settled: &mut dyn FnMut(u64),
 ) -> Result<(), WriteError> {
+    // What this phase writes, in order: each file's and long symlink's
+    // plan, kind and blocks.
+    let written = || {
+        plan.written().filter_map(|(ino, inode)| {
+            let kind = &tree.node(inode.node?).kind;
+            let extents = &allocation.inodes[ino as usize].extents;
+            match kind {
+                Kind::File { .. } => Some((inode, kind, extents)),
+                Kind::Symlink(target) if target.len() >= 60 => Some((inode, kind, extents)),
+                _ => None,
+            }
+        })
+    };
+    let lowest_after = lowest_after(written().map(|(_, _, extents)| extents.iter().map(|e| e.start).min()));
+    // Everything but the data is written: final up to the first data block.
+    let mut settling = Settling { settled, reported: 0 };
+    settling.below_block(lowest_after[0]);
     let mut copied_since_kick = 0u64;
     // In-memory files, written in runs of consecutive blocks.
     let mut batch = WriteBatch::new(image.out);
-    for (ino, inode) in plan.written() {
-        let Some(id) = inode.node else { continue };
-        let extents = &allocation.inodes[ino as usize].extents;
-        match &tree.node(id).kind {
+    for (i, (inode, kind, extents)) in written().enumerate() {
+        // Final: everything below what later files and the batch will write.
+        let later = lowest_after[i + 1].min(batch.pending_from().map_or(u64::MAX, |offset| offset / BLOCK_SIZE));
+        match kind {
             Kind::File { size, data } => {
                 let copied = transfer.copied();
                 match data {
@@ -39,7 +62,10 @@ pub(super) fn write(
                         batch.add_file(bytes, extents)?;
                         transfer.wrote(bytes.len() as u64);
                     }
-                    _ => copy_file(image.out, data, *size, &inode.runs, extents, transfer)?,
+                    // A large file settles the image as it goes, not only once done.
+                    _ => copy_file(image.out, data, *size, &inode.runs, extents, transfer, &mut |rest| {
+                        settling.below_block(rest.min(later));
+                    })?,
                 }
                 // Cloned blocks are not dirty: only what was written counts.
                 copied_since_kick += transfer.copied() - copied;
@@ -48,15 +74,65 @@ pub(super) fn write(
                     copied_since_kick = 0;
                 }
             }
-            Kind::Symlink(target) if target.len() >= 60 => {
+            Kind::Symlink(target) => {
                 let mut block = vec![0u8; BLOCK_SIZE as usize];
                 block[..target.len()].copy_from_slice(target);
                 image.write_blocks(extents, &[block])?;
             }
             _ => {}
         }
+        let pending = batch.pending_from().map_or(u64::MAX, |offset| offset / BLOCK_SIZE);
+        settling.below_block(lowest_after[i + 1].min(pending));
     }
     batch.flush()
+}
+
+/// How far the image must settle before the caller is told again.
+const SETTLE_STEP: u64 = 1 << 20;
+
+/// Tells the caller how much of the image is final, in steps of at least
+/// [`SETTLE_STEP`].
+struct Settling<'a> {
+    settled: &'a mut dyn FnMut(u64),
+    /// The last offset told.
+    reported: u64,
+}
+
+impl Settling<'_> {
+    /// Nothing below block `block` will be written again (`u64::MAX`: the
+    /// phase writes nothing more, which the caller is told at its end).
+    fn below_block(&mut self, block: u64) {
+        let below = block.saturating_mul(BLOCK_SIZE);
+        if below != u64::MAX && below >= self.reported + SETTLE_STEP {
+            (self.settled)(below);
+            self.reported = below;
+        }
+    }
+}
+
+/// For each of the items whose lowest blocks `lowest` lists (`None`: no
+/// block), the lowest block of that item and every later one; one more
+/// entry, `u64::MAX`, after the last.
+fn lowest_after(lowest: impl Iterator<Item = Option<u64>>) -> Vec<u64> {
+    let mut after: Vec<u64> = lowest.map(|l| l.unwrap_or(u64::MAX)).collect();
+    after.push(u64::MAX);
+    for i in (0..after.len() - 1).rev() {
+        after[i] = after[i].min(after[i + 1]);
+    }
+    after
+}
+
+/// The lowest block `extents` map the logical blocks from `logical` on to
+/// (`u64::MAX` if none).
+fn lowest_from(extents: &[Extent], logical: u64) -> u64 {
+    extents
+        .iter()
+        .filter_map(|e| {
+            let (start, len) = (u64::from(e.logical), u64::from(e.len));
+            (logical < start + len).then(|| e.start + logical.saturating_sub(start))
+        })
+        .min()
+        .unwrap_or(u64::MAX)
 }
 
 /// Bytes written between two nudges to the kernel to start writing back.
@@ -72,7 +148,9 @@ pub(super) fn start_writeback(file: &File) {
     }
 }
 
-/// Clones or copies a file's data runs to the blocks its extents name.
+/// Clones or copies a file's data runs to the blocks its extents name,
+/// telling `progress`, after each piece, the lowest block the file still
+/// writes.
 fn copy_file(
     out: &File,
     data: &FileData,
@@ -80,6 +158,7 @@ fn copy_file(
     runs: &[(u64, u64)],
     extents: &[Extent],
     transfer: &Transfer,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(), WriteError> {
     if runs.is_empty() {
         return Ok(());
@@ -124,6 +203,7 @@ fn copy_file(
                         }
                     })?;
                     offset += n;
+                    progress(lowest_from(extents, offset / BLOCK_SIZE));
                 }
             }
             Ok(())

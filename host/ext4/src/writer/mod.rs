@@ -14,10 +14,16 @@
 //! 3. [`allocate::allocate`]: every block, in inode order;
 //! 4. [`directories`]: each directory's entries (listed by the plan), packed
 //!    into its blocks;
-//! 5. [`data`]: file contents (cloned from their sources where the
-//!    filesystem allows it, [`transfer`]) and long symlink targets;
-//! 6. [`inodes`]: the inode table, extent trees and attribute blocks;
-//! 7. [`metadata`]: inode tables, bitmaps, descriptors and superblocks.
+//! 5. [`inodes`]: the inode table, extent trees and attribute blocks;
+//! 6. [`metadata`]: inode tables, bitmaps, descriptors and superblocks;
+//! 7. [`data`]: file contents (cloned from their sources where the
+//!    filesystem allows it, [`transfer`]) and long symlink targets.
+//!
+//! The data go last: everything else is written by then, and the data's
+//! blocks were allocated in the order they are written, so the image
+//! settles from its start to its end while the data phase runs. A caller of
+//! [`write_image_streamed`] is told how far, and can read (hash, say) the
+//! image while it is still being written.
 
 mod allocate;
 mod data;
@@ -47,6 +53,21 @@ use crate::tree::Tree;
 
 /// Writes `tree` into `out`, which must be an empty file opened for writing.
 pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<WriteReport, WriteError> {
+    write_image_streamed(tree, out, options, &mut |_| {})
+}
+
+/// Writes `tree` into `out` as [`write_image`] does, telling `settled` how
+/// much of the image is final as the writing goes on: no byte below the
+/// offset of a call is written again, each call's offset is at least the
+/// previous one's, and on success the last call is the image's length. The
+/// bytes are the same as [`write_image`]'s. On error the calls stop short
+/// of the length.
+pub fn write_image_streamed(
+    tree: &Tree,
+    out: &File,
+    options: &ImageOptions,
+    settled: &mut dyn FnMut(u64),
+) -> Result<WriteReport, WriteError> {
     let mut plan = plan::plan(tree, options)?;
     let geometry = size_journal(&mut plan, options)?;
     let allocation = allocate::allocate(&plan, &geometry, options)?;
@@ -55,13 +76,15 @@ pub fn write_image(tree: &Tree, out: &File, options: &ImageOptions) -> Result<Wr
     out.set_len(bytes).map_err(WriteError::Write)?;
     let image = Image { out };
     directories::write(tree, &plan, &allocation, &image)?;
-    let transfer = transfer::Transfer::new(options.reflink);
-    data::write(tree, &plan, &allocation, &image, &transfer)?;
     let itable = inodes::encode(tree, &plan, &allocation, &image, options.features, &options.uuid)?;
     if plan.journal_blocks() > 0 {
         journal::write(&allocation, plan.journal_blocks(), &options.uuid, &image)?;
     }
     let free_blocks = metadata::write(tree, &plan, &geometry, &allocation, &itable, options, &image)?;
+    drop(itable);
+    let transfer = transfer::Transfer::new(options.reflink);
+    data::write(tree, &plan, &allocation, &image, &transfer, settled)?;
+    settled(bytes);
     data::start_writeback(out);
     Ok(WriteReport {
         bytes,

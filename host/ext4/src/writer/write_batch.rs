@@ -65,6 +65,11 @@ impl<'a> WriteBatch<'a> {
         Ok(())
     }
 
+    /// Where the bytes not yet written start in the image, if there are any.
+    pub(super) fn pending_from(&self) -> Option<u64> {
+        (!self.buf.is_empty()).then_some(self.start)
+    }
+
     /// Writes what the buffer holds.
     pub(super) fn flush(&mut self) -> Result<(), WriteError> {
         if !self.buf.is_empty() {

@@ -255,11 +255,30 @@ impl ExactConverter {
             reflink: self.reflink,
         };
         let out = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&job.output)
             .map_err(|e| Error::io(job.output.display(), &e))?;
-        let written = ext4::write_image(&tree, &out, &options);
+        // The image is hashed as it settles, on the second core, while the
+        // data are written.
+        let settled = crate::image_digest::Settled::default();
+        let (written, digest) = std::thread::scope(|s| {
+            let hashing = s.spawn(|| crate::image_digest::sha256_following(&out, &settled));
+            let writer = settled.writer();
+            let written = ext4::write_image_streamed(&tree, &out, &options, &mut |below| writer.advance(below));
+            drop(writer);
+            (written, hashing.join())
+        });
+        // A failed hash is not a failed conversion: publishing hashes again.
+        let image_sha256 = match digest {
+            Ok(Ok(digest)) => digest,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "hashing the image as it was written failed");
+                None
+            }
+            Err(_) => None,
+        };
         if written.is_err() {
             let _ = std::fs::remove_file(&job.output);
         }
@@ -284,6 +303,7 @@ impl ExactConverter {
             image_bytes: report.bytes,
             cloned_bytes: report.cloned_bytes,
             copied_bytes: report.copied_bytes,
+            image_sha256,
         })
     }
 }
