@@ -8,7 +8,6 @@
 //! caller is told (`settled`).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use crate::format::{BLOCK_SIZE, Extent};
 use crate::tree::{FileData, Kind, Tree};
@@ -148,9 +147,9 @@ pub(super) fn start_writeback(file: &File) {
     }
 }
 
-/// Clones or copies a file's data runs to the blocks its extents name,
-/// telling `progress`, after each piece, the lowest block the file still
-/// writes.
+/// Clones or copies the data runs of a file on disk (files in memory go
+/// through the batch) to the blocks its extents name, telling `progress`,
+/// after each piece, the lowest block the file still writes.
 fn copy_file(
     out: &File,
     data: &FileData,
@@ -171,42 +170,25 @@ fn copy_file(
                 .then(|| (e.start + logical_block - l, l + u64::from(e.len) - logical_block))
         })
     };
-    match data {
-        FileData::Bytes(bytes) => {
-            let mut offset = 0u64;
-            while offset < size {
-                let (phys, blocks_left) = physical(offset / BLOCK_SIZE).expect("every data block was allocated");
-                let n = (blocks_left * BLOCK_SIZE).min(size - offset);
-                out.write_all_at(&bytes[offset as usize..(offset + n) as usize], phys * BLOCK_SIZE)
-                    .map_err(WriteError::Write)?;
-                transfer.wrote(n);
-                offset += n;
-            }
-            Ok(())
-        }
-        FileData::At { .. } | FileData::Range { .. } => {
-            let source = open_source(data)?;
-            let name = source.name.clone();
-            let changed =
-                || WriteError::Source { path: name.clone(), message: "changed while it was being copied".into() };
-            for &(run_start, run_len) in runs {
-                let end = (run_start + run_len).min(size);
-                let mut offset = run_start;
-                while offset < end {
-                    let (phys, blocks_left) = physical(offset / BLOCK_SIZE).expect("every data block was allocated");
-                    let n = (blocks_left * BLOCK_SIZE).min(end - offset);
-                    transfer.transfer(&source.file, source.base + offset, out, phys * BLOCK_SIZE, n).map_err(|e| {
-                        match e.kind() {
-                            std::io::ErrorKind::UnexpectedEof => changed(),
-                            _ if e.raw_os_error() == Some(libc::ENOSPC) => WriteError::Write(e),
-                            _ => WriteError::Source { path: name.clone(), message: e.to_string() },
-                        }
-                    })?;
-                    offset += n;
-                    progress(lowest_from(extents, offset / BLOCK_SIZE));
+    let source = open_source(data)?;
+    let name = source.name.clone();
+    let changed = || WriteError::Source { path: name.clone(), message: "changed while it was being copied".into() };
+    for &(run_start, run_len) in runs {
+        let end = (run_start + run_len).min(size);
+        let mut offset = run_start;
+        while offset < end {
+            let (phys, blocks_left) = physical(offset / BLOCK_SIZE).expect("every data block was allocated");
+            let n = (blocks_left * BLOCK_SIZE).min(end - offset);
+            transfer.transfer(&source.file, source.base + offset, out, phys * BLOCK_SIZE, n).map_err(|e| {
+                match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => changed(),
+                    _ if e.raw_os_error() == Some(libc::ENOSPC) => WriteError::Write(e),
+                    _ => WriteError::Source { path: name.clone(), message: e.to_string() },
                 }
-            }
-            Ok(())
+            })?;
+            offset += n;
+            progress(lowest_from(extents, offset / BLOCK_SIZE));
         }
     }
+    Ok(())
 }
