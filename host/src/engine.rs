@@ -340,7 +340,7 @@ impl GuestEngine {
             request_id: shared.next_request.fetch_add(1, Ordering::Relaxed),
             source_roots,
             staged: Vec::new(),
-            hashed: Vec::new(),
+            hashed: Default::default(),
             converted: Default::default(),
             resolved_agent: scope.agent,
             audited: Vec::new(),

@@ -90,7 +90,7 @@ pub(crate) struct Settled {
     changed: Condvar,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct SettledState {
     /// No byte below this is written again.
     below: u64,
@@ -139,11 +139,11 @@ impl Settled {
 
     /// Waits until more than `done` bytes have settled or the writer stopped.
     fn wait_past(&self, done: u64) -> SettledState {
-        let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while state.below <= done && !state.stopped {
-            state = self.changed.wait(state).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        SettledState { below: state.below, stopped: state.stopped }
+        let state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *self
+            .changed
+            .wait_while(state, |s| s.below <= done && !s.stopped)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

@@ -6,6 +6,7 @@
 //! detached) and lock (released) the guest still held: a trapped or
 //! misbehaving guest leaves nothing behind.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,8 +107,9 @@ pub struct StoreState {
     pub(crate) staged: Vec<crate::cache_dir::CacheFile>,
     /// The SHA-256 (hex) of each temporary image the host hashed while
     /// writing it (`remote-image`, a converter that hashes): publishing it
-    /// need not read it again. Mounting the image forgets it.
-    pub(crate) hashed: Vec<(String, String)>,
+    /// need not read it again. Mounting the image forgets it. Keyed by the
+    /// image's path as the guest names it.
+    pub(crate) hashed: HashMap<String, String>,
     /// The request's agent as the guest was given it, and the canonical
     /// path the host resolved it to before the guest ran: `digest-file`
     /// naming it again does not resolve it a second time.

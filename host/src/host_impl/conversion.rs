@@ -43,10 +43,10 @@ impl StoreState {
         })?;
         self.converted.cloned_bytes += converted.cloned_bytes;
         self.converted.copied_bytes += converted.copied_bytes;
-        self.hashed.retain(|(path, _)| *path != job.output);
-        if let Some(digest) = converted.image_sha256 {
-            self.hashed.push((job.output.clone(), digest));
-        }
+        match converted.image_sha256 {
+            Some(digest) => self.hashed.insert(job.output.clone(), digest),
+            None => self.hashed.remove(&job.output),
+        };
         Ok(converted.image_bytes)
     }
 

@@ -76,7 +76,7 @@ impl StoreState {
         serde_json::from_str::<serde_json::Value>(&manifest_json)
             .map_err(|e| Error::InvalidRequest(format!("the manifest is not JSON: {e}")))?;
         let shared = self.shared.clone();
-        let known = self.hashed.iter().find(|(path, _)| path == staged).map(|(_, hex)| hex.clone());
+        let known = self.hashed.get(staged).cloned();
         tokio::task::spawn_blocking(move || {
             let known = known.as_deref();
             shared.caps.publisher.publish(&shared.cache, &staged_file, &image, &manifest, &manifest_json, known)
@@ -84,7 +84,7 @@ impl StoreState {
         .await
         .map_err(|e| Error::Io(format!("the publish thread failed: {e}")))??;
         self.staged.retain(|f| f.relative() != staged);
-        self.hashed.retain(|(path, _)| path != staged);
+        self.hashed.remove(staged);
         Ok(())
     }
 
@@ -97,7 +97,7 @@ impl StoreState {
         let file = CacheFile::parse(path, &[Area::Tmp, Area::Images])?;
         self.shared.caps.publisher.remove(&self.shared.cache, &file)?;
         self.staged.retain(|f| f.relative() != path);
-        self.hashed.retain(|(hashed, _)| hashed != path);
+        self.hashed.remove(path);
         Ok(())
     }
 

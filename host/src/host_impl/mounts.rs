@@ -18,7 +18,7 @@ impl StoreState {
     /// Its bytes change, so a digest taken while writing it is forgotten.
     pub(super) async fn mount_staged(&mut self, image: &str) -> Result<Box<dyn MountedImage>, Error> {
         let file = CacheFile::parse(image, &[Area::Tmp])?;
-        self.hashed.retain(|(path, _)| path != image);
+        self.hashed.remove(image);
         let mut options = cap_std::fs::OpenOptions::new();
         options.read(true).write(true);
         let handle = self

@@ -113,8 +113,7 @@ impl StoreState {
         match written {
             Ok(image) => {
                 let hex = image.sha256.trim_start_matches("sha256:").to_owned();
-                self.hashed.retain(|(path, _)| path != staged);
-                self.hashed.push((staged.to_owned(), hex));
+                self.hashed.insert(staged.to_owned(), hex);
                 Ok(FetchedImage { bytes: image.bytes, sha256: image.sha256 })
             }
             Err(e) => {

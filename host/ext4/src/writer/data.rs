@@ -51,7 +51,7 @@ pub(super) fn write(
     let mut batch = WriteBatch::new(image.out);
     for (i, (inode, kind, extents)) in written().enumerate() {
         // Final: everything below what later files and the batch will write.
-        let later = lowest_after[i + 1].min(batch.pending_from().map_or(u64::MAX, |offset| offset / BLOCK_SIZE));
+        let later = lowest_after[i + 1].min(batch.pending_block());
         match kind {
             Kind::File { size, data } => {
                 let copied = transfer.copied();
@@ -80,8 +80,7 @@ pub(super) fn write(
             }
             _ => {}
         }
-        let pending = batch.pending_from().map_or(u64::MAX, |offset| offset / BLOCK_SIZE);
-        settling.below_block(lowest_after[i + 1].min(pending));
+        settling.below_block(lowest_after[i + 1].min(batch.pending_block()));
     }
     batch.flush()
 }

@@ -65,9 +65,10 @@ impl<'a> WriteBatch<'a> {
         Ok(())
     }
 
-    /// Where the bytes not yet written start in the image, if there are any.
-    pub(super) fn pending_from(&self) -> Option<u64> {
-        (!self.buf.is_empty()).then_some(self.start)
+    /// The first block the bytes not yet written go to (`u64::MAX` when
+    /// there are none).
+    pub(super) fn pending_block(&self) -> u64 {
+        if self.buf.is_empty() { u64::MAX } else { self.start / BLOCK_SIZE }
     }
 
     /// Writes what the buffer holds.
