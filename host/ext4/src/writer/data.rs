@@ -46,7 +46,7 @@ pub(super) fn write(
     // Everything but the data is written: final up to the first data block.
     let mut settling = Settling { settled, reported: 0 };
     settling.below_block(lowest_after[0]);
-    let mut copied_since_kick = 0u64;
+    let mut kick = WritebackKick::default();
     // In-memory files, written in runs of consecutive blocks.
     let mut batch = WriteBatch::new(image.out);
     for (i, (inode, kind, extents)) in written().enumerate() {
@@ -54,7 +54,6 @@ pub(super) fn write(
         let later = lowest_after[i + 1].min(batch.pending_block());
         match kind {
             Kind::File { size, data } => {
-                let copied = transfer.copied();
                 match data {
                     FileData::Bytes(bytes) => {
                         let bytes = &bytes[..(*size as usize).min(bytes.len())];
@@ -63,15 +62,11 @@ pub(super) fn write(
                     }
                     // A large file settles the image as it goes, not only once done.
                     _ => copy_file(image.out, data, *size, &inode.runs, extents, transfer, &mut |rest| {
+                        kick.after(image.out, transfer.copied());
                         settling.below_block(rest.min(later));
                     })?,
                 }
-                // Cloned blocks are not dirty: only what was written counts.
-                copied_since_kick += transfer.copied() - copied;
-                if copied_since_kick >= WRITEBACK_KICK {
-                    start_writeback(image.out);
-                    copied_since_kick = 0;
-                }
+                kick.after(image.out, transfer.copied());
             }
             Kind::Symlink(target) => {
                 let mut block = vec![0u8; BLOCK_SIZE as usize];
@@ -135,6 +130,25 @@ fn lowest_from(extents: &[Extent], logical: u64) -> u64 {
 
 /// Bytes written between two nudges to the kernel to start writing back.
 const WRITEBACK_KICK: u64 = 32 << 20;
+
+/// Nudges the kernel to write back each time another [`WRITEBACK_KICK`]
+/// bytes were copied (cloned blocks are not dirty: only copies count), so
+/// that the writer, not whoever waits for the data later, starts the disk.
+#[derive(Default)]
+struct WritebackKick {
+    /// Bytes copied at the last nudge.
+    at: u64,
+}
+
+impl WritebackKick {
+    /// `copied` bytes are copied so far.
+    fn after(&mut self, out: &File, copied: u64) {
+        if copied >= self.at + WRITEBACK_KICK {
+            start_writeback(out);
+            self.at = copied;
+        }
+    }
+}
 
 /// Starts writing what is dirty in `file` back to disk, without waiting: the
 /// fsync when the image is published then has little left to do, and the
