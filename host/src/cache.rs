@@ -147,7 +147,7 @@ impl RootfsCache {
             Ok(instance) => guest_result(instance.rootfs_cache_cache().call_convert(&mut store, &wit_request).await),
             Err(e) => Err(e),
         };
-        let converted = store.data().converted.clone();
+        let moved = store.data().moved;
         let outcome = self.settle(store, "convert", arguments, started, result).await?;
         if let (false, Some(max)) = (outcome.cached, self.max_cache_bytes)
             && let Err(e) = self.gc(max, std::slice::from_ref(&outcome.key)).await
@@ -155,8 +155,8 @@ impl RootfsCache {
             tracing::warn!(error = %e, "garbage collection after the build failed");
         }
         let mut outcome = conversions::outcome(outcome, self.cache_dir());
-        outcome.cloned_bytes = converted.cloned_bytes;
-        outcome.copied_bytes = converted.copied_bytes;
+        outcome.cloned_bytes = moved.cloned_bytes;
+        outcome.copied_bytes = moved.copied_bytes;
         Ok(outcome)
     }
 

@@ -341,7 +341,7 @@ impl GuestEngine {
             source_roots,
             staged: Vec::new(),
             hashed: Default::default(),
-            converted: Default::default(),
+            moved: Default::default(),
             resolved_agent: scope.agent,
             audited: Vec::new(),
         };

@@ -120,7 +120,17 @@ pub struct StoreState {
     pub(crate) audited: Vec<Error>,
     /// How the file data of this request's conversions got into their
     /// images (the exact converter counts it): reported in the outcome.
-    pub(crate) converted: crate::capabilities::converter::Converted,
+    pub(crate) moved: DataMoved,
+}
+
+/// File data a request's conversions cloned and copied into their images,
+/// summed over them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DataMoved {
+    /// Bytes shared with their sources by cloning.
+    pub(crate) cloned_bytes: u64,
+    /// Bytes written by copying.
+    pub(crate) copied_bytes: u64,
 }
 
 /// Drops a request's store, off the async runtime's threads when the guest

@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rootfs_cache_tests::oci::{self, IndexStyle, TarEntry};
-use rootfs_cache_tests::{agent, rootfs_cache_bin, sha256_hex};
+use rootfs_cache_tests::{agent, median, rootfs_cache_bin, sha256_hex};
 use support::{Registry, Setup};
 
 /// What one side of one round measured.
@@ -37,11 +37,6 @@ struct Sample {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// A layout of one generated layer, about 60 MB in 3,000 files (half of it compressible),

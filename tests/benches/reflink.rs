@@ -28,7 +28,7 @@ use rootfs_cache::capabilities::converter::exact::ExactConverter;
 use rootfs_cache::ext4::Reflink;
 use rootfs_cache::{Capabilities, Config, Request, RootfsCache};
 use rootfs_cache_tests::scratch_fs::{FsKind, ScratchFs};
-use rootfs_cache_tests::{Overlay2, agent, incompressible, is_root};
+use rootfs_cache_tests::{Overlay2, agent, incompressible, is_root, median};
 
 const MIB: u64 = 1 << 20;
 const RUNS: usize = 5;
@@ -83,11 +83,6 @@ fn cache(dir: &Path, reflink: Reflink) -> RootfsCache {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn median(mut runs: Vec<Duration>) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
 }
 
 /// What the misses of one mode measured: the median time, and the median

@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rootfs_cache_tests::oci::{self, IndexStyle, TarEntry};
-use rootfs_cache_tests::{agent, rootfs_cache_bin};
+use rootfs_cache_tests::{agent, median, rootfs_cache_bin};
 use support::{Registry, Setup};
 
 /// The remote cache's repository.
@@ -38,11 +38,6 @@ fn ms(d: Duration) -> String {
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// A layout of one generated layer, about 100 MB in 5,000 files (half of them

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rootfs_cache::capabilities::converter::exact::ExactConverter;
 use rootfs_cache::capabilities::converter::{ConversionJob, Converter, SourceLayers};
 use rootfs_cache::{Config, ConverterSpec, Request, RootfsCache};
-use rootfs_cache_tests::{Overlay2, agent, rootfs_cache_bin, standard_chain};
+use rootfs_cache_tests::{Overlay2, XorShift, agent, rootfs_cache_bin, standard_chain};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -59,13 +59,8 @@ fn original_hit(image: &Path) -> bool {
 fn generated_source(dir: &Path) -> PathBuf {
     let mut o = Overlay2::new(&dir.join("big"));
     o.layer(|l| {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || rng.next_u64();
         for d in 0..200 {
             for f in 0..34 {
                 // Mostly small files, some large: 6,800 files, ~200 MB.

@@ -28,7 +28,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rootfs_cache::{Config, ConverterSpec, Request, RootfsCache};
-use rootfs_cache_tests::{Overlay2, agent, incompressible, is_root};
+use rootfs_cache_tests::{Overlay2, XorShift, agent, incompressible, is_root, median};
 
 /// How many small files the first case writes: `ROOTFS_BENCH_FILES`, or a
 /// million.
@@ -40,15 +40,13 @@ fn file_count() -> usize {
 /// default).
 fn million_files(root: &Path) -> PathBuf {
     Overlay2::new(root).layer(|l| {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
         let mut buf = vec![0u8; 2048];
         for d in 0..file_count().div_ceil(1000) {
             let dir = l.diff.join(format!("srv/d{d:03}"));
             std::fs::create_dir_all(&dir).unwrap();
             for f in 0..1000 {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+                let state = rng.next_u64();
                 let len = 1 + (state % 2048) as usize;
                 buf[..8].copy_from_slice(&state.to_le_bytes());
                 std::fs::write(dir.join(format!("file-{f:04}.dat")), &buf[..len]).unwrap();
@@ -140,11 +138,6 @@ fn e2fsck_clean(image: &Path) -> &'static str {
 /// How many times the floor and ours each run.
 const RUNS: usize = 3;
 
-fn median(runs: &mut [Duration]) -> Duration {
-    runs.sort();
-    runs[runs.len() / 2]
-}
-
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -197,7 +190,7 @@ async fn case(title: &str, name: &str, dir: &Path, keep: bool, make: fn(&Path) -
         outcome = Some(converted);
     }
     let outcome = outcome.expect("at least one run");
-    let (floor_time, ours) = (median(&mut floors), median(&mut misses));
+    let (floor_time, ours) = (median(floors), median(misses));
     let bytes = std::fs::metadata(&outcome.image).unwrap().len();
     let ours_fsck = e2fsck_clean(&outcome.image);
 

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use rootfs_cache::{Config, Request, RootfsCache};
 use rootfs_cache_tests::vm::{Vm, VmError};
-use rootfs_cache_tests::{Overlay2, is_root, sha256_hex};
+use rootfs_cache_tests::{Overlay2, is_root, median, sha256_hex};
 
 /// The generator's seed.
 const SEED: u64 = 0x5eed_0f10_0000;
@@ -265,11 +265,6 @@ fn boot(vm: &Vm, image: &Path, work: &Path) -> Result<Boot, VmError> {
         found: lookup[1],
         absent: lookup[2],
     })
-}
-
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort();
-    values[values.len() / 2]
 }
 
 fn secs(d: Duration) -> String {

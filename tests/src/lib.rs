@@ -72,18 +72,25 @@ impl Drop for ForkedCopies {
     }
 }
 
+/// Marsaglia's xorshift64: the same numbers for the same seed on every run,
+/// for trees and data the tests and benchmarks generate.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    /// The next number of the sequence.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 /// `len` bytes that do not compress (xorshift64 from `seed`, low byte of each
 /// step): data that fills a disk however the filesystem stores it.
 pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
+    let mut rng = XorShift(seed);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// Whether this process may use loop devices, mknod and `trusted.*` xattrs.
@@ -107,6 +114,13 @@ macro_rules! require_root {
             return;
         }
     };
+}
+
+/// The median of timed runs (the upper one of an even count), for the
+/// benchmarks' tables.
+pub fn median(mut runs: Vec<std::time::Duration>) -> std::time::Duration {
+    runs.sort();
+    runs[runs.len() / 2]
 }
 
 /// SHA-256 of bytes, hex.

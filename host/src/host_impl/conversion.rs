@@ -41,8 +41,8 @@ impl StoreState {
         shared.policy.check_image_length(converted.image_bytes).inspect_err(|_| {
             let _ = std::fs::remove_file(&output);
         })?;
-        self.converted.cloned_bytes += converted.cloned_bytes;
-        self.converted.copied_bytes += converted.copied_bytes;
+        self.moved.cloned_bytes += converted.cloned_bytes;
+        self.moved.copied_bytes += converted.copied_bytes;
         match converted.image_sha256 {
             Some(digest) => self.hashed.insert(job.output.clone(), digest),
             None => self.hashed.remove(&job.output),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rootfs_cache::{Config, ConverterSpec, Request, RootfsCache};
 use rootfs_cache_tests::compare::differences;
-use rootfs_cache_tests::{OverlayMount, ReadOnlyMount, agent, fsck};
+use rootfs_cache_tests::{OverlayMount, ReadOnlyMount, agent, fsck, median};
 
 /// Runs per measurement; the median is reported.
 const RUNS: usize = 3;
@@ -47,11 +47,6 @@ fn with_media_type(layout: &Path, scratch: &Path) -> PathBuf {
     index["mediaType"] = serde_json::json!("application/vnd.oci.image.index.v1+json");
     std::fs::write(copy.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
     copy
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn added(reference: &Path) -> Vec<Vec<u8>> {
