@@ -134,19 +134,19 @@ pub(crate) struct SettledWriter<'a> {
     settled: &'a Settled,
     file: &'a File,
     /// Written back and dropped below this.
-    released: std::cell::Cell<u64>,
+    released: u64,
 }
 
 impl SettledWriter<'_> {
     /// No byte below `below` will be written again. Waits while the writer
     /// is more than [`MAX_AHEAD`] bytes ahead of what is hashed, then
     /// releases what the hash left behind.
-    pub(crate) fn advance(&self, below: u64) {
+    pub(crate) fn advance(&mut self, below: u64) {
         let hashed = self.settled.advance(below);
-        let (from, to) = (self.released.get(), hashed.saturating_sub(IN_FLIGHT));
-        if to >= from + STEP {
-            release(self.file, from, to);
-            self.released.set(to);
+        let to = hashed.saturating_sub(IN_FLIGHT);
+        if to >= self.released + STEP {
+            release(self.file, self.released, to);
+            self.released = to;
         }
     }
 }
@@ -160,7 +160,7 @@ impl Drop for SettledWriter<'_> {
 impl Settled {
     /// The handle `file`'s writer reports through.
     pub(crate) fn writer<'a>(&'a self, file: &'a File) -> SettledWriter<'a> {
-        SettledWriter { settled: self, file, released: std::cell::Cell::new(0) }
+        SettledWriter { settled: self, file, released: 0 }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SettledState> {
@@ -287,7 +287,7 @@ mod tests {
         let settled = Settled::default();
         let digest = std::thread::scope(|s| {
             let hashing = s.spawn(|| sha256_following(&file, &settled));
-            let writer = settled.writer(&file);
+            let mut writer = settled.writer(&file);
             // Written in order, with holes left between the writes.
             for i in 0..9u64 {
                 file.write_all_at(&[i as u8 + 1; 3000], (i << 20) + 7).unwrap();
@@ -308,7 +308,7 @@ mod tests {
         let settled = Settled::default();
         let digest = std::thread::scope(|s| {
             let hashing = s.spawn(|| sha256_following(&file, &settled));
-            let writer = settled.writer(&file);
+            let mut writer = settled.writer(&file);
             // Settling in leaps larger than the writer may be ahead by.
             let mut below = 0;
             while below < len {
@@ -319,7 +319,7 @@ mod tests {
                 assert!(hashed + MAX_AHEAD >= below, "the writer went on at {below} with only {hashed} hashed");
             }
             // Behind the hash, at most the disk's queue is left in the cache.
-            assert!(writer.released.get() >= len - MAX_AHEAD - IN_FLIGHT, "released {}", writer.released.get());
+            assert!(writer.released >= len - MAX_AHEAD - IN_FLIGHT, "released {}", writer.released);
             drop(writer);
             hashing.join().unwrap().unwrap()
         });
@@ -338,7 +338,7 @@ mod tests {
         let settled = Settled::default();
         std::thread::scope(|s| {
             let hashing = s.spawn(|| sha256_following(&file, &settled));
-            let writer = settled.writer(&file);
+            let mut writer = settled.writer(&file);
             writer.advance(3 * MAX_AHEAD);
             drop(writer);
             assert!(hashing.join().unwrap().is_err());

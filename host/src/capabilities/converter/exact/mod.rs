@@ -265,7 +265,7 @@ impl ExactConverter {
         let settled = crate::image_digest::Settled::default();
         let (written, digest) = std::thread::scope(|s| {
             let hashing = s.spawn(|| crate::image_digest::sha256_following(&out, &settled));
-            let writer = settled.writer(&out);
+            let mut writer = settled.writer(&out);
             let written = ext4::write_image_streamed(&tree, &out, &options, &mut |below| writer.advance(below));
             drop(writer);
             (written, hashing.join())
